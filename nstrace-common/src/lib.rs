@@ -1,0 +1,186 @@
+//! The `#[repr(C)]` types that cross the kernel/user boundary.
+//!
+//! Both `nstrace-ebpf` and `nstrace` compile this crate, so a layout change here
+//! changes both sides at once. Keep every type `Copy`, padding-free and 8-byte
+//! aligned: the ring buffer hands records out at 8-byte boundaries.
+#![no_std]
+
+/// Number of namespace kinds nstrace knows.
+pub const NS_KINDS: usize = 8;
+
+/// Index of each kind in every per-kind array below.
+pub mod kind {
+    pub const MNT: usize = 0;
+    pub const UTS: usize = 1;
+    pub const IPC: usize = 2;
+    pub const PID: usize = 3;
+    pub const NET: usize = 4;
+    pub const USER: usize = 5;
+    pub const CGROUP: usize = 6;
+    pub const TIME: usize = 7;
+}
+
+/// `CLONE_NEW*` flag of each kind, indexed as in [`kind`].
+pub const KIND_FLAGS: [u64; NS_KINDS] = [
+    0x0002_0000, // CLONE_NEWNS
+    0x0400_0000, // CLONE_NEWUTS
+    0x0800_0000, // CLONE_NEWIPC
+    0x2000_0000, // CLONE_NEWPID
+    0x4000_0000, // CLONE_NEWNET
+    0x1000_0000, // CLONE_NEWUSER
+    0x0200_0000, // CLONE_NEWCGROUP
+    0x0000_0080, // CLONE_NEWTIME
+];
+
+/// All `CLONE_NEW*` bits.
+pub const CLONE_NEW_MASK: u64 = KIND_FLAGS[0]
+    | KIND_FLAGS[1]
+    | KIND_FLAGS[2]
+    | KIND_FLAGS[3]
+    | KIND_FLAGS[4]
+    | KIND_FLAGS[5]
+    | KIND_FLAGS[6]
+    | KIND_FLAGS[7];
+
+/// Offset value meaning "this kernel has no such field".
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// The namespaces of one task at one moment: nsfs inode and, where the kernel
+/// has one, the 64-bit namespace id, per kind. Zero means "not readable".
+///
+/// For pid and time this holds the namespace *for children*, which is where
+/// unshare and setns act.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NsSet {
+    pub inum: [u32; NS_KINDS],
+    pub id: [u64; NS_KINDS],
+}
+
+/// What a raw event reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A clone/clone3 with `CLONE_NEW*` flags made a child: `before` is the
+    /// caller's set, `after` the child's.
+    Clone = 1,
+    /// unshare or setns returned 0: `before`/`after` are the caller's sets
+    /// around the call.
+    Switch = 2,
+    /// A namespace syscall failed: `ret` holds `-errno`.
+    Error = 3,
+    /// A task that took part in namespace work called execve (new `comm`).
+    Exec = 4,
+    /// A task that took part in namespace work exited.
+    Exit = 5,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Clone,
+            2 => Self::Switch,
+            3 => Self::Error,
+            4 => Self::Exec,
+            5 => Self::Exit,
+            _ => return None,
+        })
+    }
+}
+
+/// The namespace system call behind an event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    None = 0,
+    Clone = 1,
+    Clone3 = 2,
+    Unshare = 3,
+    Setns = 4,
+}
+
+impl Syscall {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::None,
+            1 => Self::Clone,
+            2 => Self::Clone3,
+            3 => Self::Unshare,
+            4 => Self::Setns,
+            _ => return None,
+        })
+    }
+}
+
+/// One record in the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// clone/clone3/unshare flags, or setns' nstype.
+    pub flags: u64,
+    /// The syscall's return value (`-errno` on failure); the child's pid for clone.
+    pub ret: i64,
+    pub kind: u32,
+    pub syscall: u32,
+    /// Acting process (tgid) and thread.
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    /// setns' fd argument; -1 otherwise.
+    pub fd: i32,
+    pub comm: [u8; 16],
+    pub before: NsSet,
+    pub after: NsSet,
+}
+
+/// Kernel struct field offsets, computed from the running kernel's BTF by user
+/// space and written into the eBPF object's read-only data before load
+/// (aya-ebpf has no CO-RE). [`NO_FIELD`] marks a field this kernel lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub task_nsproxy: u32,
+    pub task_real_cred: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub cred_user_ns: u32,
+    /// Non-zero once user space has filled the table in.
+    pub valid: u32,
+    /// Offset of each kind's pointer inside `struct nsproxy` (user: [`NO_FIELD`],
+    /// it lives in the credentials).
+    pub nsproxy: [u32; NS_KINDS],
+    /// Offset of `ns.inum` inside each kind's namespace struct.
+    pub inum: [u32; NS_KINDS],
+    /// Offset of `ns.ns_id` inside each kind's namespace struct, or [`NO_FIELD`].
+    pub ns_id: [u32; NS_KINDS],
+}
+
+impl Offsets {
+    pub const EMPTY: Offsets = Offsets {
+        task_nsproxy: NO_FIELD,
+        task_real_cred: NO_FIELD,
+        task_real_parent: NO_FIELD,
+        task_tgid: NO_FIELD,
+        task_pid: NO_FIELD,
+        cred_user_ns: NO_FIELD,
+        valid: 0,
+        nsproxy: [NO_FIELD; NS_KINDS],
+        inum: [NO_FIELD; NS_KINDS],
+        ns_id: [NO_FIELD; NS_KINDS],
+    };
+}
+
+/// Index of the per-CPU counter of records the kernel side could not reserve.
+pub const COUNTER_LOST: u32 = 0;
+/// Index of the per-CPU counter of pending-syscall slots that could not be stored.
+pub const COUNTER_PENDING_FULL: u32 = 1;
+pub const COUNTERS: u32 = 2;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::Offsets {}
+}

@@ -1,0 +1,280 @@
+//! nstrace's kernel side.
+//!
+//! Syscall tracepoints remember, per thread, the namespace syscall in flight
+//! and the caller's namespaces on entry; the exit tracepoint (or, for clone,
+//! `sched_process_fork`) reads the namespaces again and emits one [`Event`].
+//! Everything unrelated to namespaces is dropped here, in the kernel.
+#![no_std]
+#![no_main]
+
+mod task;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use nstrace_common::{
+    Event, EventKind, NsSet, Syscall, CLONE_NEW_MASK, COUNTERS, COUNTER_LOST, COUNTER_PENDING_FULL,
+};
+
+/// Resized by user space (`--buffer-size`) before load.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Per-CPU counters of what could not be recorded; user space sums and reports them.
+#[map]
+static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+/// A namespace syscall between its entry and exit, keyed by thread id.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pending {
+    flags: u64,
+    syscall: u32,
+    fd: i32,
+    before: NsSet,
+}
+
+#[map]
+static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// Threads that took part in namespace work, so their exec and exit are worth reporting.
+#[map]
+static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+// Syscall tracepoint records: 8 bytes of common header, the syscall number,
+// padding, then one 8-byte slot per argument; exit records carry `ret` at 16.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const RET: usize = 16;
+
+fn count(index: u32) {
+    if let Some(c) = COUNTS.get_ptr_mut(index) {
+        unsafe { *c += 1 };
+    }
+}
+
+fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Remembers the syscall in flight and the caller's namespaces as they are now.
+fn enter(syscall: Syscall, flags: u64, fd: i32) {
+    let tid = current_tid();
+    let fresh = Pending {
+        flags,
+        syscall: syscall as u32,
+        fd,
+        before: NsSet {
+            inum: [0; 8],
+            id: [0; 8],
+        },
+    };
+    if PENDING.insert(&tid, &fresh, 0).is_err() {
+        count(COUNTER_PENDING_FULL);
+        return;
+    }
+    if let Some(p) = PENDING.get_ptr_mut(&tid) {
+        unsafe { task::read_ns(task::current(), &mut (*p).before) };
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
+    let flags: u64 = unsafe { ctx.read_at(ARG0) }.unwrap_or(0);
+    if flags & CLONE_NEW_MASK != 0 {
+        enter(Syscall::Unshare, flags, -1);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_setns(ctx: TracePointContext) -> u32 {
+    let fd: u64 = unsafe { ctx.read_at(ARG0) }.unwrap_or(0);
+    let nstype: u64 = unsafe { ctx.read_at(ARG1) }.unwrap_or(0);
+    enter(Syscall::Setns, nstype as u32 as u64, fd as i32);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
+    let flags: u64 = unsafe { ctx.read_at(ARG0) }.unwrap_or(0);
+    if flags & CLONE_NEW_MASK != 0 {
+        enter(Syscall::Clone, flags, -1);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
+    let uargs: u64 = unsafe { ctx.read_at(ARG0) }.unwrap_or(0);
+    // `struct clone_args` starts with `__u64 flags`; a bad pointer reads as 0
+    // and the call will fail with EFAULT, which is not namespace work.
+    let flags: u64 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
+    if flags & CLONE_NEW_MASK != 0 {
+        enter(Syscall::Clone3, flags, -1);
+    }
+    0
+}
+
+/// Common exit path: unshare/setns report the switch, clone only its failure
+/// (success was reported from `sched_process_fork`, where the child is visible).
+fn exit(ctx: &TracePointContext) {
+    let tid = current_tid();
+    let Some(p) = PENDING.get_ptr(&tid) else {
+        return;
+    };
+    let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(0);
+    let syscall = unsafe { (*p).syscall };
+    let is_clone = syscall == Syscall::Clone as u32 || syscall == Syscall::Clone3 as u32;
+    if ret < 0 || !is_clone {
+        let kind = if ret < 0 {
+            EventKind::Error
+        } else {
+            EventKind::Switch
+        };
+        if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+            let e = unsafe { &mut *entry.as_mut_ptr() };
+            let task = task::current();
+            unsafe {
+                fill_header(e, kind, task);
+                e.syscall = syscall;
+                e.flags = (*p).flags;
+                e.fd = (*p).fd;
+                e.ret = ret;
+                e.before = (*p).before;
+                if ret < 0 {
+                    e.after = (*p).before;
+                } else {
+                    task::read_ns(task, &mut e.after);
+                }
+            }
+            entry.submit(0);
+        } else {
+            count(COUNTER_LOST);
+        }
+        if ret >= 0 {
+            track(tid);
+        }
+    }
+    let _ = PENDING.remove(&tid);
+}
+
+#[tracepoint]
+pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
+    exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_setns(ctx: TracePointContext) -> u32 {
+    exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_clone(ctx: TracePointContext) -> u32 {
+    exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
+    exit(&ctx);
+    0
+}
+
+/// `sched_process_fork(parent, child)`, as a raw tracepoint because only the
+/// raw form hands over the child's `task_struct`. Runs in the parent, inside
+/// clone, after the child got its namespaces.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let tid = current_tid();
+    let Some(p) = PENDING.get_ptr(&tid) else {
+        return 0;
+    };
+    let child: *const u8 = ctx.arg::<u64>(1) as *const u8;
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        let e = unsafe { &mut *entry.as_mut_ptr() };
+        let parent = task::current();
+        unsafe {
+            fill_header(e, EventKind::Clone, parent);
+            e.syscall = (*p).syscall;
+            e.flags = (*p).flags;
+            e.fd = -1;
+            e.ret = task::tid_of(child) as i64;
+            e.before = (*p).before;
+            task::read_ns(child, &mut e.after);
+        }
+        entry.submit(0);
+    } else {
+        count(COUNTER_LOST);
+    }
+    track(tid);
+    track(unsafe { task::tid_of(child) });
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    process_event(EventKind::Exec, false);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let _ = PENDING.remove(&current_tid());
+    process_event(EventKind::Exit, true);
+    0
+}
+
+/// Exec and exit of threads we already follow; every other process's exec and
+/// exit costs one hash lookup and sends nothing.
+fn process_event(kind: EventKind, forget: bool) {
+    let tid = current_tid();
+    if unsafe { TRACKED.get(&tid) }.is_none() {
+        return;
+    }
+    if forget {
+        let _ = TRACKED.remove(&tid);
+    }
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        let e = unsafe { &mut *entry.as_mut_ptr() };
+        let task = task::current();
+        unsafe {
+            fill_header(e, kind, task);
+            e.syscall = Syscall::None as u32;
+            e.flags = 0;
+            e.fd = -1;
+            e.ret = 0;
+            task::read_ns(task, &mut e.before);
+            e.after = e.before;
+        }
+        entry.submit(0);
+    } else {
+        count(COUNTER_LOST);
+    }
+}
+
+fn track(tid: u32) {
+    let _ = TRACKED.insert(&tid, &1, 0);
+}
+
+unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    e.ts_ns = unsafe { bpf_ktime_get_ns() };
+    e.kind = kind as u32;
+    e.pid = (pid_tgid >> 32) as u32;
+    e.tid = pid_tgid as u32;
+    e.ppid = unsafe { task::parent_tgid(task) };
+    e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,69 @@
+//! Command-line interface.
+
+use clap::Parser;
+
+/// Trace Linux namespaces live: every namespace created (clone, clone3,
+/// unshare), joined (setns) or refused, with the inode numbers that
+/// /proc/PID/ns and lsns show.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "nstrace",
+    version,
+    after_help = "\
+Runs until Ctrl-C (or SIGTERM), then prints a one-line summary on stderr.
+Needs root (or CAP_BPF + CAP_PERFMON), a kernel >= 5.8 with BTF, and tracefs
+(mounted at /sys/kernel/tracing if it is not).
+
+Examples:
+  sudo nstrace                      readable timeline
+  sudo nstrace --json | jq .        JSON Lines, one object per record
+  sudo nstrace --json > trace.jsonl
+
+The JSON schema is documented in the README (section \"JSON records\")."
+)]
+pub struct Cli {
+    /// Print JSON Lines (one object per record) instead of the timeline.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Kernel ring buffer size in MiB (a power of two). Raise it if nstrace
+    /// reports lost records.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_buffer_mib)]
+    pub buffer_size: u32,
+
+    /// Do not print the start-up line and closing summary on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_buffer_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of MiB"))?;
+    if n == 0 || !n.is_power_of_two() || n > 1024 {
+        return Err(format!("{n} MiB: must be a power of two from 1 to 1024"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_flags_parse() {
+        let c = Cli::try_parse_from(["nstrace"]).unwrap();
+        assert!(!c.json);
+        assert_eq!(c.buffer_size, 8);
+        let c = Cli::try_parse_from(["nstrace", "--json", "--buffer-size", "64"]).unwrap();
+        assert!(c.json);
+        assert_eq!(c.buffer_size, 64);
+    }
+
+    #[test]
+    fn bad_input_is_rejected() {
+        assert!(Cli::try_parse_from(["nstrace", "--bogus"]).is_err());
+        assert!(Cli::try_parse_from(["nstrace", "--buffer-size", "3"]).is_err());
+        assert!(Cli::try_parse_from(["nstrace", "--buffer-size", "x"]).is_err());
+    }
+}

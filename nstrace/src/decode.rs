@@ -1,0 +1,313 @@
+//! Raw ring-buffer events to [`Record`]s.
+
+use nstrace_common::{Event, EventKind, NsSet, Syscall as RawSyscall};
+
+use crate::{
+    record::{Actor, EventType, NsKind, Record, Syscall},
+    time::Clock,
+};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The buffer is not one whole [`Event`].
+    Size(usize),
+    UnknownKind(u32),
+    UnknownSyscall(u32),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Size(n) => write!(
+                f,
+                "event of {n} bytes, expected {}",
+                std::mem::size_of::<Event>()
+            ),
+            DecodeError::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+            DecodeError::UnknownSyscall(s) => write!(f, "unknown syscall {s}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// What one raw event means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Timeline records (none when a call changed nothing visible).
+    Records(Vec<Record>),
+    /// A followed process exec'd (new comm) or exited; no timeline record.
+    Process { actor: Actor, exited: bool },
+}
+
+/// Reads one event out of ring-buffer bytes, wherever they are aligned.
+pub fn parse(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() != std::mem::size_of::<Event>() {
+        return Err(DecodeError::Size(bytes.len()));
+    }
+    // SAFETY: the length matches and every bit pattern is a valid `Event`
+    // (plain integers and byte arrays).
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+pub fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+fn syscall(raw: u32) -> Result<Option<Syscall>, DecodeError> {
+    Ok(
+        match RawSyscall::from_u32(raw).ok_or(DecodeError::UnknownSyscall(raw))? {
+            RawSyscall::None => None,
+            RawSyscall::Clone => Some(Syscall::Clone),
+            RawSyscall::Clone3 => Some(Syscall::Clone3),
+            RawSyscall::Unshare => Some(Syscall::Unshare),
+            RawSyscall::Setns => Some(Syscall::Setns),
+        },
+    )
+}
+
+fn nonzero<T: Default + PartialEq>(v: T) -> Option<T> {
+    (v != T::default()).then_some(v)
+}
+
+/// Turns one raw event into what it means.
+pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
+    let kind = EventKind::from_u32(e.kind).ok_or(DecodeError::UnknownKind(e.kind))?;
+    let syscall = syscall(e.syscall)?;
+    let actor = Actor {
+        pid: e.pid,
+        tid: e.tid,
+        ppid: e.ppid,
+        comm: comm(&e.comm),
+    };
+    let Some(call) = syscall.filter(|_| !matches!(kind, EventKind::Exec | EventKind::Exit)) else {
+        return Ok(Decoded::Process {
+            actor,
+            exited: kind == EventKind::Exit,
+        });
+    };
+    let base = Record {
+        time_ns: clock.to_unix_ns(e.ts_ns),
+        event: EventType::Error,
+        kind: None,
+        inode: None,
+        ns_id: None,
+        prev_inode: None,
+        syscall: call,
+        flags: e.flags,
+        actor,
+        child_pid: None,
+        fd: (call == Syscall::Setns).then_some(e.fd),
+        errno: None,
+    };
+    let records = match kind {
+        EventKind::Error => vec![Record {
+            kind: NsKind::in_flags(e.flags).next(),
+            errno: Some(-e.ret as i32),
+            ..base
+        }],
+        EventKind::Clone => per_kind(&base, EventType::Create, &e.before, &e.after, |k| {
+            e.flags & k.flag() != 0
+        })
+        .map(|r| Record {
+            child_pid: Some(e.ret as u32),
+            ..r
+        })
+        .collect(),
+        EventKind::Switch if call == Syscall::Unshare => {
+            per_kind(&base, EventType::Create, &e.before, &e.after, |k| {
+                e.flags & k.flag() != 0 || e.before.inum[k.index()] != e.after.inum[k.index()]
+            })
+            .collect()
+        }
+        EventKind::Switch => {
+            let changed: Vec<Record> = per_kind(&base, EventType::Join, &e.before, &e.after, |k| {
+                e.before.inum[k.index()] != e.after.inum[k.index()]
+                    || e.before.id[k.index()] != e.after.id[k.index()]
+            })
+            .collect();
+            if changed.is_empty() {
+                // Joined namespaces the caller was already in: say so for the
+                // kinds it named rather than print nothing.
+                per_kind(&base, EventType::Join, &e.before, &e.after, |k| {
+                    e.flags & k.flag() != 0
+                })
+                .collect()
+            } else {
+                changed
+            }
+        }
+        EventKind::Exec | EventKind::Exit => unreachable!("handled above"),
+    };
+    Ok(Decoded::Records(records))
+}
+
+fn per_kind<'a>(
+    base: &'a Record,
+    event: EventType,
+    before: &'a NsSet,
+    after: &'a NsSet,
+    wanted: impl Fn(NsKind) -> bool + 'a,
+) -> impl Iterator<Item = Record> + 'a {
+    NsKind::ALL
+        .into_iter()
+        .filter(move |&k| wanted(k))
+        .map(move |k| Record {
+            event,
+            kind: Some(k),
+            inode: nonzero(after.inum[k.index()]),
+            ns_id: nonzero(after.id[k.index()]),
+            prev_inode: nonzero(before.inum[k.index()]),
+            ..base.clone()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use nstrace_common::{kind, KIND_FLAGS};
+
+    use super::*;
+
+    const NEWUTS: u64 = KIND_FLAGS[kind::UTS];
+    const NEWNET: u64 = KIND_FLAGS[kind::NET];
+
+    fn set(base: u32) -> NsSet {
+        let mut s = NsSet::default();
+        for k in 0..8 {
+            s.inum[k] = base + k as u32;
+            s.id[k] = 1000 + base as u64 + k as u64;
+        }
+        s
+    }
+
+    fn event(kind: EventKind, syscall: RawSyscall, flags: u64, ret: i64) -> Event {
+        let mut comm = [0u8; 16];
+        comm[..7].copy_from_slice(b"unshare");
+        Event {
+            ts_ns: 5,
+            flags,
+            ret,
+            kind: kind as u32,
+            syscall: syscall as u32,
+            pid: 10,
+            tid: 11,
+            ppid: 1,
+            fd: -1,
+            comm,
+            before: set(100),
+            after: set(100),
+        }
+    }
+
+    fn records(e: &Event) -> Vec<Record> {
+        match decode(e, Clock::with_offset(1_000)).unwrap() {
+            Decoded::Records(r) => r,
+            other => panic!("expected records, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parse_round_trips_and_rejects_wrong_sizes() {
+        let e = event(EventKind::Switch, RawSyscall::Unshare, NEWUTS, 0);
+        // SAFETY: Event is plain data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&e as *const Event).cast::<u8>(), size_of::<Event>())
+        };
+        let mut unaligned = vec![0u8];
+        unaligned.extend_from_slice(bytes);
+        let back = parse(&unaligned[1..]).unwrap();
+        assert_eq!(back.flags, NEWUTS);
+        assert_eq!(back.before, e.before);
+        assert_eq!(
+            parse(&bytes[1..]).unwrap_err(),
+            DecodeError::Size(size_of::<Event>() - 1)
+        );
+    }
+
+    #[test]
+    fn unshare_gives_one_create_per_new_kind_with_previous_inode() {
+        let mut e = event(EventKind::Switch, RawSyscall::Unshare, NEWUTS | NEWNET, 0);
+        e.after.inum[kind::UTS] = 7001;
+        e.after.inum[kind::NET] = 7004;
+        let r = records(&e);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].kind, Some(NsKind::Uts));
+        assert_eq!(r[0].inode, Some(7001));
+        assert_eq!(r[0].prev_inode, Some(101));
+        assert_eq!(r[0].event, EventType::Create);
+        assert_eq!(r[0].time_ns, 1_005);
+        assert_eq!(r[0].actor.comm, "unshare");
+        assert_eq!(r[1].kind, Some(NsKind::Net));
+        assert_eq!(r[1].inode, Some(7004));
+    }
+
+    #[test]
+    fn setns_reports_only_kinds_that_changed() {
+        let mut e = event(EventKind::Switch, RawSyscall::Setns, 0, 0);
+        e.fd = 3;
+        e.after.inum[kind::NET] = 9004;
+        e.after.id[kind::NET] = 77;
+        let r = records(&e);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].event, EventType::Join);
+        assert_eq!(r[0].kind, Some(NsKind::Net));
+        assert_eq!(r[0].ns_id, Some(77));
+        assert_eq!(r[0].fd, Some(3));
+    }
+
+    #[test]
+    fn setns_into_own_namespace_still_reports_the_named_kind() {
+        let e = event(EventKind::Switch, RawSyscall::Setns, NEWNET, 0);
+        let r = records(&e);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].inode, r[0].prev_inode);
+    }
+
+    #[test]
+    fn clone_reports_the_child_and_its_namespaces() {
+        let mut e = event(EventKind::Clone, RawSyscall::Clone3, NEWUTS, 4242);
+        e.after.inum[kind::UTS] = 5555;
+        let r = records(&e);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].syscall, Syscall::Clone3);
+        assert_eq!(r[0].child_pid, Some(4242));
+        assert_eq!(r[0].inode, Some(5555));
+        assert_eq!(r[0].fd, None);
+    }
+
+    #[test]
+    fn failure_is_one_error_record_with_errno() {
+        let e = event(EventKind::Error, RawSyscall::Unshare, NEWUTS | NEWNET, -1);
+        let r = records(&e);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].event, EventType::Error);
+        assert_eq!(r[0].errno, Some(1));
+        assert_eq!(r[0].kind, Some(NsKind::Uts));
+    }
+
+    #[test]
+    fn exec_and_exit_are_process_events() {
+        let e = event(EventKind::Exit, RawSyscall::None, 0, 0);
+        assert!(matches!(
+            decode(&e, Clock::with_offset(0)).unwrap(),
+            Decoded::Process { exited: true, .. }
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut e = event(EventKind::Switch, RawSyscall::Unshare, NEWUTS, 0);
+        e.kind = 99;
+        assert_eq!(
+            decode(&e, Clock::with_offset(0)).unwrap_err(),
+            DecodeError::UnknownKind(99)
+        );
+        e.kind = EventKind::Switch as u32;
+        e.syscall = 42;
+        assert_eq!(
+            decode(&e, Clock::with_offset(0)).unwrap_err(),
+            DecodeError::UnknownSyscall(42)
+        );
+    }
+}

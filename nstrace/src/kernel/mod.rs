@@ -1,0 +1,5 @@
+//! Everything that depends on the running kernel.
+
+pub mod offsets;
+pub mod preflight;
+pub mod probes;

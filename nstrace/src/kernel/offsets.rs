@@ -1,0 +1,189 @@
+//! The one place that knows kernel struct layouts: field offsets are looked up
+//! by name in the running kernel's BTF, so one binary serves every kernel.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use btf_rs::{Btf, Type};
+use nstrace_common::{Offsets, NO_FIELD, NS_KINDS};
+
+use crate::record::NsKind;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Per kind: the namespace struct, and its pointer's name inside `struct nsproxy`
+/// (pid and time: the "for children" one, where unshare and setns act).
+const KIND_STRUCTS: [(NsKind, &str, Option<&str>); NS_KINDS] = [
+    (NsKind::Mnt, "mnt_namespace", Some("mnt_ns")),
+    (NsKind::Uts, "uts_namespace", Some("uts_ns")),
+    (NsKind::Ipc, "ipc_namespace", Some("ipc_ns")),
+    (NsKind::Pid, "pid_namespace", Some("pid_ns_for_children")),
+    (NsKind::Net, "net", Some("net_ns")),
+    (NsKind::User, "user_namespace", None),
+    (NsKind::Cgroup, "cgroup_namespace", Some("cgroup_ns")),
+    (NsKind::Time, "time_namespace", Some("time_ns_for_children")),
+];
+
+/// What the BTF told us beyond the offsets themselves.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub offsets: Offsets,
+    /// Kinds this kernel does not have (e.g. time without CONFIG_TIME_NS).
+    pub missing_kinds: Vec<NsKind>,
+    /// Whether `ns_common` carries the 64-bit `ns_id`.
+    pub has_ns_id: bool,
+}
+
+/// Reads the running kernel's BTF and computes every offset the eBPF side uses.
+pub fn from_running_kernel() -> Result<Layout> {
+    let btf = Btf::from_file(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
+    from_btf(&btf)
+}
+
+pub fn from_btf(btf: &Btf) -> Result<Layout> {
+    let mut o = Offsets::EMPTY;
+    o.task_nsproxy = field(btf, "task_struct", &["nsproxy"])?;
+    o.task_real_cred = field(btf, "task_struct", &["real_cred"])?;
+    o.task_real_parent = field(btf, "task_struct", &["real_parent"])?;
+    o.task_tgid = field(btf, "task_struct", &["tgid"])?;
+    o.task_pid = field(btf, "task_struct", &["pid"])?;
+    o.cred_user_ns = field(btf, "cred", &["user_ns"])?;
+    let mut missing_kinds = Vec::new();
+    let mut has_ns_id = false;
+    for (kind, ns_struct, proxy_field) in KIND_STRUCTS {
+        let i = kind.index();
+        let proxy = match proxy_field {
+            Some(f) => optional_field(btf, "nsproxy", &[f])?,
+            None => Some(NO_FIELD),
+        };
+        let inum = optional_field(btf, ns_struct, &["ns", "inum"])?;
+        let (Some(proxy), Some(inum)) = (proxy, inum) else {
+            missing_kinds.push(kind);
+            continue;
+        };
+        o.nsproxy[i] = proxy;
+        o.inum[i] = inum;
+        if let Some(id) = optional_field(btf, ns_struct, &["ns", "ns_id"])? {
+            o.ns_id[i] = id;
+            has_ns_id = true;
+        }
+    }
+    for required in [NsKind::Mnt, NsKind::Net, NsKind::User] {
+        if missing_kinds.contains(&required) {
+            bail!(
+                "kernel BTF has no layout for the {} namespace",
+                required.name()
+            );
+        }
+    }
+    o.valid = 1;
+    Ok(Layout {
+        offsets: o,
+        missing_kinds,
+        has_ns_id,
+    })
+}
+
+fn field(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
+    optional_field(btf, strukt, path)?.ok_or_else(|| {
+        anyhow!(
+            "kernel BTF: struct {strukt} has no field {}",
+            path.join(".")
+        )
+    })
+}
+
+/// Byte offset of `path` (e.g. `["ns", "inum"]`) inside `struct strukt`, looking
+/// through anonymous structs and unions; `None` if the struct or a field is absent.
+fn optional_field(btf: &Btf, strukt: &str, path: &[&str]) -> Result<Option<u32>> {
+    let Some(mut ty) = find_struct(btf, strukt)? else {
+        return Ok(None);
+    };
+    let mut total = 0;
+    for (n, name) in path.iter().enumerate() {
+        let Some((bits, member_ty)) = member(btf, &ty, name)? else {
+            return Ok(None);
+        };
+        total += bits;
+        if n + 1 < path.len() {
+            ty = strip(btf, member_ty)?;
+        }
+    }
+    if total % 8 != 0 {
+        bail!("kernel BTF: {strukt}.{} is a bitfield", path.join("."));
+    }
+    Ok(Some(total / 8))
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<Option<Type>> {
+    let types = match btf.resolve_types_by_name(name) {
+        Ok(t) => t,
+        Err(_) => return Ok(None),
+    };
+    Ok(types
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty())))
+}
+
+/// Follows typedefs and qualifiers to the underlying type.
+fn strip(btf: &Btf, mut ty: Type) -> Result<Type> {
+    for _ in 0..16 {
+        match &ty {
+            Type::Typedef(_)
+            | Type::Const(_)
+            | Type::Volatile(_)
+            | Type::Restrict(_)
+            | Type::TypeTag(_) => {
+                let inner = ty.as_btf_type().context("BTF type without a target")?;
+                ty = btf.resolve_chained_type(inner)?;
+            }
+            _ => return Ok(ty),
+        }
+    }
+    bail!("kernel BTF: type chain too long")
+}
+
+/// (bit offset, type) of member `name` of a struct or union, searching
+/// anonymous members too.
+fn member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>> {
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => return Ok(None),
+    };
+    for m in members {
+        let m_name = btf.resolve_name(m).unwrap_or_default();
+        let m_ty = btf.resolve_chained_type(m)?;
+        if m_name == name {
+            return Ok(Some((m.bit_offset(), m_ty)));
+        }
+        if m_name.is_empty() {
+            let inner = strip(btf, m_ty)?;
+            if let Some((bits, t)) = member(btf, &inner, name)? {
+                return Ok(Some((m.bit_offset() + bits, t)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs only a readable BTF (no root): the layouts must resolve on the
+    /// kernel the tests run on.
+    #[test]
+    fn running_kernel_layout_resolves() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipping: {VMLINUX_BTF} absent");
+            return;
+        }
+        let layout = from_running_kernel().unwrap();
+        let o = layout.offsets;
+        assert_ne!(o.task_nsproxy, NO_FIELD);
+        assert_ne!(o.task_real_cred, NO_FIELD);
+        assert_ne!(o.cred_user_ns, NO_FIELD);
+        assert_eq!(o.nsproxy[NsKind::User.index()], NO_FIELD);
+        assert_ne!(o.inum[NsKind::Net.index()], NO_FIELD);
+        // `pid` sits right before `tgid` in task_struct on every kernel.
+        assert_eq!(o.task_pid + 4, o.task_tgid);
+    }
+}

@@ -1,0 +1,127 @@
+//! Loads nstrace's eBPF object, gives it this kernel's offsets, attaches it.
+//! Dropping [`Probes`] detaches and unloads everything.
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use nstrace_common::{COUNTER_LOST, COUNTER_PENDING_FULL};
+
+use super::offsets::Layout;
+use crate::error::hinted;
+
+/// (program, category, tracepoint)
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_unshare", "syscalls", "sys_enter_unshare"),
+    ("sys_exit_unshare", "syscalls", "sys_exit_unshare"),
+    ("sys_enter_setns", "syscalls", "sys_enter_setns"),
+    ("sys_exit_setns", "syscalls", "sys_exit_setns"),
+    ("sys_enter_clone", "syscalls", "sys_enter_clone"),
+    ("sys_exit_clone", "syscalls", "sys_exit_clone"),
+    ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
+    ("sys_exit_clone3", "syscalls", "sys_exit_clone3"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_process_fork", "sched_process_fork")];
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nstrace"));
+
+pub struct Probes {
+    // Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    events: Option<RingBuf<MapData>>,
+    counts: PerCpuArray<MapData, u64>,
+}
+
+/// Things the kernel side could not record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// Records dropped because the ring buffer was full.
+    pub records: u64,
+    /// Syscalls missed because the in-flight table was full.
+    pub pending: u64,
+}
+
+impl Probes {
+    pub fn load(layout: &Layout, ring_bytes: u32) -> Result<Self> {
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &layout.offsets, true)
+            .map_max_entries("EVENTS", ring_bytes)
+            .load(OBJECT)
+            .map_err(|e| load_error(e.into()))?;
+        for &(prog, category, name) in TRACEPOINTS {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            p.load()
+                .map_err(|e| load_error(e.into()))
+                .with_context(|| format!("loading {prog}"))?;
+            p.attach(category, name)
+                .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
+        }
+        for &(prog, name) in RAW_TRACEPOINTS {
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            p.load()
+                .map_err(|e| load_error(e.into()))
+                .with_context(|| format!("loading {prog}"))?;
+            p.attach(name)
+                .with_context(|| format!("attaching to raw tracepoint {name}"))?;
+        }
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
+        let counts = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("map COUNTS missing")?)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            events: Some(events),
+            counts,
+        })
+    }
+
+    /// The ring buffer of events; can be taken once.
+    pub fn take_events(&mut self) -> RingBuf<MapData> {
+        self.events.take().expect("events taken twice")
+    }
+
+    pub fn losses(&self) -> Losses {
+        let sum = |i: u32| {
+            self.counts
+                .get(&i, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        Losses {
+            records: sum(COUNTER_LOST),
+            pending: sum(COUNTER_PENDING_FULL),
+        }
+    }
+}
+
+/// The verifier's log is long; keep it for NSTRACE_DEBUG=1 and say what to do.
+fn load_error(e: anyhow::Error) -> anyhow::Error {
+    if std::env::var_os("NSTRACE_DEBUG").is_some() {
+        return e;
+    }
+    let first = format!("{e}");
+    hinted(
+        format!("the kernel refused nstrace's eBPF programs: {first}"),
+        "set NSTRACE_DEBUG=1 to see the verifier's log, and report it with `uname -r`",
+    )
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}

@@ -1,0 +1,18 @@
+//! nstrace: a live timeline of Linux namespaces, from eBPF.
+//!
+//! The binary is a thin shell over this library:
+//! - [`kernel`] knows the running kernel: preflight checks, BTF offsets, loading
+//!   and attaching the eBPF programs;
+//! - [`decode`] turns raw ring-buffer events into [`record::Record`]s;
+//! - [`output`] prints records, one layer per format;
+//! - [`session`] ties them together until Ctrl-C.
+
+pub mod cli;
+pub mod decode;
+pub mod errno;
+pub mod error;
+pub mod kernel;
+pub mod output;
+pub mod record;
+pub mod session;
+pub mod time;

@@ -1,0 +1,32 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use nstrace::{cli::Cli, error::hint_of, session};
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("nstrace: internal error: {info}");
+        eprintln!("  hint: this is a bug in nstrace; please report it with the line above");
+    }));
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nstrace: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(session::run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("nstrace: error: {err:#}");
+            if let Some(hint) = hint_of(&err) {
+                eprintln!("  hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

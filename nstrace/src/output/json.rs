@@ -1,0 +1,127 @@
+//! JSON Lines: one object per record; the schema is documented in the README.
+
+use std::io::{self, Write};
+
+use serde_json::{json, Map, Value};
+
+use super::Sink;
+use crate::{errno, record::flag_names, record::Record, time::rfc3339};
+
+pub struct JsonSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonSink<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+}
+
+/// The JSON object for one record.
+pub fn to_json(r: &Record) -> Value {
+    let mut m = Map::new();
+    m.insert("time".into(), json!(rfc3339(r.time_ns)));
+    m.insert("event".into(), json!(r.event.name()));
+    m.insert("ns_type".into(), json!(r.kind.map(|k| k.name())));
+    m.insert("ns_inode".into(), json!(r.inode));
+    m.insert("ns_id".into(), json!(r.ns_id));
+    if r.prev_inode.is_some() {
+        m.insert("prev_inode".into(), json!(r.prev_inode));
+    }
+    m.insert("syscall".into(), json!(r.syscall.name()));
+    m.insert("flags".into(), json!(flag_names(r.flags)));
+    m.insert("raw_flags".into(), json!(format!("{:#x}", r.flags)));
+    m.insert("pid".into(), json!(r.actor.pid));
+    m.insert("tid".into(), json!(r.actor.tid));
+    m.insert("ppid".into(), json!(r.actor.ppid));
+    m.insert("comm".into(), json!(r.actor.comm));
+    if let Some(child) = r.child_pid {
+        m.insert("child_pid".into(), json!(child));
+    }
+    if let Some(fd) = r.fd {
+        m.insert("fd".into(), json!(fd));
+    }
+    if let Some(e) = r.errno {
+        m.insert("errno".into(), json!(errno::name(e)));
+        m.insert("errno_num".into(), json!(e));
+    }
+    Value::Object(m)
+}
+
+impl<W: Write> Sink for JsonSink<W> {
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &to_json(r))?;
+        self.out.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Actor, EventType, NsKind, Syscall};
+
+    fn record() -> Record {
+        Record {
+            time_ns: 1_709_210_096_000_000_007,
+            event: EventType::Create,
+            kind: Some(NsKind::Net),
+            inode: Some(4026532310),
+            ns_id: None,
+            prev_inode: Some(4026531840),
+            syscall: Syscall::Unshare,
+            flags: NsKind::Net.flag() | NsKind::Uts.flag(),
+            actor: Actor {
+                pid: 10,
+                tid: 11,
+                ppid: 1,
+                comm: "unshare".into(),
+            },
+            child_pid: None,
+            fd: None,
+            errno: None,
+        }
+    }
+
+    #[test]
+    fn create_record_has_the_documented_fields() {
+        let v = to_json(&record());
+        assert_eq!(v["time"], "2024-02-29T12:34:56.000000007Z");
+        assert_eq!(v["event"], "create");
+        assert_eq!(v["ns_type"], "net");
+        assert_eq!(v["ns_inode"], 4026532310u64);
+        assert!(v["ns_id"].is_null());
+        assert_eq!(v["prev_inode"], 4026531840u64);
+        assert_eq!(v["syscall"], "unshare");
+        assert_eq!(v["flags"], json!(["CLONE_NEWUTS", "CLONE_NEWNET"]));
+        assert_eq!(v["pid"], 10);
+        assert_eq!(v["tid"], 11);
+        assert_eq!(v["ppid"], 1);
+        assert_eq!(v["comm"], "unshare");
+        assert!(v.get("errno").is_none());
+    }
+
+    #[test]
+    fn error_record_names_the_errno_and_lines_are_json() {
+        let mut r = record();
+        r.event = EventType::Error;
+        r.errno = Some(1);
+        r.inode = None;
+        r.prev_inode = None;
+        let mut out = Vec::new();
+        let mut sink = JsonSink::new(&mut out);
+        sink.record(&r).unwrap();
+        sink.record(&r).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let v: Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["errno"], "EPERM");
+        assert_eq!(v["event"], "error");
+        assert!(v["ns_inode"].is_null());
+        assert!(v.get("prev_inode").is_none());
+    }
+}

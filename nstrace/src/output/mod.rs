@@ -1,0 +1,24 @@
+//! Output layers: one module per format, all fed [`Record`]s.
+
+pub mod json;
+pub mod text;
+
+use std::io::{self, Write};
+
+use crate::record::Record;
+
+/// A destination for records. Callers `flush` after each batch so a pipe
+/// (`| jq`) sees records as they happen.
+pub trait Sink {
+    fn record(&mut self, r: &Record) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Builds the sink for the chosen format over `out`.
+pub fn sink<'a, W: Write + 'a>(json: bool, out: W) -> Box<dyn Sink + 'a> {
+    if json {
+        Box::new(json::JsonSink::new(out))
+    } else {
+        Box::new(text::TextSink::new(out))
+    }
+}

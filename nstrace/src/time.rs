@@ -1,0 +1,145 @@
+//! Event timestamps: the kernel stamps CLOCK_MONOTONIC; users read wall time.
+
+/// Converts `bpf_ktime_get_ns()` stamps to nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    realtime_minus_monotonic: i128,
+}
+
+impl Clock {
+    /// Samples both clocks now. Wall-clock steps after start are not followed,
+    /// which keeps one trace's timestamps monotonic.
+    pub fn now() -> Self {
+        // Inside a time namespace our CLOCK_MONOTONIC is shifted; the kernel's is not.
+        let mono = clock_ns(libc::CLOCK_MONOTONIC) as i128 - timens_monotonic_offset_ns();
+        let real = clock_ns(libc::CLOCK_REALTIME) as i128;
+        Self {
+            realtime_minus_monotonic: real - mono,
+        }
+    }
+
+    /// A clock whose epoch offset is fixed, for tests.
+    pub fn with_offset(realtime_minus_monotonic: i128) -> Self {
+        Self {
+            realtime_minus_monotonic,
+        }
+    }
+
+    pub fn to_unix_ns(self, monotonic_ns: u64) -> i128 {
+        monotonic_ns as i128 + self.realtime_minus_monotonic
+    }
+}
+
+fn timens_monotonic_offset_ns() -> i128 {
+    std::fs::read_to_string("/proc/self/timens_offsets")
+        .ok()
+        .and_then(|s| parse_timens_monotonic(&s))
+        .unwrap_or(0)
+}
+
+/// The `monotonic <secs> <nanos>` line of /proc/PID/timens_offsets.
+fn parse_timens_monotonic(s: &str) -> Option<i128> {
+    let line = s.lines().find(|l| l.starts_with("monotonic"))?;
+    let mut f = line.split_whitespace().skip(1);
+    let secs: i128 = f.next()?.parse().ok()?;
+    let nanos: i128 = f.next()?.parse().ok()?;
+    Some(secs * 1_000_000_000 + nanos)
+}
+
+fn clock_ns(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec; both clock ids exist on every Linux.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Civil date (year, month, day) of a day count since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// (days since epoch, second of day, nanoseconds)
+fn split(unix_ns: i128) -> (i64, u32, u32) {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
+    (days, sod, nanos)
+}
+
+/// `2026-11-22T20:31:05.123456789Z`
+pub fn rfc3339(unix_ns: i128) -> String {
+    let (days, sod, nanos) = split(unix_ns);
+    let (y, mo, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+/// `20:31:05.123456` (UTC), for the text timeline.
+pub fn time_of_day(unix_ns: i128) -> String {
+    let (_, sod, nanos) = split(unix_ns);
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        nanos / 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_with_nanoseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        // 2024-02-29T12:34:56.000000007Z: a leap day.
+        assert_eq!(
+            rfc3339(1_709_210_096 * 1_000_000_000 + 7),
+            "2024-02-29T12:34:56.000000007Z"
+        );
+        assert_eq!(
+            rfc3339(4_102_444_799 * 1_000_000_000 + 999_999_999),
+            "2099-12-31T23:59:59.999999999Z"
+        );
+    }
+
+    #[test]
+    fn time_of_day_is_utc_with_microseconds() {
+        assert_eq!(
+            time_of_day(1_709_210_096 * 1_000_000_000 + 123_456_789),
+            "12:34:56.123456"
+        );
+    }
+
+    #[test]
+    fn reads_time_namespace_offsets() {
+        let s = "monotonic           -5         100\nboottime            0         0\n";
+        assert_eq!(parse_timens_monotonic(s), Some(-4_999_999_900));
+        assert_eq!(parse_timens_monotonic(""), None);
+    }
+
+    #[test]
+    fn clock_offset_is_applied() {
+        let c = Clock::with_offset(1_000);
+        assert_eq!(c.to_unix_ns(5), 1_005);
+    }
+}
