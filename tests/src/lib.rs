@@ -1,1 +1,323 @@
+//! Harness for the privileged end-to-end tests: start the real `nstrace`
+//! binary, cause real namespace operations, and read ground truth from
+//! `/proc/PID/ns`.
 
+use std::{
+    io::{BufRead, BufReader, Read},
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when the tests can load BPF programs. Otherwise says why the test is
+/// skipped, so a developer's plain `cargo test` passes with a clear message.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!(
+        "skipping: this end-to-end test loads eBPF programs and needs root; run `cargo xtask test` as root"
+    );
+    false
+}
+
+/// The release binary under test: `NSTRACE_BIN`, else the workspace's target/release.
+pub fn nstrace_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NSTRACE_BIN") {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/nstrace");
+    assert!(
+        p.exists(),
+        "{} not found: build it with `cargo build --release -p nstrace` or set NSTRACE_BIN",
+        p.display()
+    );
+    p
+}
+
+/// The `nshelper` binary cargo built beside the test executables
+/// (tests run from target/PROFILE/deps/).
+pub fn helper_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe.parent().and_then(|d| d.parent()).expect("target dir").join("nshelper");
+    assert!(p.exists(), "{} not found", p.display());
+    p
+}
+
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// A running tracer whose stdout (JSON Lines) and stderr are collected.
+pub struct Tracer {
+    child: Option<Child>,
+    records: Arc<Mutex<Vec<Value>>>,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Tracer {
+    /// Starts `nstrace --json ARGS` and waits until it says it is tracing.
+    pub fn start(args: &[&str]) -> Tracer {
+        Self::start_with(true, args)
+    }
+
+    /// Starts nstrace with the text timeline.
+    pub fn start_text(args: &[&str]) -> Tracer {
+        Self::start_with(false, args)
+    }
+
+    fn start_with(json: bool, args: &[&str]) -> Tracer {
+        let mut cmd = Command::new(nstrace_bin());
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning nstrace");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        {
+            let (records, lines) = (records.clone(), lines.clone());
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if json {
+                        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                            panic!("nstrace printed invalid JSON ({e}): {line}")
+                        });
+                        records.lock().unwrap().push(v);
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut err = child.stderr.take().unwrap();
+        {
+            let stderr = stderr.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    stderr
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let mut tracer = Tracer {
+            child: Some(child),
+            records,
+            lines,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !tracer.stderr().contains("tracing namespaces") {
+            if Instant::now() > deadline {
+                panic!("nstrace did not start: {}", tracer.stderr());
+            }
+            if let Some(status) = tracer.child.as_mut().unwrap().try_wait().unwrap() {
+                thread::sleep(Duration::from_millis(100));
+                panic!("nstrace exited early ({status}): {}", tracer.stderr());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        tracer
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// All records so far.
+    pub fn records(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// All text lines so far (either format).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` records satisfy `pred`, and returns those.
+    pub fn wait_for(&self, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + DEFAULT_WAIT;
+        loop {
+            let found: Vec<Value> = self.records().into_iter().filter(|r| pred(r)).collect();
+            if found.len() >= n || Instant::now() > deadline {
+                assert!(
+                    found.len() >= n,
+                    "expected {n} matching records, got {}: {found:#?}\nall records: {:#?}\nstderr: {}",
+                    found.len(),
+                    self.records(),
+                    self.stderr()
+                );
+                return found;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Records of process `pid`, once at least `n` have arrived.
+    pub fn wait_for_pid(&self, n: usize, pid: u32) -> Vec<Value> {
+        self.wait_for(n, |r| r["pid"] == pid)
+    }
+
+    /// Sends `signal`, waits for exit, returns its status and stderr.
+    pub fn stop_with(mut self, signal: i32) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("nstrace did not exit after signal {signal}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // Let the reader threads take the last output.
+        thread::sleep(Duration::from_millis(100));
+        (status, self.stderr())
+    }
+
+    /// Ctrl-C.
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.stop_with(libc::SIGINT)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A process group started for a test and killed, whole, when dropped.
+pub struct Group {
+    child: Child,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
+}
+
+impl Group {
+    /// Starts `argv` in a new process group with stdout piped.
+    pub fn spawn(argv: &[&str]) -> Group {
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {argv:?}: {e}"));
+        let mut g = Group {
+            child,
+            stdout: None,
+        };
+        g.stdout = g.child.stdout.take().map(BufReader::new);
+        g
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line the process prints.
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .as_mut()
+            .unwrap()
+            .read_line(&mut line)
+            .expect("reading helper output");
+        line.trim().to_string()
+    }
+
+    /// Waits for the process to exit (for short-lived commands).
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: signalling a process group we created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `readlink /proc/PID/ns/KIND` as the inode number.
+pub fn ns_inode(pid: u32, kind: &str) -> u64 {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap_or_else(|e| panic!("readlink /proc/{pid}/ns/{kind}: {e}"));
+    let s = link.to_string_lossy();
+    let start = s.find('[').expect("ns link format") + 1;
+    s[start..s.len() - 1].parse().expect("ns inode")
+}
+
+/// Waits until `pid`'s namespace of `kind` differs from ours: the operation
+/// under test has happened.
+pub fn wait_ns_changed(pid: u32, kind: &str) -> u64 {
+    let ours = ns_inode(std::process::id(), kind);
+    let deadline = Instant::now() + DEFAULT_WAIT;
+    loop {
+        let now = ns_inode(pid, kind);
+        if now != ours {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never left our {kind} namespace"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The first child of `pid` (e.g. the process `unshare --fork` started).
+pub fn first_child(pid: u32) -> u32 {
+    let deadline = Instant::now() + DEFAULT_WAIT;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(c) = children.split_whitespace().next() {
+            return c.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "pid {pid} started no child");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The records of `kind` in `records`, exactly one expected.
+pub fn one_of_kind<'a>(records: &'a [Value], event: &str, kind: &str) -> &'a Value {
+    let found: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == event && r["ns_type"] == kind)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {event} of {kind}: {records:#?}"
+    );
+    found[0]
+}

@@ -1,1 +1,139 @@
-fn main() {}
+//! Small namespace actions the end-to-end tests need and no standard tool does
+//! (clone3, setns through a pidfd, a refused unshare). Each action prints one
+//! line (`ready` or `errno N`) and, where it should stay alive for inspection,
+//! waits until killed.
+
+use std::{ffi::CString, io::Write};
+
+fn die(msg: &str) -> ! {
+    eprintln!("nshelper: {msg}");
+    std::process::exit(2)
+}
+
+fn hex(arg: Option<String>) -> u64 {
+    let s = arg.unwrap_or_else(|| die("missing flags argument"));
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|_| die("bad hex flags"))
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn wait_forever() -> ! {
+    loop {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
+/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let action = args
+        .next()
+        .unwrap_or_else(|| die("usage: nshelper ACTION ARGS"));
+    match action.as_str() {
+        // clone3 FLAGS: child waits; parent prints `child PID` and waits.
+        "clone3" => {
+            let cl = CloneArgs {
+                flags: hex(args.next()),
+                exit_signal: libc::SIGCHLD as u64,
+                ..Default::default()
+            };
+            // SAFETY: valid clone_args of the size we pass; no CLONE_VM, so the
+            // child is an ordinary fork of this process.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &cl as *const CloneArgs,
+                    std::mem::size_of::<CloneArgs>(),
+                )
+            };
+            match ret {
+                0 => wait_forever(),
+                r if r < 0 => say(&format!("errno {}", errno())),
+                child => {
+                    say(&format!("child {child}"));
+                    wait_forever()
+                }
+            }
+        }
+        // setns-pidfd PID FLAGS: join PID's namespaces of the given kinds at once.
+        "setns-pidfd" => {
+            let pid: i32 = args
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| die("missing pid"));
+            let flags = hex(args.next());
+            // SAFETY: plain syscalls with integer arguments.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+            if fd < 0 {
+                die(&format!("pidfd_open: errno {}", errno()));
+            }
+            if unsafe { libc::setns(fd, flags as i32) } != 0 {
+                say(&format!("errno {}", errno()));
+                std::process::exit(1);
+            }
+            say("ready");
+            wait_forever()
+        }
+        // setns-path PATH NSTYPE: join the namespace behind an nsfs file.
+        "setns-path" => {
+            let path = CString::new(args.next().unwrap_or_else(|| die("missing path")))
+                .unwrap_or_else(|_| die("bad path"));
+            let nstype = hex(args.next());
+            // SAFETY: valid C string; plain syscalls.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                die(&format!("open: errno {}", errno()));
+            }
+            if unsafe { libc::setns(fd, nstype as i32) } != 0 {
+                say(&format!("errno {}", errno()));
+                std::process::exit(1);
+            }
+            say("ready");
+            wait_forever()
+        }
+        // unshare-as-nobody FLAGS: drop to uid/gid 65534, try unshare, print the result.
+        "unshare-as-nobody" => {
+            let flags = hex(args.next());
+            // SAFETY: plain syscalls with integer arguments.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(65534, 65534, 65534) != 0
+                    || libc::setresuid(65534, 65534, 65534) != 0
+                {
+                    die(&format!("dropping privileges: errno {}", errno()));
+                }
+                if libc::unshare(flags as i32) == 0 {
+                    say("ready");
+                } else {
+                    say(&format!("errno {}", errno()));
+                }
+            }
+        }
+        other => die(&format!("unknown action {other}")),
+    }
+}

@@ -1,0 +1,116 @@
+//! Start and stop behaviour: clean exit on signals, nothing left loaded,
+//! clear errors without privileges.
+
+use std::process::Command;
+
+use nstrace_tests::*;
+use serde_json::Value;
+
+/// Ids of loaded BPF programs held by `pid`, from `bpftool prog list -j`.
+fn programs_of(pid: u32) -> Vec<u64> {
+    programs()
+        .into_iter()
+        .filter(|(_, pids)| pids.contains(&pid))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+fn programs() -> Vec<(u64, Vec<u32>)> {
+    let out = Command::new("bpftool")
+        .args(["prog", "list", "-j"])
+        .output()
+        .expect("bpftool (installed by `cargo xtask setup`)");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let pids = p["pids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x["pid"].as_u64())
+                        .map(|x| x as u32)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (p["id"].as_u64().unwrap(), pids)
+        })
+        .collect()
+}
+
+fn assert_clean_stop(signal: i32) {
+    let tracer = Tracer::start(&[]);
+    let ours = programs_of(tracer.pid());
+    assert!(
+        ours.len() >= 11,
+        "expected our programs loaded, bpftool shows {ours:?}"
+    );
+    let (status, stderr) = tracer.stop_with(signal);
+    assert!(status.success(), "exit {status}: {stderr}");
+    let summary = stderr.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains("records") && summary.contains("lost"),
+        "{stderr}"
+    );
+    let still: Vec<u64> = programs()
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| ours.contains(id))
+        .collect();
+    assert!(still.is_empty(), "programs left loaded: {still:?}");
+}
+
+#[test]
+fn ctrl_c_detaches_everything_and_exits_zero() {
+    if privileged() {
+        assert_clean_stop(libc::SIGINT);
+    }
+}
+
+#[test]
+fn sigterm_detaches_everything_and_exits_zero() {
+    if privileged() {
+        assert_clean_stop(libc::SIGTERM);
+    }
+}
+
+#[test]
+fn without_privileges_it_says_so_and_exits_nonzero() {
+    if !privileged() {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(nstrace_bin())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("nstrace: error: permission denied"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: run it as `sudo nstrace`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let out = Command::new(nstrace_bin())
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unexpected argument"), "{stderr}");
+}
