@@ -45,7 +45,11 @@ pub fn nstrace_bin() -> PathBuf {
 /// (tests run from target/PROFILE/deps/).
 pub fn helper_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let p = exe.parent().and_then(|d| d.parent()).expect("target dir").join("nshelper");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("nshelper");
     assert!(p.exists(), "{} not found", p.display());
     p
 }

@@ -127,7 +127,10 @@ fn assert_joins(records: &[Value], pid: u32, target: u32, kinds: &[&str]) {
     }
     // nsenter -a also setns()es kinds the target shares with us: those are
     // reported as joins of the namespace the caller was already in.
-    let changed = records.iter().filter(|r| r["prev_inode"] != r["ns_inode"]).count();
+    let changed = records
+        .iter()
+        .filter(|r| r["prev_inode"] != r["ns_inode"])
+        .count();
     assert_eq!(changed, kinds.len(), "{records:#?}");
 }
 

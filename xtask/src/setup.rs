@@ -1,0 +1,211 @@
+//! Installs what building and testing nstrace needs, only where it is missing.
+//!
+//! bpf-linker is built from crates.io against the LLVM shared library that
+//! rustup ships inside the nightly toolchain (no Debian LLVM), and cached under
+//! `$NSTRACE_CACHE` (default /var/cache/nstrace) keyed by that toolchain's
+//! commit, so it is rebuilt exactly when nightly changes.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::sh;
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages: what the tests and the build call, by package.
+/// util-linux: unshare, nsenter, setpriv; iproute2: ip netns; bpftool: the
+/// "nothing left loaded" checks.
+const DEBIAN_PACKAGES: &[&str] = &["util-linux", "iproute2", "bpftool", "ca-certificates"];
+
+pub fn run() -> Result<()> {
+    debian_packages()?;
+    nightly_with_rust_src()?;
+    let linker = bpf_linker()?;
+    eprintln!("xtask: setup complete (bpf-linker at {})", linker.display());
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}; run `cargo xtask setup` as root",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    sh(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rustup() -> Command {
+    let mut c = Command::new("rustup");
+    // Never let a stray toolchain file trigger a download behind our back.
+    c.env("RUSTUP_AUTO_INSTALL", "0");
+    c
+}
+
+fn nightly_with_rust_src() -> Result<()> {
+    let toolchains = output(rustup().args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly-")) {
+        eprintln!("xtask: installing the nightly toolchain (for -Z build-std of the eBPF crate)");
+        sh(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let installed =
+        output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: adding rust-src to the nightly toolchain");
+        sh(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("NSTRACE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/nstrace"))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+        })
+}
+
+/// (commit hash, LLVM major) of the nightly toolchain.
+fn nightly_identity() -> Result<(String, String)> {
+    let vv = output(rustup().args(["run", "nightly", "rustc", "-vV"]))?;
+    let field = |name: &str| {
+        vv.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("`rustc -vV` of nightly has no {name}"))
+    };
+    let hash: String = field("commit-hash:")?.chars().take(12).collect();
+    let llvm = field("LLVM version:")?;
+    let major = llvm.split('.').next().unwrap_or_default().to_string();
+    Ok((hash, major))
+}
+
+fn bpf_linker() -> Result<PathBuf> {
+    let (hash, llvm_major) = nightly_identity()?;
+    let root = cache_dir().join(format!("bpf-linker-{BPF_LINKER_VERSION}-nightly-{hash}"));
+    let binary = root.join("bin/bpf-linker");
+    if !binary.exists() {
+        build_bpf_linker(&root, &llvm_major)?;
+    }
+    link_into_path(&binary)?;
+    Ok(binary)
+}
+
+fn build_bpf_linker(root: &Path, llvm_major: &str) -> Result<()> {
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (about a minute, once per nightly)");
+    let sysroot = output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    // The file named by the library's SONAME (libLLVM.so.<ver>-rust-...).
+    let libllvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    // llvm-sys wants $LLVM_PREFIX/lib/libLLVM.so; the SONAME link is needed at run time.
+    // bpf-linker keeps this directory as its RUNPATH: it lives as long as the build.
+    let prefix = sibling(root, "llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in [
+        PathBuf::from("libLLVM.so"),
+        PathBuf::from(libllvm.file_name().expect("file name")),
+    ] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    let staging = sibling(root, "partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    sh(Command::new("cargo")
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+        ])
+        .args(["--features", &format!("llvm-{llvm_major}")])
+        .arg("--root")
+        .arg(&staging)
+        .env("LLVM_PREFIX", &prefix))?;
+    // Rename last, so an interrupted build is never taken for a finished one.
+    std::fs::rename(&staging, root).context("moving bpf-linker into the cache")?;
+    Ok(())
+}
+
+/// `<root>-<suffix>` beside `root`.
+fn sibling(root: &Path, suffix: &str) -> PathBuf {
+    let mut name = root.file_name().expect("cache entry name").to_os_string();
+    name.push(format!("-{suffix}"));
+    root.with_file_name(name)
+}
+
+/// aya-build finds bpf-linker on PATH; cargo's bin directory is on everyone's.
+fn link_into_path(binary: &Path) -> Result<()> {
+    let bin = cargo_home().join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let link = bin.join("bpf-linker");
+    if std::fs::read_link(&link).ok().as_deref() == Some(binary) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(binary, &link).with_context(|| format!("linking {}", link.display()))
+}
