@@ -71,7 +71,9 @@ pub enum EventKind {
     Error = 3,
     /// A task that took part in namespace work called execve (new `comm`).
     Exec = 4,
-    /// A task that took part in namespace work exited.
+    /// A task exited that took part in namespace work, or was the last
+    /// member of a watched namespace (`emptied`), or a PID namespace's init
+    /// (`reaper`).
     Exit = 5,
 }
 
@@ -133,6 +135,23 @@ pub struct Event {
     pub comm: [u8; 16],
     pub before: NsSet,
     pub after: NsSet,
+    /// `CLONE_NEW*` bits of the kinds whose watched namespace (in `before`)
+    /// lost its last member task with this event.
+    pub emptied: u32,
+    /// Exit only: 1 when the task was the init (child reaper) of its PID namespace.
+    pub reaper: u32,
+    /// Creates only: inode of the user namespace owning each new namespace
+    /// (for user: its parent user namespace).
+    pub owners: [u32; NS_KINDS],
+    /// Creates only: the parent PID namespace's inode of a new PID namespace.
+    pub pid_parent: u32,
+    pub _pad: u32,
+}
+
+/// Key of a namespace in the member-count map: kind index in the high half,
+/// inode in the low half.
+pub const fn member_key(kind: usize, inum: u32) -> u64 {
+    ((kind as u64) << 32) | inum as u64
 }
 
 /// Kernel struct field offsets, computed from the running kernel's BTF by user
@@ -156,6 +175,10 @@ pub struct Offsets {
     pub inum: [u32; NS_KINDS],
     /// Offset of `ns.ns_id` inside each kind's namespace struct, or [`NO_FIELD`].
     pub ns_id: [u32; NS_KINDS],
+    /// Offset of the owning `user_ns` pointer in each kind's struct (user: `parent`).
+    pub owner: [u32; NS_KINDS],
+    pub pidns_parent: u32,
+    pub pidns_child_reaper: u32,
 }
 
 impl Offsets {
@@ -170,6 +193,9 @@ impl Offsets {
         nsproxy: [NO_FIELD; NS_KINDS],
         inum: [NO_FIELD; NS_KINDS],
         ns_id: [NO_FIELD; NS_KINDS],
+        owner: [NO_FIELD; NS_KINDS],
+        pidns_parent: NO_FIELD,
+        pidns_child_reaper: NO_FIELD,
     };
 }
 
@@ -177,7 +203,9 @@ impl Offsets {
 pub const COUNTER_LOST: u32 = 0;
 /// Index of the per-CPU counter of pending-syscall slots that could not be stored.
 pub const COUNTER_PENDING_FULL: u32 = 1;
-pub const COUNTERS: u32 = 2;
+/// Index of the per-CPU counter of new namespaces the member map had no room for.
+pub const COUNTER_MEMBERS_FULL: u32 = 2;
+pub const COUNTERS: u32 = 3;
 
 #[cfg(feature = "user")]
 mod user {

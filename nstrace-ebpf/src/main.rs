@@ -3,11 +3,22 @@
 //! Syscall tracepoints remember, per thread, the namespace syscall in flight
 //! and the caller's namespaces on entry; the exit tracepoint (or, for clone,
 //! `sched_process_fork`) reads the namespaces again and emits one [`Event`].
-//! Everything unrelated to namespaces is dropped here, in the kernel.
+//!
+//! Lifecycle without fentry: [`MEMBERS`] counts the member threads of every
+//! watched namespace (user space seeds the ones alive at start; creations add
+//! theirs). Fork, exit, unshare and setns keep the counts; the event that takes
+//! a count to zero says so (`emptied`), and user space decides whether the
+//! namespace is gone or pinned. Everything unrelated to namespaces stays here.
 #![no_std]
 #![no_main]
+// The bpfel target has no `AtomicI64::fetch_add`; the intrinsic lowers to the
+// BPF atomic add instruction (aya-build always compiles this crate on nightly).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod task;
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -16,7 +27,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use nstrace_common::{
-    Event, EventKind, NsSet, Syscall, CLONE_NEW_MASK, COUNTERS, COUNTER_LOST, COUNTER_PENDING_FULL,
+    member_key, Event, EventKind, NsSet, Syscall, CLONE_NEW_MASK, COUNTERS, COUNTER_LOST,
+    COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, KIND_FLAGS, NS_KINDS,
 };
 
 /// Resized by user space (`--buffer-size`) before load.
@@ -44,6 +56,10 @@ static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 #[map]
 static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
+/// Member threads per watched namespace, keyed by [`member_key`].
+#[map]
+static MEMBERS: HashMap<u64, i64> = HashMap::with_max_entries(65536, 0);
+
 // Syscall tracepoint records: 8 bytes of common header, the syscall number,
 // padding, then one 8-byte slot per argument; exit records carry `ret` at 16.
 const ARG0: usize = 16;
@@ -60,6 +76,49 @@ fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+/// Adds `delta` to a watched namespace's member count; true when it reached
+/// zero. Namespaces not in the map (e.g. the host's) are not watched.
+fn adjust(kind: usize, inum: u32, delta: i64) -> bool {
+    if inum == 0 {
+        return false;
+    }
+    let Some(p) = MEMBERS.get_ptr_mut(member_key(kind, inum)) else {
+        return false;
+    };
+    // Not fetch_add's result: fetching atomics need Linux 5.12; a racing
+    // update is caught in user space, which re-checks before reporting an end.
+    unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, delta) };
+    delta < 0 && unsafe { core::ptr::read_volatile(p) } <= 0
+}
+
+/// A namespace just created with its first member.
+fn watch_new(kind: usize, inum: u32) {
+    if inum != 0 && MEMBERS.insert(member_key(kind, inum), 1, 0).is_err() {
+        count(COUNTER_MEMBERS_FULL);
+    }
+}
+
+/// Moves one member from `before` to `after` for every kind that changed;
+/// kinds in `created` are new namespaces. Returns the `CLONE_NEW*` bits of
+/// kinds whose old namespace lost its last member.
+fn move_member(before: &NsSet, after: &NsSet, created: u64) -> u32 {
+    let mut emptied = 0;
+    for k in 0..NS_KINDS {
+        if before.inum[k] == after.inum[k] {
+            continue;
+        }
+        if adjust(k, before.inum[k], -1) {
+            emptied |= KIND_FLAGS[k] as u32;
+        }
+        if created & KIND_FLAGS[k] != 0 {
+            watch_new(k, after.inum[k]);
+        } else {
+            adjust(k, after.inum[k], 1);
+        }
+    }
+    emptied
+}
+
 /// Remembers the syscall in flight and the caller's namespaces as they are now.
 fn enter(syscall: Syscall, flags: u64, fd: i32) {
     let tid = current_tid();
@@ -68,15 +127,15 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
         syscall: syscall as u32,
         fd,
         before: NsSet {
-            inum: [0; 8],
-            id: [0; 8],
+            inum: [0; NS_KINDS],
+            id: [0; NS_KINDS],
         },
     };
-    if PENDING.insert(&tid, &fresh, 0).is_err() {
+    if PENDING.insert(tid, fresh, 0).is_err() {
         count(COUNTER_PENDING_FULL);
         return;
     }
-    if let Some(p) = PENDING.get_ptr_mut(&tid) {
+    if let Some(p) = PENDING.get_ptr_mut(tid) {
         unsafe { task::read_ns(task::current(), &mut (*p).before) };
     }
 }
@@ -124,7 +183,7 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
 /// (success was reported from `sched_process_fork`, where the child is visible).
 fn exit(ctx: &TracePointContext) {
     let tid = current_tid();
-    let Some(p) = PENDING.get_ptr(&tid) else {
+    let Some(p) = PENDING.get_ptr(tid) else {
         return;
     };
     let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(0);
@@ -150,6 +209,15 @@ fn exit(ctx: &TracePointContext) {
                     e.after = (*p).before;
                 } else {
                     task::read_ns(task, &mut e.after);
+                    let created = if syscall == Syscall::Unshare as u32 {
+                        e.flags
+                    } else {
+                        0
+                    };
+                    e.emptied = move_member(&e.before, &e.after, created);
+                    if created != 0 {
+                        task::read_owners(task, e);
+                    }
                 }
             }
             entry.submit(0);
@@ -160,7 +228,7 @@ fn exit(ctx: &TracePointContext) {
             track(tid);
         }
     }
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
 }
 
 #[tracepoint]
@@ -189,25 +257,50 @@ pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
 
 /// `sched_process_fork(parent, child)`, as a raw tracepoint because only the
 /// raw form hands over the child's `task_struct`. Runs in the parent, inside
-/// clone, after the child got its namespaces.
+/// clone, after the child got its namespaces and before it first runs.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
-    let tid = current_tid();
-    let Some(p) = PENDING.get_ptr(&tid) else {
-        return 0;
-    };
     let child: *const u8 = ctx.arg::<u64>(1) as *const u8;
+    let tid = current_tid();
+    match PENDING.get_ptr(tid) {
+        Some(p) => clone_created(p, child),
+        None => {
+            // Any fork or new thread: one more member wherever the child is.
+            let mut set = NsSet {
+                inum: [0; NS_KINDS],
+                id: [0; NS_KINDS],
+            };
+            unsafe { task::read_inums(child, &mut set) };
+            for k in 0..NS_KINDS {
+                adjust(k, set.inum[k], 1);
+            }
+        }
+    }
+    0
+}
+
+/// A clone/clone3 with `CLONE_NEW*` flags made `child`.
+fn clone_created(p: *const Pending, child: *const u8) {
+    let tid = current_tid();
+    let flags = unsafe { (*p).flags };
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         let e = unsafe { &mut *entry.as_mut_ptr() };
-        let parent = task::current();
         unsafe {
-            fill_header(e, EventKind::Clone, parent);
+            fill_header(e, EventKind::Clone, task::current());
             e.syscall = (*p).syscall;
-            e.flags = (*p).flags;
+            e.flags = flags;
             e.fd = -1;
             e.ret = task::tid_of(child) as i64;
             e.before = (*p).before;
             task::read_ns(child, &mut e.after);
+            task::read_owners(child, e);
+            for k in 0..NS_KINDS {
+                if flags & KIND_FLAGS[k] != 0 {
+                    watch_new(k, e.after.inum[k]);
+                } else {
+                    adjust(k, e.after.inum[k], 1);
+                }
+            }
         }
         entry.submit(0);
     } else {
@@ -215,32 +308,51 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     }
     track(tid);
     track(unsafe { task::tid_of(child) });
-    0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    process_event(EventKind::Exec, false);
+    let tid = current_tid();
+    if unsafe { TRACKED.get(tid) }.is_some() {
+        emit_process(EventKind::Exec, 0, 0);
+    }
     0
 }
 
+/// Runs before the kernel drops the task's namespaces (`exit_task_namespaces`).
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    let _ = PENDING.remove(&current_tid());
-    process_event(EventKind::Exit, true);
+    let tid = current_tid();
+    let _ = PENDING.remove(tid);
+    let task = task::current();
+    let mut set = NsSet {
+        inum: [0; NS_KINDS],
+        id: [0; NS_KINDS],
+    };
+    unsafe { task::read_inums(task, &mut set) };
+    let mut emptied = 0u32;
+    for k in 0..NS_KINDS {
+        if adjust(k, set.inum[k], -1) {
+            emptied |= KIND_FLAGS[k] as u32;
+        }
+    }
+    let pid_kind = nstrace_common::kind::PID;
+    let watched_pidns = set.inum[pid_kind] != 0
+        && MEMBERS
+            .get_ptr(member_key(pid_kind, set.inum[pid_kind]))
+            .is_some();
+    let reaper = watched_pidns && unsafe { task::is_pidns_reaper(task) };
+    let tracked = unsafe { TRACKED.get(tid) }.is_some();
+    if tracked {
+        let _ = TRACKED.remove(tid);
+    }
+    if tracked || emptied != 0 || reaper {
+        emit_process(EventKind::Exit, emptied, reaper as u32);
+    }
     0
 }
 
-/// Exec and exit of threads we already follow; every other process's exec and
-/// exit costs one hash lookup and sends nothing.
-fn process_event(kind: EventKind, forget: bool) {
-    let tid = current_tid();
-    if unsafe { TRACKED.get(&tid) }.is_none() {
-        return;
-    }
-    if forget {
-        let _ = TRACKED.remove(&tid);
-    }
+fn emit_process(kind: EventKind, emptied: u32, reaper: u32) {
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         let e = unsafe { &mut *entry.as_mut_ptr() };
         let task = task::current();
@@ -252,6 +364,8 @@ fn process_event(kind: EventKind, forget: bool) {
             e.ret = 0;
             task::read_ns(task, &mut e.before);
             e.after = e.before;
+            e.emptied = emptied;
+            e.reaper = reaper;
         }
         entry.submit(0);
     } else {
@@ -260,9 +374,10 @@ fn process_event(kind: EventKind, forget: bool) {
 }
 
 fn track(tid: u32) {
-    let _ = TRACKED.insert(&tid, &1, 0);
+    let _ = TRACKED.insert(tid, 1, 0);
 }
 
+/// Sets every field but the call-specific ones; zeroes the create-only ones.
 unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
     e.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -271,6 +386,11 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.tid = pid_tgid as u32;
     e.ppid = unsafe { task::parent_tgid(task) };
     e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    e.emptied = 0;
+    e.reaper = 0;
+    e.owners = [0; NS_KINDS];
+    e.pid_parent = 0;
+    e._pad = 0;
 }
 
 #[cfg(not(test))]

@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Trace Linux namespaces live: every namespace created (clone, clone3,
 /// unshare), joined (setns) or refused, with the inode numbers that
@@ -18,10 +18,15 @@ Examples:
   sudo nstrace                      readable timeline
   sudo nstrace --json | jq .        JSON Lines, one object per record
   sudo nstrace --json > trace.jsonl
+  sudo nstrace ls --tree            namespaces alive now
 
 The JSON schema is documented in the README (section \"JSON records\")."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Print JSON Lines (one object per record) instead of the timeline.
     #[arg(long)]
     pub json: bool,
@@ -34,6 +39,34 @@ pub struct Cli {
     /// Do not print the start-up line and closing summary on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// How namespace ends are detected. `tracepoint`: member tasks are counted
+    /// in the kernel and an end is reported when the last one leaves and
+    /// nothing pins the namespace. `fentry` (hooking the kernel's own free
+    /// path) is not available in this version. `auto` picks the best available.
+    #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
+    pub probe_mode: ProbeMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProbeMode {
+    Auto,
+    Fentry,
+    Tracepoint,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// List the namespaces alive now (kind, inode, processes, owner), like lsns,
+    /// including ones held only by a bind mount.
+    Ls {
+        /// Print JSON (`{"namespaces": [...]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Print trees: user namespaces with what they own, and PID namespace nesting.
+        #[arg(long, conflicts_with = "json")]
+        tree: bool,
+    },
 }
 
 fn parse_buffer_mib(s: &str) -> Result<u32, String> {
@@ -58,6 +91,19 @@ mod tests {
         let c = Cli::try_parse_from(["nstrace", "--json", "--buffer-size", "64"]).unwrap();
         assert!(c.json);
         assert_eq!(c.buffer_size, 64);
+    }
+
+    #[test]
+    fn ls_subcommand_parses() {
+        let c = Cli::try_parse_from(["nstrace", "ls", "--json"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Ls {
+                json: true,
+                tree: false
+            })
+        ));
+        assert!(Cli::try_parse_from(["nstrace", "ls", "--json", "--tree"]).is_err());
     }
 
     #[test]

@@ -31,13 +31,29 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// A namespace named by an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NsRef {
+    pub kind: NsKind,
+    pub inode: u32,
+    pub ns_id: Option<u64>,
+}
+
 /// What one raw event means.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Decoded {
-    /// Timeline records (none when a call changed nothing visible).
-    Records(Vec<Record>),
-    /// A followed process exec'd (new comm) or exited; no timeline record.
-    Process { actor: Actor, exited: bool },
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// Timeline records (none for process events, or a call that changed nothing visible).
+    pub records: Vec<Record>,
+    /// Watched namespaces whose last member task left with this event.
+    pub emptied: Vec<NsRef>,
+    /// The task this event is about, with its current comm.
+    pub actor: Option<Actor>,
+    /// The task exited.
+    pub exited: bool,
+    /// It exited as the init of this PID namespace.
+    pub reaper_of: Option<u32>,
+    /// Kernel monotonic time, converted.
+    pub time_ns: i128,
 }
 
 /// Reads one event out of ring-buffer bytes, wherever they are aligned.
@@ -81,28 +97,52 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
         ppid: e.ppid,
         comm: comm(&e.comm),
     };
-    let Some(call) = syscall.filter(|_| !matches!(kind, EventKind::Exec | EventKind::Exit)) else {
-        return Ok(Decoded::Process {
-            actor,
-            exited: kind == EventKind::Exit,
-        });
+    let time_ns = clock.to_unix_ns(e.ts_ns);
+    let emptied = NsKind::in_flags(u64::from(e.emptied))
+        .filter(|k| e.before.inum[k.index()] != 0)
+        .map(|k| NsRef {
+            kind: k,
+            inode: e.before.inum[k.index()],
+            ns_id: nonzero(e.before.id[k.index()]),
+        })
+        .collect();
+    let mut out = Decoded {
+        emptied,
+        actor: Some(actor.clone()),
+        time_ns,
+        ..Decoded::default()
+    };
+    let call = match (kind, syscall) {
+        (EventKind::Exec, _) => return Ok(out),
+        (EventKind::Exit, _) => {
+            out.exited = true;
+            out.reaper_of = (e.reaper != 0)
+                .then_some(e.before.inum[NsKind::Pid.index()])
+                .filter(|&i| i != 0);
+            return Ok(out);
+        }
+        (_, Some(call)) => call,
+        (_, None) => return Err(DecodeError::UnknownSyscall(e.syscall)),
     };
     let base = Record {
-        time_ns: clock.to_unix_ns(e.ts_ns),
-        event: EventType::Error,
-        kind: None,
-        inode: None,
-        ns_id: None,
-        prev_inode: None,
-        syscall: call,
+        time_ns,
+        syscall: Some(call),
         flags: e.flags,
-        actor,
-        child_pid: None,
+        actor: Some(actor),
         fd: (call == Syscall::Setns).then_some(e.fd),
-        errno: None,
+        ..Record::default()
     };
-    let records = match kind {
+    let with_owner = |r: Record| {
+        let k = r.kind.expect("per-kind record");
+        Record {
+            owner_inode: nonzero(e.owners[k.index()]),
+            parent_inode: (k == NsKind::Pid).then(|| nonzero(e.pid_parent)).flatten(),
+            ..r
+        }
+    };
+    out.records = match kind {
         EventKind::Error => vec![Record {
+            event: EventType::Error,
             kind: NsKind::in_flags(e.flags).next(),
             errno: Some(-e.ret as i32),
             ..base
@@ -112,13 +152,14 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
         })
         .map(|r| Record {
             child_pid: Some(e.ret as u32),
-            ..r
+            ..with_owner(r)
         })
         .collect(),
         EventKind::Switch if call == Syscall::Unshare => {
             per_kind(&base, EventType::Create, &e.before, &e.after, |k| {
                 e.flags & k.flag() != 0 || e.before.inum[k.index()] != e.after.inum[k.index()]
             })
+            .map(with_owner)
             .collect()
         }
         EventKind::Switch => {
@@ -138,9 +179,9 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
                 changed
             }
         }
-        EventKind::Exec | EventKind::Exit => unreachable!("handled above"),
+        EventKind::Exec | EventKind::Exit => unreachable!("returned above"),
     };
-    Ok(Decoded::Records(records))
+    Ok(out)
 }
 
 fn per_kind<'a>(
@@ -197,14 +238,16 @@ mod tests {
             comm,
             before: set(100),
             after: set(100),
+            emptied: 0,
+            reaper: 0,
+            owners: [0; 8],
+            pid_parent: 0,
+            _pad: 0,
         }
     }
 
     fn records(e: &Event) -> Vec<Record> {
-        match decode(e, Clock::with_offset(1_000)).unwrap() {
-            Decoded::Records(r) => r,
-            other => panic!("expected records, got {other:?}"),
-        }
+        decode(e, Clock::with_offset(1_000)).unwrap().records
     }
 
     #[test]
@@ -237,7 +280,7 @@ mod tests {
         assert_eq!(r[0].prev_inode, Some(101));
         assert_eq!(r[0].event, EventType::Create);
         assert_eq!(r[0].time_ns, 1_005);
-        assert_eq!(r[0].actor.comm, "unshare");
+        assert_eq!(r[0].actor.as_ref().unwrap().comm, "unshare");
         assert_eq!(r[1].kind, Some(NsKind::Net));
         assert_eq!(r[1].inode, Some(7004));
     }
@@ -270,7 +313,7 @@ mod tests {
         e.after.inum[kind::UTS] = 5555;
         let r = records(&e);
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].syscall, Syscall::Clone3);
+        assert_eq!(r[0].syscall, Some(Syscall::Clone3));
         assert_eq!(r[0].child_pid, Some(4242));
         assert_eq!(r[0].inode, Some(5555));
         assert_eq!(r[0].fd, None);
@@ -287,12 +330,33 @@ mod tests {
     }
 
     #[test]
-    fn exec_and_exit_are_process_events() {
-        let e = event(EventKind::Exit, RawSyscall::None, 0, 0);
-        assert!(matches!(
-            decode(&e, Clock::with_offset(0)).unwrap(),
-            Decoded::Process { exited: true, .. }
-        ));
+    fn exit_reports_emptied_namespaces_and_reaper() {
+        let mut e = event(EventKind::Exit, RawSyscall::None, 0, 0);
+        e.emptied = (NEWNET | KIND_FLAGS[kind::PID]) as u32;
+        e.reaper = 1;
+        let d = decode(&e, Clock::with_offset(0)).unwrap();
+        assert!(d.exited);
+        assert!(d.records.is_empty());
+        assert_eq!(d.reaper_of, Some(103));
+        let kinds: Vec<_> = d.emptied.iter().map(|n| (n.kind, n.inode)).collect();
+        assert_eq!(kinds, vec![(NsKind::Pid, 103), (NsKind::Net, 104)]);
+        assert_eq!(d.emptied[0].ns_id, Some(1103));
+    }
+
+    #[test]
+    fn creates_carry_owner_and_pid_parent() {
+        let mut e = event(
+            EventKind::Switch,
+            RawSyscall::Unshare,
+            KIND_FLAGS[kind::PID],
+            0,
+        );
+        e.after.inum[kind::PID] = 9003;
+        e.owners[kind::PID] = 4026531837;
+        e.pid_parent = 4026531836;
+        let r = records(&e);
+        assert_eq!(r[0].owner_inode, Some(4026531837));
+        assert_eq!(r[0].parent_inode, Some(4026531836));
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! - [`kernel`] knows the running kernel: preflight checks, BTF offsets, loading
 //!   and attaching the eBPF programs;
 //! - [`decode`] turns raw ring-buffer events into [`record::Record`]s;
+//! - [`procfs`] reads namespaces from /proc; [`registry`] keeps what is alive;
+//!   [`lifecycle`] decides when a namespace is pinned or gone;
+//! - [`listing`] is `nstrace ls`; [`summary`] is the closing summary;
 //! - [`output`] prints records, one layer per format;
 //! - [`session`] ties them together until Ctrl-C.
 
@@ -12,7 +15,12 @@ pub mod decode;
 pub mod errno;
 pub mod error;
 pub mod kernel;
+pub mod lifecycle;
+pub mod listing;
 pub mod output;
+pub mod procfs;
 pub mod record;
+pub mod registry;
 pub mod session;
+pub mod summary;
 pub mod time;

@@ -37,6 +37,10 @@ impl NsKind {
         ["mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time"][self.index()]
     }
 
+    pub fn from_name(name: &str) -> Option<NsKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     pub fn flag(self) -> u64 {
         KIND_FLAGS[self.index()]
     }
@@ -65,10 +69,13 @@ pub fn flag_names(flags: u64) -> Vec<&'static str> {
     NsKind::in_flags(flags).map(NsKind::flag_name).collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum EventType {
+    #[default]
     Create,
     Join,
+    /// No member task is left but something still holds the namespace.
+    Pinned,
     Destroy,
     Error,
 }
@@ -78,10 +85,42 @@ impl EventType {
         match self {
             EventType::Create => "create",
             EventType::Join => "join",
+            EventType::Pinned => "pinned",
             EventType::Destroy => "destroy",
             EventType::Error => "error",
         }
     }
+}
+
+/// How the end of a namespace was established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndCause {
+    /// Its last member task exited or left, and nothing known pinned it.
+    LastMemberLeft,
+    /// It had no members; the last pin (mount, fd, child namespace) went.
+    PinReleased,
+    /// Its inode was given to a new namespace before we saw it end (an
+    /// unwatched pin went unnoticed): it ended earlier than this record.
+    InodeReused,
+}
+
+impl EndCause {
+    pub fn name(self) -> &'static str {
+        match self {
+            EndCause::LastMemberLeft => "last-member-left",
+            EndCause::PinReleased => "pin-released",
+            EndCause::InodeReused => "inode-reused",
+        }
+    }
+}
+
+/// What the registry knows of a namespace's birth.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Birth {
+    pub time_ns: i128,
+    pub pid: u32,
+    pub comm: String,
+    pub syscall: Syscall,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +143,7 @@ impl Syscall {
 }
 
 /// The process a record is about.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Actor {
     pub pid: u32,
     pub tid: u32,
@@ -112,8 +151,9 @@ pub struct Actor {
     pub comm: String,
 }
 
-/// One line of the timeline.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One line of the timeline. Optional fields are absent from JSON when `None`
+/// unless the README's schema says they are always present.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Record {
     /// Nanoseconds since the Unix epoch.
     pub time_ns: i128,
@@ -125,14 +165,28 @@ pub struct Record {
     pub ns_id: Option<u64>,
     /// The namespace of this kind the actor (or, for clone, its parent) was in before.
     pub prev_inode: Option<u32>,
-    pub syscall: Syscall,
+    /// None for destroy and pinned records.
+    pub syscall: Option<Syscall>,
     /// Raw flags (clone/unshare) or nstype (setns).
     pub flags: u64,
-    pub actor: Actor,
+    /// The acting process; for a destroy, the last member that left, if any.
+    pub actor: Option<Actor>,
     /// For clone/clone3: the child's host pid.
     pub child_pid: Option<u32>,
     /// For setns: the fd argument.
     pub fd: Option<i32>,
     /// For errors: the positive errno.
     pub errno: Option<i32>,
+    /// Creates: the owning user namespace (for user: the parent one).
+    pub owner_inode: Option<u32>,
+    /// Creates of PID namespaces: the parent PID namespace.
+    pub parent_inode: Option<u32>,
+    /// Joins, pinned and destroy: the namespace's birth, when it was seen.
+    pub born: Option<Birth>,
+    /// Destroy: how the end was established.
+    pub end: Option<EndCause>,
+    /// Destroy of a PID namespace whose init exited: that init's host pid.
+    pub init_pid: Option<u32>,
+    /// Pinned: what holds the namespace.
+    pub pinned_by: Vec<String>,
 }

@@ -1,6 +1,7 @@
 //! One tracing session: checks, load, stream records until a signal, summary.
 
 use std::{
+    collections::BTreeSet,
     io::{self, Write},
     time::Duration,
 };
@@ -12,11 +13,20 @@ use tokio::{
 };
 
 use crate::{
-    cli::Cli,
-    decode::{self, Decoded},
+    cli::{Cli, Command, ProbeMode},
+    decode,
     error::hinted,
-    kernel::{offsets, preflight, probes::Probes},
+    kernel::{
+        offsets, preflight,
+        probes::{Losses, Probes},
+    },
+    lifecycle::{self, Lifecycle, Procfs},
+    listing,
     output::{self, Sink},
+    procfs::{self, NsKey},
+    record::NsKind,
+    registry::Registry,
+    summary,
     time::Clock,
 };
 
@@ -28,8 +38,117 @@ pub struct Totals {
     pub undecodable: u64,
 }
 
+/// The binary's entry point: a subcommand, or tracing.
 pub async fn run(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Some(Command::Ls { json, tree }) => ls(*json, *tree),
+        None => trace(cli).await,
+    }
+}
+
+fn ls(json: bool, tree: bool) -> Result<()> {
+    let list = listing::collect();
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &listing::to_json(&list))?;
+        writeln!(out)?;
+    } else if tree {
+        listing::write_tree(&mut out, &list)?;
+    } else {
+        listing::write_table(&mut out, &list)?;
+    }
+    Ok(())
+}
+
+/// Everything a running trace keeps.
+struct Tracer<'a> {
+    clock: Clock,
+    sink: Box<dyn Sink + 'a>,
+    probes: Probes,
+    registry: Registry,
+    lifecycle: Lifecycle,
+    totals: Totals,
+}
+
+impl Tracer<'_> {
+    /// Prints every event waiting in the ring. Errors only when output is gone.
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> io::Result<()> {
+        while let Some(item) = ring.next() {
+            self.totals.events += 1;
+            let decoded = decode::parse(&item).and_then(|e| decode::decode(&e, self.clock));
+            drop(item);
+            match decoded {
+                Ok(d) => self.handle(d)?,
+                Err(e) => {
+                    self.totals.undecodable += 1;
+                    eprintln!("nstrace: warning: skipped an undecodable kernel event: {e}");
+                }
+            }
+        }
+        self.sink.flush()
+    }
+
+    fn handle(&mut self, d: decode::Decoded) -> io::Result<()> {
+        for mut r in d.records {
+            if let Some(stale) = self.registry.observe(&mut r) {
+                // The kernel reused the inode of a namespace whose end we did
+                // not see: it has certainly ended. Say so, late, then the create.
+                let time = r.time_ns;
+                let end = self.registry.end_replaced(stale, time);
+                self.emit(&end)?;
+            }
+            self.emit(&r)?;
+        }
+        if let Some(pidns) = d.reaper_of {
+            if let (Some(e), Some(a)) = (self.registry.get_mut((NsKind::Pid, pidns)), &d.actor) {
+                e.init_exited = Some(a.pid);
+            }
+        }
+        if !d.emptied.is_empty() {
+            let ends = self.lifecycle.on_emptied(
+                &d.emptied,
+                d.actor.as_ref(),
+                d.time_ns,
+                &mut self.registry,
+                &mut self.probes,
+                &mut Procfs,
+            );
+            for r in &ends {
+                self.emit(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_pinned(&mut self) -> io::Result<()> {
+        if self.lifecycle.pinned().is_empty() {
+            return Ok(());
+        }
+        let now = Clock::now_unix_ns();
+        let ends = self
+            .lifecycle
+            .poll(now, &mut self.registry, &mut self.probes, &mut Procfs);
+        for r in &ends {
+            self.emit(r)?;
+        }
+        self.sink.flush()
+    }
+
+    fn emit(&mut self, r: &crate::record::Record) -> io::Result<()> {
+        self.totals.records += 1;
+        self.sink.record(r)
+    }
+}
+
+async fn trace(cli: &Cli) -> Result<()> {
     let host = preflight::check()?;
+    if cli.probe_mode == ProbeMode::Fentry {
+        return Err(hinted(
+            "--probe-mode fentry is not available in this version of nstrace",
+            "use --probe-mode tracepoint (the default, `auto`, picks it)",
+        ));
+    }
     let layout = offsets::from_running_kernel().map_err(|e| {
         hinted(
             format!("cannot read the kernel's struct layouts from BTF: {e:#}"),
@@ -38,6 +157,36 @@ pub async fn run(cli: &Cli) -> Result<()> {
     })?;
     let mut probes = Probes::load(&layout, cli.buffer_size * 1024 * 1024)?;
     let clock = Clock::now();
+
+    // Attached first, seeded second: a fork between the two is caught by the
+    // /proc re-check before any end of a namespace that existed at start.
+    let snap = procfs::scan();
+    let host_ns: BTreeSet<NsKey> = NsKind::ALL
+        .into_iter()
+        .flat_map(|k| {
+            [procfs::active_link(k), procfs::acting_link(k)]
+                .into_iter()
+                .filter_map(move |link| {
+                    let l = std::fs::read_link(format!("/proc/1/ns/{link}")).ok()?;
+                    procfs::parse_ns_link(l.to_str()?).map(|(_, i)| (k, i))
+                })
+        })
+        .collect();
+    let watched = lifecycle::seed_counts(&snap, &host_ns, &mut probes);
+    let registry = Registry::from_snapshot(&snap, |key| {
+        match snap.processes.get(&key).and_then(|p| p.first()) {
+            Some(&pid) => procfs::ns_meta(pid, procfs::active_link(key.0)),
+            None => snap
+                .mounts
+                .get(&key)
+                .and_then(|m| m.first())
+                .map(|m| procfs::ns_meta_at(m))
+                .unwrap_or_default(),
+        }
+    });
+    let mut lifecycle = Lifecycle::default();
+    lifecycle.seed_pinned(&snap);
+
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open until the
     // AsyncFd has deregistered it.
     let mut events =
@@ -45,7 +194,9 @@ pub async fn run(cli: &Cli) -> Result<()> {
             .context("watching the ring buffer")?;
 
     if !cli.quiet {
-        let mut notes = Vec::new();
+        let mut notes = vec![format!(
+            "ends by member counting, {watched} namespaces watched"
+        )];
         if host.mounted_tracefs {
             notes.push(format!("mounted tracefs at {}", host.tracefs.display()));
         }
@@ -56,43 +207,48 @@ pub async fn run(cli: &Cli) -> Result<()> {
             let kinds: Vec<_> = layout.missing_kinds.iter().map(|k| k.name()).collect();
             notes.push(format!("not in this kernel: {}", kinds.join(", ")));
         }
-        let notes = if notes.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", notes.join("; "))
-        };
         eprintln!(
-            "nstrace: tracing namespaces on Linux {} with tracepoints{notes}; Ctrl-C to stop",
-            host.kernel_release
+            "nstrace: tracing namespaces on Linux {} with tracepoints ({}); Ctrl-C to stop",
+            host.kernel_release,
+            notes.join("; ")
         );
     }
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
 
     let stdout = io::stdout();
-    let mut sink = output::sink(cli.json, io::BufWriter::new(stdout.lock()));
-    let mut totals = Totals::default();
-    let mut reported_losses = probes.losses();
+    let mut t = Tracer {
+        clock,
+        sink: output::sink(cli.json, io::BufWriter::new(stdout.lock())),
+        probes,
+        registry,
+        lifecycle,
+        totals: Totals::default(),
+    };
+    let mut reported_losses = t.probes.losses();
     let mut output_closed = false;
 
     loop {
         tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                let ring = guard.get_inner_mut();
-                if drain(ring, clock, sink.as_mut(), &mut totals).is_err() {
+                if t.drain(guard.get_inner_mut()).is_err() {
                     output_closed = true;
                     break;
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let now = probes.losses();
+                let now = t.probes.losses();
                 report_new_losses(reported_losses, now);
                 reported_losses = now;
+                if t.poll_pinned().is_err() {
+                    output_closed = true;
+                    break;
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -101,12 +257,20 @@ pub async fn run(cli: &Cli) -> Result<()> {
     }
     // Records already in the ring when the signal came are still the user's.
     if !output_closed {
-        let _ = drain(events.get_mut(), clock, sink.as_mut(), &mut totals);
+        let _ = t.drain(events.get_mut());
     }
-    let losses = probes.losses();
+    let losses = t.probes.losses();
     report_new_losses(reported_losses, losses);
-    drop(sink);
     drop(events);
+    let Tracer {
+        sink,
+        probes,
+        registry,
+        totals,
+        ..
+    } = t;
+    drop(sink);
+    // Detaches and unloads every program.
     drop(probes);
     if !cli.quiet {
         let mut line = format!(
@@ -119,43 +283,22 @@ pub async fn run(cli: &Cli) -> Result<()> {
                 losses.pending
             ));
         }
+        if losses.unwatched > 0 {
+            line.push_str(&format!(
+                ", {} namespaces not watched for their end (member map full)",
+                losses.unwatched
+            ));
+        }
         if totals.undecodable > 0 {
             line.push_str(&format!(", {} undecodable", totals.undecodable));
         }
         eprintln!("{line}");
+        eprint!("{}", summary::render(&registry, Clock::now_unix_ns()));
     }
     Ok(())
 }
 
-/// Prints every event waiting in the ring. Errors only when output is gone.
-fn drain(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    clock: Clock,
-    sink: &mut dyn Sink,
-    totals: &mut Totals,
-) -> io::Result<()> {
-    while let Some(item) = ring.next() {
-        totals.events += 1;
-        let decoded = decode::parse(&item).and_then(|e| decode::decode(&e, clock));
-        drop(item);
-        match decoded {
-            Ok(Decoded::Records(records)) => {
-                for r in &records {
-                    sink.record(r)?;
-                    totals.records += 1;
-                }
-            }
-            Ok(Decoded::Process { .. }) => {}
-            Err(e) => {
-                totals.undecodable += 1;
-                eprintln!("nstrace: warning: skipped an undecodable kernel event: {e}");
-            }
-        }
-    }
-    sink.flush()
-}
-
-fn report_new_losses(before: crate::kernel::probes::Losses, now: crate::kernel::probes::Losses) {
+fn report_new_losses(before: Losses, now: Losses) {
     if now.records > before.records {
         eprintln!(
             "nstrace: warning: {} records lost, ring buffer full ({} in all); raise --buffer-size",
@@ -168,6 +311,13 @@ fn report_new_losses(before: crate::kernel::probes::Losses, now: crate::kernel::
             "nstrace: warning: {} namespace syscalls missed, in-flight table full ({} in all)",
             now.pending - before.pending,
             now.pending
+        );
+    }
+    if now.unwatched > before.unwatched {
+        eprintln!(
+            "nstrace: warning: {} new namespaces not watched for their end, member map full ({} in all)",
+            now.unwatched - before.unwatched,
+            now.unwatched
         );
     }
     let _ = io::stderr().flush();

@@ -25,6 +25,11 @@ impl Clock {
         }
     }
 
+    /// Wall-clock now, for records that no kernel event stamps (pin polls).
+    pub fn now_unix_ns() -> i128 {
+        clock_ns(libc::CLOCK_REALTIME) as i128
+    }
+
     pub fn to_unix_ns(self, monotonic_ns: u64) -> i128 {
         monotonic_ns as i128 + self.realtime_minus_monotonic
     }

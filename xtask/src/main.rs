@@ -109,7 +109,46 @@ fn test(lint: bool) -> Result<()> {
     build()?;
     // One test at a time: the end-to-end tests each load the real tracer and
     // compare against /proc, and two cores are all CI has.
-    sh(cargo()
-        .args(["test", "--release", "--", "--test-threads=1"])
-        .env("NSTRACE_BIN", nstrace_bin()))
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--", "--test-threads=1"])
+        .env("NSTRACE_BIN", nstrace_bin());
+    let (passed, failed, status) = run_counting_tests(&mut cmd)?;
+    // cargo test ends on whichever target ran last (often one without tests):
+    // close on the totals instead.
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("tests failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Runs `cmd`, echoing its stdout, and adds up cargo's `test result:` lines.
+fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64, std::process::ExitStatus)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    Ok((passed, failed, child.wait()?))
+}
+
+/// In "ok. 14 passed; 0 failed; ...", the number before `label`.
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| part.trim().strip_suffix(label.trim_start()))
+        .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -65,7 +65,15 @@ pub fn from_btf(btf: &Btf) -> Result<Layout> {
             o.ns_id[i] = id;
             has_ns_id = true;
         }
+        let owner = if kind == NsKind::User {
+            "parent"
+        } else {
+            "user_ns"
+        };
+        o.owner[i] = optional_field(btf, ns_struct, &[owner])?.unwrap_or(NO_FIELD);
     }
+    o.pidns_parent = optional_field(btf, "pid_namespace", &["parent"])?.unwrap_or(NO_FIELD);
+    o.pidns_child_reaper = field(btf, "pid_namespace", &["child_reaper"])?;
     for required in [NsKind::Mnt, NsKind::Net, NsKind::User] {
         if missing_kinds.contains(&required) {
             bail!(

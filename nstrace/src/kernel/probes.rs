@@ -3,14 +3,14 @@
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use nstrace_common::{COUNTER_LOST, COUNTER_PENDING_FULL};
+use nstrace_common::{member_key, COUNTER_LOST, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL};
 
 use super::offsets::Layout;
-use crate::error::hinted;
+use crate::{error::hinted, lifecycle::MemberCounts, procfs::NsKey};
 
 /// (program, category, tracepoint)
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
@@ -35,6 +35,7 @@ pub struct Probes {
     _ebpf: Ebpf,
     events: Option<RingBuf<MapData>>,
     counts: PerCpuArray<MapData, u64>,
+    members: HashMap<MapData, u64, i64>,
 }
 
 /// Things the kernel side could not record.
@@ -44,6 +45,8 @@ pub struct Losses {
     pub records: u64,
     /// Syscalls missed because the in-flight table was full.
     pub pending: u64,
+    /// New namespaces not watched for their end because the member map was full.
+    pub unwatched: u64,
 }
 
 impl Probes {
@@ -78,10 +81,12 @@ impl Probes {
         }
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
         let counts = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("map COUNTS missing")?)?;
+        let members = HashMap::try_from(ebpf.take_map("MEMBERS").context("map MEMBERS missing")?)?;
         Ok(Self {
             _ebpf: ebpf,
             events: Some(events),
             counts,
+            members,
         })
     }
 
@@ -100,7 +105,26 @@ impl Probes {
         Losses {
             records: sum(COUNTER_LOST),
             pending: sum(COUNTER_PENDING_FULL),
+            unwatched: sum(COUNTER_MEMBERS_FULL),
         }
+    }
+}
+
+fn key((kind, inode): NsKey) -> u64 {
+    member_key(kind.index(), inode)
+}
+
+impl MemberCounts for Probes {
+    fn get(&self, k: NsKey) -> Option<i64> {
+        self.members.get(&key(k), 0).ok()
+    }
+
+    fn set(&mut self, k: NsKey, members: i64) {
+        let _ = self.members.insert(key(k), members, 0);
+    }
+
+    fn remove(&mut self, k: NsKey) {
+        let _ = self.members.remove(&key(k));
     }
 }
 

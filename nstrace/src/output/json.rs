@@ -5,7 +5,11 @@ use std::io::{self, Write};
 use serde_json::{json, Map, Value};
 
 use super::Sink;
-use crate::{errno, record::flag_names, record::Record, time::rfc3339};
+use crate::{
+    errno,
+    record::{flag_names, EventType, Record},
+    time::rfc3339,
+};
 
 pub struct JsonSink<W: Write> {
     out: W,
@@ -28,22 +32,45 @@ pub fn to_json(r: &Record) -> Value {
     if r.prev_inode.is_some() {
         m.insert("prev_inode".into(), json!(r.prev_inode));
     }
-    m.insert("syscall".into(), json!(r.syscall.name()));
+    m.insert("syscall".into(), json!(r.syscall.map(|s| s.name())));
     m.insert("flags".into(), json!(flag_names(r.flags)));
     m.insert("raw_flags".into(), json!(format!("{:#x}", r.flags)));
-    m.insert("pid".into(), json!(r.actor.pid));
-    m.insert("tid".into(), json!(r.actor.tid));
-    m.insert("ppid".into(), json!(r.actor.ppid));
-    m.insert("comm".into(), json!(r.actor.comm));
-    if let Some(child) = r.child_pid {
-        m.insert("child_pid".into(), json!(child));
+    let a = r.actor.as_ref();
+    m.insert("pid".into(), json!(a.map(|a| a.pid)));
+    m.insert("tid".into(), json!(a.map(|a| a.tid)));
+    m.insert("ppid".into(), json!(a.map(|a| a.ppid)));
+    m.insert("comm".into(), json!(a.map(|a| a.comm.as_str())));
+    let opt = |m: &mut Map<String, Value>, k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.into(), v);
+        }
+    };
+    opt(&mut m, "child_pid", r.child_pid.map(|v| json!(v)));
+    opt(&mut m, "fd", r.fd.map(|v| json!(v)));
+    opt(&mut m, "errno", r.errno.map(|e| json!(errno::name(e))));
+    opt(&mut m, "errno_num", r.errno.map(|e| json!(e)));
+    opt(&mut m, "owner_user_ns", r.owner_inode.map(|v| json!(v)));
+    opt(&mut m, "parent_pid_ns", r.parent_inode.map(|v| json!(v)));
+    opt(
+        &mut m,
+        "ns_created",
+        r.born.as_ref().map(|b| {
+            json!({
+                "time": rfc3339(b.time_ns),
+                "pid": b.pid,
+                "comm": b.comm,
+                "syscall": b.syscall.name(),
+            })
+        }),
+    );
+    if r.event == EventType::Destroy {
+        opt(&mut m, "end", r.end.map(|e| json!(e.name())));
+        let lifetime = r.born.as_ref().map(|b| r.time_ns - b.time_ns);
+        m.insert("lifetime_ns".into(), json!(lifetime.map(|l| l as i64)));
+        opt(&mut m, "init_pid", r.init_pid.map(|v| json!(v)));
     }
-    if let Some(fd) = r.fd {
-        m.insert("fd".into(), json!(fd));
-    }
-    if let Some(e) = r.errno {
-        m.insert("errno".into(), json!(errno::name(e)));
-        m.insert("errno_num".into(), json!(e));
+    if r.event == EventType::Pinned {
+        m.insert("pinned_by".into(), json!(r.pinned_by));
     }
     Value::Object(m)
 }
@@ -72,17 +99,15 @@ mod tests {
             inode: Some(4026532310),
             ns_id: None,
             prev_inode: Some(4026531840),
-            syscall: Syscall::Unshare,
+            syscall: Some(Syscall::Unshare),
             flags: NsKind::Net.flag() | NsKind::Uts.flag(),
-            actor: Actor {
+            actor: Some(Actor {
                 pid: 10,
                 tid: 11,
                 ppid: 1,
                 comm: "unshare".into(),
-            },
-            child_pid: None,
-            fd: None,
-            errno: None,
+            }),
+            ..Record::default()
         }
     }
 
@@ -102,6 +127,34 @@ mod tests {
         assert_eq!(v["ppid"], 1);
         assert_eq!(v["comm"], "unshare");
         assert!(v.get("errno").is_none());
+    }
+
+    #[test]
+    fn destroy_record_has_lifetime_cause_and_null_syscall() {
+        let r = Record {
+            time_ns: 3_000,
+            event: EventType::Destroy,
+            kind: Some(NsKind::Pid),
+            inode: Some(7),
+            end: Some(crate::record::EndCause::LastMemberLeft),
+            init_pid: Some(99),
+            born: Some(crate::record::Birth {
+                time_ns: 1_000,
+                pid: 5,
+                comm: "unshare".into(),
+                syscall: Syscall::Unshare,
+            }),
+            ..Record::default()
+        };
+        let v = to_json(&r);
+        assert_eq!(v["event"], "destroy");
+        assert!(v["syscall"].is_null());
+        assert!(v["pid"].is_null());
+        assert_eq!(v["lifetime_ns"], 2_000);
+        assert_eq!(v["end"], "last-member-left");
+        assert_eq!(v["init_pid"], 99);
+        assert_eq!(v["ns_created"]["comm"], "unshare");
+        assert_eq!(v["flags"], json!([]));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use super::Sink;
 use crate::{
     errno,
-    record::{flag_names, EventType, Record, Syscall},
+    record::{flag_names, Birth, EndCause, EventType, Record, Syscall},
     time::time_of_day,
 };
 
@@ -27,7 +27,7 @@ pub const HEADER: &str =
     "TIME(UTC)        PID/TID          COMM             EVENT   NS     INODE       DETAILS";
 
 /// `unshare(CLONE_NEWUTS|CLONE_NEWNET)`, `setns(fd 3, CLONE_NEWNET)`, ...
-fn call(r: &Record) -> String {
+fn call(r: &Record, syscall: Syscall) -> String {
     let names = flag_names(r.flags);
     let flags = if r.flags == 0 {
         "0".to_string()
@@ -36,41 +36,99 @@ fn call(r: &Record) -> String {
     } else {
         names.join("|")
     };
-    match (r.syscall, r.fd) {
+    match (syscall, r.fd) {
         (Syscall::Setns, Some(fd)) => format!("setns(fd {fd}, {flags})"),
         (s, _) => format!("{}({flags})", s.name()),
     }
 }
 
-/// One timeline line, without the newline.
-pub fn line(r: &Record) -> String {
-    let pid = format!("{}/{}", r.actor.pid, r.actor.tid);
-    let kind = r.kind.map_or("-", |k| k.name());
-    let inode = r.inode.map_or_else(|| "-".to_string(), |i| i.to_string());
-    let mut details = call(r);
+/// `1.002s`, `850ms`, `3m12s`
+pub fn human_duration(ns: i128) -> String {
+    let ms = ns / 1_000_000;
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.3}s", ms as f64 / 1000.0)
+    } else {
+        let s = ms / 1000;
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+fn birth(b: &Birth, now_ns: i128) -> String {
+    format!(
+        "created {} ago by {} (pid {}, {})",
+        human_duration(now_ns - b.time_ns),
+        b.comm,
+        b.pid,
+        b.syscall.name()
+    )
+}
+
+/// The DETAILS column.
+fn details(r: &Record) -> String {
     match r.event {
-        EventType::Error => {
-            let e = r.errno.unwrap_or(0);
-            details.push_str(&format!(" = -1 {}", errno::name(e)));
+        EventType::Pinned => format!("no member left; held by {}", r.pinned_by.join(", ")),
+        EventType::Destroy => {
+            let mut d = match r.end {
+                Some(EndCause::PinReleased) => "ended: its last pin went".to_string(),
+                Some(EndCause::InodeReused) => "ended earlier: its inode was reused".to_string(),
+                _ => "ended: its last member left".to_string(),
+            };
+            if let Some(init) = r.init_pid {
+                d.push_str(&format!(", with its init (pid {init})"));
+            }
+            if let Some(b) = &r.born {
+                d.push_str(&format!(
+                    "; lived {}, created by {} (pid {}, {})",
+                    human_duration(r.time_ns - b.time_ns),
+                    b.comm,
+                    b.pid,
+                    b.syscall.name()
+                ));
+            }
+            d
         }
         _ => {
+            let Some(syscall) = r.syscall else {
+                return String::new();
+            };
+            let mut d = call(r, syscall);
+            if r.event == EventType::Error {
+                d.push_str(&format!(" = -1 {}", errno::name(r.errno.unwrap_or(0))));
+                return d;
+            }
             if let Some(child) = r.child_pid {
-                details.push_str(&format!(" -> child {child}"));
+                d.push_str(&format!(" -> child {child}"));
             }
             if let Some(prev) = r.prev_inode {
                 if Some(prev) == r.inode {
-                    details.push_str("  (already a member)");
+                    d.push_str("  (already a member)");
                 } else {
-                    details.push_str(&format!("  (was {prev})"));
+                    d.push_str(&format!("  (was {prev})"));
                 }
             }
+            if let (EventType::Join, Some(b)) = (r.event, &r.born) {
+                d.push_str(&format!("; {}", birth(b, r.time_ns)));
+            }
+            d
         }
     }
+}
+
+/// One timeline line, without the newline.
+pub fn line(r: &Record) -> String {
+    let (pid, comm) = match &r.actor {
+        Some(a) => (format!("{}/{}", a.pid, a.tid), a.comm.as_str()),
+        None => ("-".to_string(), "-"),
+    };
+    let kind = r.kind.map_or("-", |k| k.name());
+    let inode = r.inode.map_or_else(|| "-".to_string(), |i| i.to_string());
     format!(
-        "{:<16} {pid:<16} {:<16} {:<7} {kind:<6} {inode:<11} {details}",
+        "{:<16} {pid:<16} {comm:<16} {:<7} {kind:<6} {inode:<11} {}",
         time_of_day(r.time_ns),
-        r.actor.comm,
         r.event.name(),
+        details(r),
     )
 }
 
@@ -101,17 +159,15 @@ mod tests {
             inode: Some(4026532309),
             ns_id: None,
             prev_inode: Some(4026531838),
-            syscall: Syscall::Unshare,
+            syscall: Some(Syscall::Unshare),
             flags: NsKind::Uts.flag(),
-            actor: Actor {
+            actor: Some(Actor {
                 pid: 4242,
                 tid: 4242,
                 ppid: 1,
                 comm: "unshare".into(),
-            },
-            child_pid: None,
-            fd: None,
-            errno: None,
+            }),
+            ..Record::default()
         }
     }
 
@@ -144,9 +200,42 @@ mod tests {
     }
 
     #[test]
+    fn join_names_the_birth_and_destroy_the_lifetime() {
+        let born = Birth {
+            time_ns: 1_709_210_096_123_456_789 - 12_000_000_000,
+            pid: 5933,
+            comm: "runc:[1:CHILD]".into(),
+            syscall: Syscall::Unshare,
+        };
+        let mut r = record(EventType::Join);
+        r.born = Some(born.clone());
+        assert!(
+            line(&r).ends_with("created 12.000s ago by runc:[1:CHILD] (pid 5933, unshare)"),
+            "{}",
+            line(&r)
+        );
+        let d = Record {
+            event: EventType::Destroy,
+            end: Some(EndCause::LastMemberLeft),
+            born: Some(born),
+            actor: None,
+            syscall: None,
+            ..record(EventType::Destroy)
+        };
+        let l = line(&d);
+        assert!(l.contains("destroy uts"), "{l}");
+        assert!(
+            l.contains("ended: its last member left; lived 12.000s"),
+            "{l}"
+        );
+        assert_eq!(human_duration(850_000_000), "850ms");
+        assert_eq!(human_duration(192_000_000_000), "3m12s");
+    }
+
+    #[test]
     fn setns_line_shows_fd_and_header_comes_once() {
         let mut r = record(EventType::Join);
-        r.syscall = Syscall::Setns;
+        r.syscall = Some(Syscall::Setns);
         r.fd = Some(3);
         r.flags = 0;
         assert!(line(&r).contains("setns(fd 3, 0)"));

@@ -1,0 +1,252 @@
+//! `nstrace ls`: the namespaces alive now, as lsns counts them, as a table, a
+//! tree (user namespaces owning the others; PID namespaces nested), or JSON.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{self, Write},
+};
+
+use serde_json::{json, Value};
+
+use crate::{
+    procfs::{self, NsKey, NsMeta, Snapshot},
+    record::NsKind,
+};
+
+/// One namespace as listed.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub kind: NsKind,
+    pub inode: u32,
+    /// Processes in it (as lsns counts: by each process's own links).
+    pub nprocs: usize,
+    /// Lowest pid in it, with its uid and comm.
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub command: Option<String>,
+    pub meta: NsMeta,
+    /// nsfs bind mounts holding it.
+    pub mounts: Vec<String>,
+}
+
+/// Reads the namespaces alive now.
+pub fn collect() -> Vec<Listed> {
+    listed(&procfs::scan(), procfs::ns_meta, procfs::ns_meta_at)
+}
+
+fn listed(
+    snap: &Snapshot,
+    meta_by_pid: impl Fn(u32, &str) -> NsMeta,
+    meta_by_path: impl Fn(&str) -> NsMeta,
+) -> Vec<Listed> {
+    snap.namespaces()
+        .into_iter()
+        .filter_map(|key @ (kind, inode)| {
+            let procs = snap.processes.get(&key);
+            let mounts = snap.mounts.get(&key).cloned().unwrap_or_default();
+            // Namespaces only a thread or a for-children link is in are not
+            // lsns rows; skip them unless something mounts them.
+            if procs.is_none() && mounts.is_empty() {
+                return None;
+            }
+            let pid = procs.and_then(|p| p.iter().next().copied());
+            let info = pid.and_then(|p| snap.procs.get(&p));
+            let meta = match (pid, mounts.first()) {
+                (Some(p), _) => meta_by_pid(p, procfs::active_link(kind)),
+                (None, Some(m)) => meta_by_path(m),
+                (None, None) => NsMeta::default(),
+            };
+            Some(Listed {
+                kind,
+                inode,
+                nprocs: procs.map_or(0, |p| p.len()),
+                pid,
+                uid: info.map(|i| i.uid),
+                command: info.map(|i| i.comm.clone()),
+                meta,
+                mounts,
+            })
+        })
+        .collect()
+}
+
+fn user_names() -> HashMap<u32, String> {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let uid = f.nth(1)?.parse().ok()?;
+            Some((uid, name.to_string()))
+        })
+        .collect()
+}
+
+pub fn to_json(list: &[Listed]) -> Value {
+    let rows: Vec<Value> = list
+        .iter()
+        .map(|l| {
+            json!({
+                "ns": l.inode,
+                "type": l.kind.name(),
+                "nprocs": l.nprocs,
+                "pid": l.pid,
+                "uid": l.uid,
+                "command": l.command,
+                "ns_id": l.meta.ns_id,
+                "owner_user_ns": l.meta.owner,
+                "parent_pid_ns": if l.kind == NsKind::Pid { l.meta.parent } else { None },
+                "mounts": l.mounts,
+            })
+        })
+        .collect();
+    json!({ "namespaces": rows })
+}
+
+pub fn write_table(out: &mut dyn Write, list: &[Listed]) -> io::Result<()> {
+    let names = user_names();
+    writeln!(
+        out,
+        "{:<11} {:<6} {:>6} {:>7} {:<10} {:<16} PINNED BY",
+        "NS", "TYPE", "NPROCS", "PID", "USER", "COMMAND"
+    )?;
+    for l in list {
+        let user = l
+            .uid
+            .map(|u| names.get(&u).cloned().unwrap_or_else(|| u.to_string()))
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<11} {:<6} {:>6} {:>7} {:<10} {:<16} {}",
+            l.inode,
+            l.kind.name(),
+            l.nprocs,
+            l.pid.map_or("-".into(), |p| p.to_string()),
+            user,
+            l.command.as_deref().unwrap_or("-"),
+            l.mounts.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+fn label(l: &Listed) -> String {
+    let who = match (&l.command, l.pid) {
+        (Some(c), Some(p)) => format!("{c} (pid {p})"),
+        _ => l
+            .mounts
+            .first()
+            .map(|m| format!("mounted at {m}"))
+            .unwrap_or_default(),
+    };
+    format!("{} {}  {} procs  {}", l.kind.name(), l.inode, l.nprocs, who)
+}
+
+/// Two trees: each user namespace with the namespaces it owns (and its child
+/// user namespaces), then PID namespaces by nesting.
+pub fn write_tree(out: &mut dyn Write, list: &[Listed]) -> io::Result<()> {
+    let by_key: BTreeMap<NsKey, &Listed> = list.iter().map(|l| ((l.kind, l.inode), l)).collect();
+    let users: Vec<&Listed> = list.iter().filter(|l| l.kind == NsKind::User).collect();
+    let is_user = |i: u32| by_key.contains_key(&(NsKind::User, i));
+    writeln!(out, "user namespaces and what they own:")?;
+    let top = |u: &&&Listed| !u.meta.owner.is_some_and(|o| o != u.inode && is_user(o));
+    for root in users.iter().filter(top) {
+        user_subtree(out, list, root, 1)?;
+    }
+    let orphans: Vec<&Listed> = list
+        .iter()
+        .filter(|l| l.kind != NsKind::User && !l.meta.owner.is_some_and(is_user))
+        .collect();
+    if !orphans.is_empty() {
+        writeln!(out, "  (owner not visible)")?;
+        for l in orphans {
+            writeln!(out, "    {}", label(l))?;
+        }
+    }
+    writeln!(out, "pid namespaces:")?;
+    let pids: Vec<&Listed> = list.iter().filter(|l| l.kind == NsKind::Pid).collect();
+    let is_pid = |i: u32| by_key.contains_key(&(NsKind::Pid, i));
+    for root in pids.iter().filter(|p| !p.meta.parent.is_some_and(is_pid)) {
+        pid_subtree(out, &pids, root, 1)?;
+    }
+    Ok(())
+}
+
+fn user_subtree(
+    out: &mut dyn Write,
+    list: &[Listed],
+    user: &Listed,
+    depth: usize,
+) -> io::Result<()> {
+    writeln!(out, "{}{}", "  ".repeat(depth), label(user))?;
+    for l in list
+        .iter()
+        .filter(|l| l.meta.owner == Some(user.inode) && l.kind != NsKind::User)
+    {
+        writeln!(out, "{}{}", "  ".repeat(depth + 1), label(l))?;
+    }
+    for child in list.iter().filter(|l| {
+        l.kind == NsKind::User && l.meta.owner == Some(user.inode) && l.inode != user.inode
+    }) {
+        user_subtree(out, list, child, depth + 1)?;
+    }
+    Ok(())
+}
+
+fn pid_subtree(out: &mut dyn Write, pids: &[&Listed], ns: &Listed, depth: usize) -> io::Result<()> {
+    writeln!(out, "{}{}", "  ".repeat(depth), label(ns))?;
+    for child in pids
+        .iter()
+        .filter(|p| p.meta.parent == Some(ns.inode) && p.inode != ns.inode)
+    {
+        pid_subtree(out, pids, child, depth + 1)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn lists_processes_and_mount_only_namespaces() {
+        let mut snap = Snapshot::default();
+        snap.processes
+            .insert((NsKind::Net, 1), BTreeSet::from([1, 5]));
+        snap.processes
+            .insert((NsKind::User, 9), BTreeSet::from([1, 5]));
+        snap.mounts
+            .insert((NsKind::Net, 2), vec!["/run/netns/t".into()]);
+        snap.threads.insert((NsKind::Pid, 3), 1); // only a for-children link
+        let owner = |_: u32, _: &str| NsMeta {
+            owner: Some(9),
+            ..NsMeta::default()
+        };
+        let list = listed(&snap, owner, |_| NsMeta {
+            owner: Some(9),
+            ..NsMeta::default()
+        });
+        let rows: Vec<_> = list.iter().map(|l| (l.kind, l.inode, l.nprocs)).collect();
+        assert_eq!(
+            rows,
+            vec![
+                (NsKind::Net, 1, 2),
+                (NsKind::Net, 2, 0),
+                (NsKind::User, 9, 2)
+            ]
+        );
+        let v = to_json(&list);
+        assert_eq!(v["namespaces"][1]["mounts"][0], "/run/netns/t");
+        let mut tree = Vec::new();
+        write_tree(&mut tree, &list).unwrap();
+        let tree = String::from_utf8(tree).unwrap();
+        assert!(tree.contains("  user 9  2 procs"), "{tree}");
+        assert!(
+            tree.contains("    net 2  0 procs  mounted at /run/netns/t"),
+            "{tree}"
+        );
+    }
+}

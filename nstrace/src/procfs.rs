@@ -1,0 +1,310 @@
+//! The one place that reads namespaces from /proc: which tasks are in which
+//! namespace, what pins a namespace with no tasks (nsfs bind mounts, open
+//! fds), and the nsfs ioctls for owner, parent and id.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fs,
+    os::fd::AsRawFd,
+    path::Path,
+};
+
+use crate::record::NsKind;
+
+/// A namespace's identity at one moment.
+pub type NsKey = (NsKind, u32);
+
+/// `net:[4026532309]` → 4026532309
+pub fn parse_ns_link(link: &str) -> Option<(&str, u32)> {
+    let (kind, rest) = link.split_once(":[")?;
+    let inode = rest.strip_suffix(']')?.parse().ok()?;
+    Some((kind, inode))
+}
+
+fn read_link_inode(path: &Path) -> Option<u32> {
+    let link = fs::read_link(path).ok()?;
+    parse_ns_link(link.to_str()?).map(|(_, i)| i)
+}
+
+/// The `/proc/PID/ns` link of `kind`, as `lsns` reads it (pid and time: the
+/// namespace the task is in).
+pub fn active_link(kind: NsKind) -> &'static str {
+    kind.name()
+}
+
+/// The link of the namespace unshare and setns act on (pid and time: for children),
+/// which is what the kernel side counts members by.
+pub fn acting_link(kind: NsKind) -> &'static str {
+    match kind {
+        NsKind::Pid => "pid_for_children",
+        NsKind::Time => "time_for_children",
+        k => k.name(),
+    }
+}
+
+/// One process as `lsns` would describe it.
+#[derive(Clone, Debug, Default)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+}
+
+/// Everything a scan of /proc found.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Processes (by their main thread's links, as lsns counts) per namespace.
+    pub processes: BTreeMap<NsKey, BTreeSet<u32>>,
+    /// Member threads per namespace, counted by the acting links.
+    pub threads: HashMap<NsKey, i64>,
+    pub procs: HashMap<u32, ProcInfo>,
+    /// nsfs bind mounts: namespace → mount points.
+    pub mounts: BTreeMap<NsKey, Vec<String>>,
+}
+
+impl Snapshot {
+    /// Every namespace seen, by tasks or by mounts.
+    pub fn namespaces(&self) -> BTreeSet<NsKey> {
+        self.processes
+            .keys()
+            .chain(self.threads.keys())
+            .chain(self.mounts.keys())
+            .copied()
+            .collect()
+    }
+}
+
+fn pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn tids(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn proc_info(pid: u32) -> ProcInfo {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default();
+    ProcInfo { pid, uid, comm }
+}
+
+/// Scans every process and thread. Tasks that vanish mid-scan are skipped.
+pub fn scan() -> Snapshot {
+    let mut snap = Snapshot::default();
+    for pid in pids() {
+        let base = format!("/proc/{pid}");
+        let mut seen = false;
+        for kind in NsKind::ALL {
+            if let Some(inode) =
+                read_link_inode(Path::new(&format!("{base}/ns/{}", active_link(kind))))
+            {
+                snap.processes.entry((kind, inode)).or_default().insert(pid);
+                seen = true;
+            }
+        }
+        if !seen {
+            continue;
+        }
+        snap.procs.insert(pid, proc_info(pid));
+        for tid in tids(pid) {
+            for kind in NsKind::ALL {
+                let path = format!("{base}/task/{tid}/ns/{}", acting_link(kind));
+                if let Some(inode) = read_link_inode(Path::new(&path)) {
+                    *snap.threads.entry((kind, inode)).or_default() += 1;
+                }
+            }
+        }
+    }
+    snap.mounts = nsfs_mounts();
+    snap
+}
+
+/// Threads currently in `key` (by the acting links): a ground-truth check
+/// before an end is reported.
+pub fn count_threads(key: NsKey) -> i64 {
+    let (kind, inode) = key;
+    let mut n = 0;
+    for pid in pids() {
+        for tid in tids(pid) {
+            let path = format!("/proc/{pid}/task/{tid}/ns/{}", acting_link(kind));
+            if read_link_inode(Path::new(&path)) == Some(inode) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// nsfs bind mounts in our mount namespace and PID 1's (`ip netns add` style).
+pub fn nsfs_mounts() -> BTreeMap<NsKey, Vec<String>> {
+    let mut out: BTreeMap<NsKey, Vec<String>> = BTreeMap::new();
+    for table in ["/proc/self/mountinfo", "/proc/1/mountinfo"] {
+        let text = fs::read_to_string(table).unwrap_or_default();
+        for (key, point) in parse_nsfs_mounts(&text) {
+            let points = out.entry(key).or_default();
+            if !points.contains(&point) {
+                points.push(point);
+            }
+        }
+    }
+    out
+}
+
+/// (namespace, mount point) of each nsfs line of a mountinfo table.
+pub fn parse_nsfs_mounts(mountinfo: &str) -> Vec<(NsKey, String)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != "nsfs" {
+                return None;
+            }
+            let mut f = left.split_whitespace();
+            let root = f.nth(3)?;
+            let point = f.next()?;
+            let (kind, inode) = parse_ns_link(root)?;
+            let kind = NsKind::from_name(kind)?;
+            Some(((kind, inode), point.replace("\\040", " ")))
+        })
+        .collect()
+}
+
+/// Open nsfs fds per namespace: `(pid, fd, comm)` of each holder.
+pub fn fd_holders(wanted: &BTreeSet<NsKey>) -> BTreeMap<NsKey, Vec<(u32, u32, String)>> {
+    let mut out: BTreeMap<NsKey, Vec<(u32, u32, String)>> = BTreeMap::new();
+    if wanted.is_empty() {
+        return out;
+    }
+    for pid in pids() {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for entry in dir.filter_map(|e| e.ok()) {
+            let Ok(link) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            let Some((kind, inode)) = link.to_str().and_then(parse_ns_link) else {
+                continue;
+            };
+            let Some(kind) = NsKind::from_name(kind) else {
+                continue;
+            };
+            if wanted.contains(&(kind, inode)) {
+                let fd = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                out.entry((kind, inode))
+                    .or_default()
+                    .push((pid, fd, proc_info(pid).comm));
+            }
+        }
+    }
+    out
+}
+
+// <linux/nsfs.h>
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+const NS_GET_PARENT: libc::c_ulong = 0xb702;
+/// `_IOR(0xb7, 0xd, __u64)`, Linux 6.18+.
+const NS_GET_ID: libc::c_ulong = 0x8008_b70d;
+
+/// Owner, parent and 64-bit id of a namespace, read through `/proc/PID/ns/LINK`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NsMeta {
+    pub owner: Option<u32>,
+    pub parent: Option<u32>,
+    pub ns_id: Option<u64>,
+}
+
+pub fn ns_meta(pid: u32, link: &str) -> NsMeta {
+    ns_meta_at(&format!("/proc/{pid}/ns/{link}"))
+}
+
+/// Like [`ns_meta`], through any nsfs file (e.g. an `ip netns` bind mount).
+pub fn ns_meta_at(path: &str) -> NsMeta {
+    let Ok(file) = fs::File::open(path) else {
+        return NsMeta::default();
+    };
+    let fd = file.as_raw_fd();
+    let related = |request| {
+        // SAFETY: nsfs ioctls on an open ns fd; a returned fd is owned here.
+        let r = unsafe { libc::ioctl(fd, request) };
+        if r < 0 {
+            return None;
+        }
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::fstat(r, &mut st) } == 0;
+        unsafe { libc::close(r) };
+        ok.then_some(st.st_ino as u32)
+    };
+    let mut id: u64 = 0;
+    // SAFETY: NS_GET_ID writes one u64 through the pointer.
+    let ns_id = (unsafe { libc::ioctl(fd, NS_GET_ID, &mut id as *mut u64) } == 0).then_some(id);
+    NsMeta {
+        owner: related(NS_GET_USERNS),
+        parent: related(NS_GET_PARENT),
+        ns_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ns_links() {
+        assert_eq!(parse_ns_link("net:[4026532309]"), Some(("net", 4026532309)));
+        assert_eq!(
+            parse_ns_link("pid_for_children:[1]"),
+            Some(("pid_for_children", 1))
+        );
+        assert_eq!(parse_ns_link("/dev/null"), None);
+    }
+
+    #[test]
+    fn finds_nsfs_bind_mounts() {
+        let table = "\
+22 1 0:21 / /proc rw,nosuid - proc proc rw
+44 43 0:4 net:[4026532177] /run/netns/tt rw shared:2 - nsfs nsfs rw
+45 43 0:4 uts:[4026532200] /tmp/my\\040ns rw - nsfs nsfs rw
+";
+        let m = parse_nsfs_mounts(table);
+        assert_eq!(
+            m,
+            vec![
+                ((NsKind::Net, 4026532177), "/run/netns/tt".to_string()),
+                ((NsKind::Uts, 4026532200), "/tmp/my ns".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn scan_sees_our_own_namespaces() {
+        let snap = scan();
+        let me = std::process::id();
+        for kind in NsKind::ALL {
+            let Some(inode) = read_link_inode(Path::new(&format!("/proc/self/ns/{}", kind.name())))
+            else {
+                continue;
+            };
+            assert!(snap.processes[&(kind, inode)].contains(&me), "{kind:?}");
+        }
+    }
+}

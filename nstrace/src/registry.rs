@@ -1,0 +1,361 @@
+//! The registry of namespaces: every namespace alive (seeded from /proc at
+//! start, then kept up to date from records), what is known of its birth and
+//! its state, and the ones that ended. Inodes are reused by the kernel, so an
+//! ended namespace leaves the live map and a later one with the same inode is
+//! a new entry.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{
+    procfs::{NsKey, Snapshot},
+    record::{Birth, EndCause, EventType, NsKind, Record},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Has member tasks (or we have not seen it lose them).
+    Alive,
+    /// No member task, still held by these.
+    Pinned(Vec<String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub kind: NsKind,
+    pub inode: u32,
+    pub ns_id: Option<u64>,
+    /// Owning user namespace (for user: the parent user namespace).
+    pub owner: Option<u32>,
+    /// For PID namespaces: the parent PID namespace.
+    pub parent: Option<u32>,
+    /// Seen being created while tracing.
+    pub born: Option<Birth>,
+    /// Already alive when tracing started: its member count came from a /proc
+    /// scan, which can race, so an apparent end is re-checked against /proc.
+    pub preexisting: bool,
+    pub state: State,
+    /// The init of a PID namespace exited (host pid).
+    pub init_exited: Option<u32>,
+    /// When it ended (Unix ns).
+    pub ended_ns: Option<i128>,
+}
+
+impl Entry {
+    fn new(kind: NsKind, inode: u32) -> Self {
+        Entry {
+            kind,
+            inode,
+            ns_id: None,
+            owner: None,
+            parent: None,
+            born: None,
+            preexisting: false,
+            state: State::Alive,
+            init_exited: None,
+            ended_ns: None,
+        }
+    }
+
+    pub fn key(&self) -> NsKey {
+        (self.kind, self.inode)
+    }
+
+    pub fn lifetime_ns(&self) -> Option<i128> {
+        Some(self.ended_ns? - self.born.as_ref()?.time_ns)
+    }
+}
+
+/// Per-kind totals for the closing summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindTotals {
+    pub created: u64,
+    pub joined: u64,
+    pub destroyed: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    alive: HashMap<NsKey, Entry>,
+    ended: Vec<Entry>,
+    totals: BTreeMap<NsKind, KindTotals>,
+}
+
+impl Registry {
+    /// Seeds the registry with what a /proc scan found.
+    pub fn from_snapshot(snap: &Snapshot, meta: impl Fn(NsKey) -> crate::procfs::NsMeta) -> Self {
+        let mut reg = Registry::default();
+        for key in snap.namespaces() {
+            let mut e = Entry::new(key.0, key.1);
+            e.preexisting = true;
+            let m = meta(key);
+            e.owner = m.owner;
+            e.parent = m.parent;
+            e.ns_id = m.ns_id;
+            reg.alive.insert(key, e);
+        }
+        reg
+    }
+
+    pub fn get(&self, key: NsKey) -> Option<&Entry> {
+        self.alive.get(&key)
+    }
+
+    pub fn get_mut(&mut self, key: NsKey) -> Option<&mut Entry> {
+        self.alive.get_mut(&key)
+    }
+
+    pub fn alive(&self) -> impl Iterator<Item = &Entry> {
+        self.alive.values()
+    }
+
+    pub fn ended(&self) -> &[Entry] {
+        &self.ended
+    }
+
+    pub fn totals(&self) -> &BTreeMap<NsKind, KindTotals> {
+        &self.totals
+    }
+
+    /// Learns from a create/join/error record, and annotates joins with the
+    /// birth of the namespace joined. Returns an entry that a create replaced:
+    /// the kernel reused an inode whose end we missed.
+    pub fn observe(&mut self, r: &mut Record) -> Option<Entry> {
+        let (Some(kind), Some(inode)) = (r.kind, r.inode) else {
+            return None;
+        };
+        let key = (kind, inode);
+        match r.event {
+            EventType::Create => {
+                self.totals.entry(kind).or_default().created += 1;
+                let replaced = self.alive.remove(&key);
+                let mut e = Entry::new(kind, inode);
+                e.ns_id = r.ns_id;
+                e.owner = r.owner_inode;
+                e.parent = r.parent_inode;
+                e.born = r.actor.as_ref().zip(r.syscall).map(|(a, s)| Birth {
+                    time_ns: r.time_ns,
+                    pid: a.pid,
+                    comm: a.comm.clone(),
+                    syscall: s,
+                });
+                self.alive.insert(key, e);
+                replaced
+            }
+            EventType::Join => {
+                if r.prev_inode != r.inode {
+                    self.totals.entry(kind).or_default().joined += 1;
+                }
+                let e = self
+                    .alive
+                    .entry(key)
+                    .or_insert_with(|| Entry::new(kind, inode));
+                e.state = State::Alive;
+                if e.ns_id.is_none() {
+                    e.ns_id = r.ns_id;
+                }
+                r.born = e.born.clone();
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Marks a namespace pinned; returns the record, or None if it was
+    /// already pinned by the same things.
+    pub fn pin(&mut self, key: NsKey, by: Vec<String>, time_ns: i128) -> Option<Record> {
+        let e = self
+            .alive
+            .entry(key)
+            .or_insert_with(|| Entry::new(key.0, key.1));
+        if e.state == State::Pinned(by.clone()) {
+            return None;
+        }
+        e.state = State::Pinned(by.clone());
+        Some(Record {
+            time_ns,
+            event: EventType::Pinned,
+            kind: Some(key.0),
+            inode: Some(key.1),
+            ns_id: e.ns_id,
+            born: e.born.clone(),
+            pinned_by: by,
+            ..Record::default()
+        })
+    }
+
+    /// Ends a namespace: moves it to the ended list and returns its destroy record.
+    pub fn end(
+        &mut self,
+        key: NsKey,
+        cause: EndCause,
+        time_ns: i128,
+        last: Option<crate::record::Actor>,
+    ) -> Record {
+        let mut e = self
+            .alive
+            .remove(&key)
+            .unwrap_or_else(|| Entry::new(key.0, key.1));
+        e.ended_ns = Some(time_ns);
+        self.totals.entry(key.0).or_default().destroyed += 1;
+        let r = Record {
+            time_ns,
+            event: EventType::Destroy,
+            kind: Some(key.0),
+            inode: Some(key.1),
+            ns_id: e.ns_id,
+            born: e.born.clone(),
+            end: Some(cause),
+            init_pid: e.init_exited,
+            actor: last,
+            ..Record::default()
+        };
+        self.ended.push(e);
+        r
+    }
+
+    /// Ends an entry a create replaced (its inode was reused).
+    pub fn end_replaced(&mut self, mut e: Entry, time_ns: i128) -> Record {
+        let key = e.key();
+        e.ended_ns = Some(time_ns);
+        self.totals.entry(key.0).or_default().destroyed += 1;
+        let r = Record {
+            time_ns,
+            event: EventType::Destroy,
+            kind: Some(key.0),
+            inode: Some(key.1),
+            ns_id: e.ns_id,
+            born: e.born.clone(),
+            end: Some(EndCause::InodeReused),
+            init_pid: e.init_exited,
+            ..Record::default()
+        };
+        self.ended.push(e);
+        r
+    }
+
+    /// Live namespaces owned by (user) or nested in (pid) `key`: they pin it.
+    pub fn dependents(&self, key: NsKey) -> Vec<NsKey> {
+        let mut out: Vec<NsKey> = self
+            .alive
+            .values()
+            .filter(|e| match key.0 {
+                NsKind::User => e.owner == Some(key.1) && e.key() != key,
+                NsKind::Pid => e.kind == NsKind::Pid && e.parent == Some(key.1),
+                _ => false,
+            })
+            .map(Entry::key)
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Namespaces born while tracing and still alive: possible leaks.
+    pub fn leaks(&self) -> Vec<&Entry> {
+        let mut v: Vec<&Entry> = self.alive.values().filter(|e| e.born.is_some()).collect();
+        v.sort_by_key(|e| e.born.as_ref().map(|b| b.time_ns));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Actor, Syscall};
+
+    fn create(kind: NsKind, inode: u32, t: i128) -> Record {
+        Record {
+            time_ns: t,
+            event: EventType::Create,
+            kind: Some(kind),
+            inode: Some(inode),
+            prev_inode: Some(1),
+            syscall: Some(Syscall::Unshare),
+            actor: Some(Actor {
+                pid: 42,
+                tid: 42,
+                ppid: 1,
+                comm: "unshare".into(),
+            }),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn join_is_annotated_with_birth() {
+        let mut reg = Registry::default();
+        reg.observe(&mut create(NsKind::Net, 7, 100));
+        let mut join = Record {
+            event: EventType::Join,
+            kind: Some(NsKind::Net),
+            inode: Some(7),
+            prev_inode: Some(1),
+            ..Record::default()
+        };
+        reg.observe(&mut join);
+        let born = join.born.unwrap();
+        assert_eq!(
+            (born.pid, born.comm.as_str(), born.time_ns),
+            (42, "unshare", 100)
+        );
+        assert_eq!(
+            reg.totals()[&NsKind::Net],
+            KindTotals {
+                created: 1,
+                joined: 1,
+                destroyed: 0
+            }
+        );
+    }
+
+    #[test]
+    fn reused_inode_is_a_new_entry() {
+        let mut reg = Registry::default();
+        reg.observe(&mut create(NsKind::Uts, 9, 100));
+        let d = reg.end((NsKind::Uts, 9), EndCause::LastMemberLeft, 300, None);
+        assert_eq!(d.event, EventType::Destroy);
+        assert_eq!(d.born.as_ref().unwrap().time_ns, 100);
+        reg.observe(&mut create(NsKind::Uts, 9, 500));
+        assert_eq!(reg.ended().len(), 1);
+        assert_eq!(reg.ended()[0].lifetime_ns(), Some(200));
+        assert_eq!(
+            reg.get((NsKind::Uts, 9))
+                .unwrap()
+                .born
+                .as_ref()
+                .unwrap()
+                .time_ns,
+            500
+        );
+    }
+
+    #[test]
+    fn a_create_over_a_live_inode_returns_the_stale_entry() {
+        let mut reg = Registry::default();
+        reg.observe(&mut create(NsKind::Ipc, 5, 1));
+        let stale = reg.observe(&mut create(NsKind::Ipc, 5, 2)).unwrap();
+        assert_eq!(stale.born.unwrap().time_ns, 1);
+    }
+
+    #[test]
+    fn owned_namespaces_are_dependents_of_their_user_namespace() {
+        let mut reg = Registry::default();
+        let mut user = create(NsKind::User, 10, 1);
+        user.owner_inode = Some(1);
+        reg.observe(&mut user);
+        let mut net = create(NsKind::Net, 11, 2);
+        net.owner_inode = Some(10);
+        reg.observe(&mut net);
+        assert_eq!(reg.dependents((NsKind::User, 10)), vec![(NsKind::Net, 11)]);
+        assert!(reg.dependents((NsKind::Net, 11)).is_empty());
+    }
+
+    #[test]
+    fn pinning_twice_with_the_same_pins_reports_once() {
+        let mut reg = Registry::default();
+        reg.observe(&mut create(NsKind::Net, 7, 1));
+        let pins = vec!["mount /run/netns/t".to_string()];
+        assert!(reg.pin((NsKind::Net, 7), pins.clone(), 5).is_some());
+        assert!(reg.pin((NsKind::Net, 7), pins, 6).is_none());
+        assert_eq!(reg.leaks().len(), 1);
+    }
+}

@@ -1,0 +1,129 @@
+//! The closing summary: totals per kind, namespaces created while tracing that
+//! are still alive (possible leaks), and the longest-lived.
+
+use std::fmt::Write as _;
+
+use crate::{
+    output::text::human_duration,
+    record::NsKind,
+    registry::{Entry, Registry, State},
+};
+
+fn creator(e: &Entry) -> String {
+    e.born
+        .as_ref()
+        .map(|b| format!("by {} (pid {}, {})", b.comm, b.pid, b.syscall.name()))
+        .unwrap_or_default()
+}
+
+/// The summary's lines after the first (records/lost) line.
+pub fn render(reg: &Registry, now_ns: i128) -> String {
+    let mut s = String::new();
+    let totals = reg.totals();
+    if totals.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "  {:<7} {:>8} {:>7} {:>10} {:>11}",
+        "kind", "created", "joined", "destroyed", "alive now"
+    );
+    for kind in NsKind::ALL {
+        let t = totals.get(&kind).copied().unwrap_or_default();
+        let alive = reg.alive().filter(|e| e.kind == kind).count();
+        let _ = writeln!(
+            s,
+            "  {:<7} {:>8} {:>7} {:>10} {:>11}",
+            kind.name(),
+            t.created,
+            t.joined,
+            t.destroyed,
+            alive
+        );
+    }
+    let leaks = reg.leaks();
+    if !leaks.is_empty() {
+        let _ = writeln!(
+            s,
+            "  created while tracing and still alive (possible leaks):"
+        );
+        for e in leaks {
+            let age = e
+                .born
+                .as_ref()
+                .map(|b| human_duration(now_ns - b.time_ns))
+                .unwrap_or_default();
+            let state = match &e.state {
+                State::Pinned(by) => format!(", no member, held by {}", by.join(", ")),
+                State::Alive => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "    {} {} {}, {age} old{state}",
+                e.kind.name(),
+                e.inode,
+                creator(e)
+            );
+        }
+    }
+    if let Some(e) = reg
+        .ended()
+        .iter()
+        .filter(|e| e.lifetime_ns().is_some())
+        .max_by_key(|e| e.lifetime_ns())
+    {
+        let _ = writeln!(
+            s,
+            "  longest-lived of those that ended: {} {}, {} {}",
+            e.kind.name(),
+            e.inode,
+            human_duration(e.lifetime_ns().unwrap_or(0)),
+            creator(e)
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Actor, EndCause, EventType, Record, Syscall};
+
+    #[test]
+    fn names_leaks_and_the_longest_lived() {
+        let mut reg = Registry::default();
+        for (inode, t) in [(7, 1_000_000_000), (8, 2_000_000_000)] {
+            let mut r = Record {
+                time_ns: t,
+                event: EventType::Create,
+                kind: Some(NsKind::Net),
+                inode: Some(inode),
+                syscall: Some(Syscall::Unshare),
+                actor: Some(Actor {
+                    pid: 42,
+                    tid: 42,
+                    ppid: 1,
+                    comm: "unshare".into(),
+                }),
+                ..Record::default()
+            };
+            reg.observe(&mut r);
+        }
+        reg.end(
+            (NsKind::Net, 7),
+            EndCause::LastMemberLeft,
+            4_000_000_000,
+            None,
+        );
+        let s = render(&reg, 5_000_000_000);
+        assert!(s.contains("net            2       0          1"), "{s}");
+        assert!(
+            s.contains("net 8 by unshare (pid 42, unshare), 3.000s old"),
+            "{s}"
+        );
+        assert!(
+            s.contains("longest-lived of those that ended: net 7, 3.000s"),
+            "{s}"
+        );
+    }
+}
