@@ -134,6 +134,24 @@ fn main() {
                 }
             }
         }
+        // thread-unshare FLAGS: a second thread unshares; prints `tid TID`, waits.
+        "thread-unshare" => {
+            let flags = hex(args.next());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                // SAFETY: plain syscalls.
+                let tid = unsafe { libc::gettid() };
+                let r = unsafe { libc::unshare(flags as i32) };
+                let _ = tx.send(if r == 0 {
+                    format!("tid {tid}")
+                } else {
+                    format!("errno {}", errno())
+                });
+                wait_forever()
+            });
+            say(&rx.recv().unwrap_or_else(|_| die("thread died")));
+            wait_forever()
+        }
         other => die(&format!("unknown action {other}")),
     }
 }

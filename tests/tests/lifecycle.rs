@@ -1,0 +1,342 @@
+//! Namespace lifecycle against the real kernel: each end is reported once,
+//! after the last member left, never while one lives; pinned namespaces end
+//! when their pin goes.
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use nstrace_tests::*;
+use serde_json::Value;
+
+fn is(r: &Value, event: &str, kind: &str, inode: u64) -> bool {
+    r["event"] == event && r["ns_type"] == kind && r["ns_inode"] == inode
+}
+
+/// Creates a namespace of `kind` with `unshare FLAGS sleep`, checks no end is
+/// reported while the sleeper lives, kills it, and expects exactly one destroy.
+fn create_then_destroy(flags: &[&str], kind: &str, link: &str) {
+    if !privileged() {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let mut argv = vec!["unshare"];
+    argv.extend_from_slice(flags);
+    argv.extend_from_slice(&["sleep", "60"]);
+    let g = Group::spawn(&argv);
+    let inode = wait_ns_changed(g.pid(), link);
+    tracer.wait_for(1, |r| is(r, "create", kind, inode));
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !tracer
+            .records()
+            .iter()
+            .any(|r| r["event"] == "destroy" && r["ns_inode"] == inode),
+        "destroy reported while a member lives: {:#?}",
+        tracer.records()
+    );
+    let killed = Instant::now();
+    drop(g);
+    let ends = tracer.wait_for(1, |r| is(r, "destroy", kind, inode));
+    assert!(killed.elapsed() < Duration::from_secs(5));
+    let d = &ends[0];
+    assert_eq!(d["end"], "last-member-left", "{d}");
+    assert!(d["lifetime_ns"].as_i64().unwrap() >= 300_000_000, "{d}");
+    assert_eq!(d["ns_created"]["comm"], "unshare");
+    assert!(d["syscall"].is_null());
+    thread::sleep(Duration::from_millis(300));
+    let n = tracer
+        .records()
+        .iter()
+        .filter(|r| r["event"] == "destroy" && r["ns_inode"] == inode && r["ns_type"] == kind)
+        .count();
+    assert_eq!(n, 1, "{:#?}", tracer.records());
+    assert!(tracer.stop().0.success());
+}
+
+#[test]
+fn mnt_ends_with_its_last_member() {
+    create_then_destroy(&["-m"], "mnt", "mnt");
+}
+
+#[test]
+fn uts_ends_with_its_last_member() {
+    create_then_destroy(&["-u"], "uts", "uts");
+}
+
+#[test]
+fn ipc_ends_with_its_last_member() {
+    create_then_destroy(&["-i"], "ipc", "ipc");
+}
+
+#[test]
+fn net_ends_with_its_last_member() {
+    create_then_destroy(&["-n"], "net", "net");
+}
+
+#[test]
+fn user_ends_with_its_last_member() {
+    create_then_destroy(&["-U"], "user", "user");
+}
+
+#[test]
+fn cgroup_ends_with_its_last_member() {
+    create_then_destroy(&["-C"], "cgroup", "cgroup");
+}
+
+#[test]
+fn time_ends_with_its_last_member() {
+    create_then_destroy(&["-T"], "time", "time_for_children");
+}
+
+#[test]
+fn pid_ends_with_its_last_member() {
+    create_then_destroy(&["-p", "-f"], "pid", "pid_for_children");
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("ip");
+    assert!(st.success(), "ip {args:?}");
+}
+
+#[test]
+fn ip_netns_is_pinned_by_its_mount_and_ends_on_delete() {
+    if !privileged() {
+        return;
+    }
+    let name = format!("nstrace-test-{}", std::process::id());
+    let _ = Command::new("ip")
+        .args(["netns", "delete", &name])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let tracer = Tracer::start(&[]);
+    ip(&["netns", "add", &name]);
+    let path = format!("/run/netns/{name}");
+    let inode = {
+        let out = Command::new("stat")
+            .args(["-L", "-c", "%i", &path])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    tracer.wait_for(1, |r| is(r, "create", "net", inode));
+    let pinned = tracer.wait_for(1, |r| is(r, "pinned", "net", inode));
+    assert!(
+        pinned[0]["pinned_by"][0].as_str().unwrap().contains(&path),
+        "{}",
+        pinned[0]
+    );
+    ip(&["netns", "exec", &name, "true"]);
+    let joins = tracer.wait_for(1, |r| is(r, "join", "net", inode));
+    assert_eq!(joins[0]["ns_created"]["comm"], "ip");
+    thread::sleep(Duration::from_millis(700));
+    assert!(!tracer
+        .records()
+        .iter()
+        .any(|r| is(r, "destroy", "net", inode)));
+    let deleted = Instant::now();
+    ip(&["netns", "delete", &name]);
+    let ends = tracer.wait_for(1, |r| is(r, "destroy", "net", inode));
+    assert!(
+        deleted.elapsed() < Duration::from_secs(2),
+        "destroy took {:?}",
+        deleted.elapsed()
+    );
+    assert_eq!(ends[0]["end"], "pin-released");
+    assert!(tracer.stop().0.success());
+}
+
+#[test]
+fn pid_namespace_ends_with_its_init_while_children_live() {
+    if !privileged() {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let g = Group::spawn(&[
+        "unshare",
+        "-p",
+        "-f",
+        "sh",
+        "-c",
+        "sleep 60 & sleep 60 & wait",
+    ]);
+    let init = first_child(g.pid());
+    let inode = wait_ns_changed(init, "pid");
+    tracer.wait_for(1, |r| is(r, "create", "pid", inode));
+    // Children of init are alive in the namespace.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "init started no children");
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(200));
+    assert!(!tracer
+        .records()
+        .iter()
+        .any(|r| is(r, "destroy", "pid", inode)));
+    // SAFETY: killing the namespace's init, a process of our own group.
+    unsafe { libc::kill(init as i32, libc::SIGKILL) };
+    let ends = tracer.wait_for(1, |r| is(r, "destroy", "pid", inode));
+    assert_eq!(ends[0]["init_pid"], init, "{}", ends[0]);
+    drop(g);
+    assert!(tracer.stop().0.success());
+}
+
+#[test]
+fn unshare_in_a_secondary_thread_moves_only_that_thread() {
+    if !privileged() {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let mut h = Group::spawn(&[helper_bin().to_str().unwrap(), "thread-unshare", "4000000"]);
+    let line = h.read_line();
+    let tid: u32 = line
+        .strip_prefix("tid ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    let pid = h.pid();
+    assert_ne!(tid, pid);
+    let recs = tracer.wait_for_pid(1, pid);
+    let r = one_of_kind(&recs, "create", "uts");
+    assert_eq!(r["tid"], tid);
+    let thread_uts = {
+        let l = std::fs::read_link(format!("/proc/{pid}/task/{tid}/ns/uts")).unwrap();
+        let s = l.to_string_lossy().to_string();
+        s[5..s.len() - 1].parse::<u64>().unwrap()
+    };
+    assert_eq!(r["ns_inode"], thread_uts);
+    assert_eq!(
+        ns_inode(pid, "uts"),
+        ns_inode(std::process::id(), "uts"),
+        "main thread stays"
+    );
+    drop(h);
+    tracer.wait_for(1, |r| is(r, "destroy", "uts", thread_uts));
+    assert!(tracer.stop().0.success());
+}
+
+#[test]
+fn reused_inodes_are_kept_apart() {
+    if !privileged() {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let mut seen = std::collections::HashMap::<u64, usize>::new();
+    let mut reused = None;
+    for _ in 0..200 {
+        let g = Group::spawn(&["unshare", "-u", "sleep", "60"]);
+        let inode = wait_ns_changed(g.pid(), "uts");
+        let n = *seen.entry(inode).and_modify(|n| *n += 1).or_insert(1);
+        tracer.wait_for(n, |r| is(r, "create", "uts", inode));
+        drop(g);
+        tracer.wait_for(n, |r| is(r, "destroy", "uts", inode));
+        if n == 2 {
+            reused = Some(inode);
+            break;
+        }
+    }
+    let inode = reused.expect("the kernel never reused a uts inode in 200 tries");
+    let records = tracer.records();
+    let creates: Vec<&Value> = records
+        .iter()
+        .filter(|r| is(r, "create", "uts", inode))
+        .collect();
+    let destroys: Vec<&Value> = records
+        .iter()
+        .filter(|r| is(r, "destroy", "uts", inode))
+        .collect();
+    assert_eq!(creates.len(), 2);
+    assert_eq!(destroys.len(), 2);
+    // Each destroy names its own birth.
+    for (c, d) in creates.iter().zip(&destroys) {
+        assert_eq!(d["ns_created"]["time"], c["time"], "{c}\n{d}");
+        assert_eq!(d["ns_created"]["pid"], c["pid"]);
+    }
+    assert!(tracer.stop().0.success());
+}
+
+fn lsns() -> Vec<(u64, String, u64)> {
+    let out = Command::new("lsns").arg("--json").output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["ns"].as_u64().unwrap(),
+                n["type"].as_str().unwrap().to_string(),
+                n["nprocs"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn ls_agrees_with_lsns() {
+    if !privileged() {
+        return;
+    }
+    // Something besides the host namespaces, including a mount-only one.
+    let _g = Group::spawn(&["unshare", "-u", "-n", "-p", "-f", "sleep", "60"]);
+    let name = format!("nstrace-ls-{}", std::process::id());
+    ip(&["netns", "add", &name]);
+    thread::sleep(Duration::from_millis(200));
+    let before = lsns();
+    let out = Command::new(nstrace_bin())
+        .args(["ls", "--json"])
+        .output()
+        .unwrap();
+    let after = lsns();
+    ip(&["netns", "delete", &name]);
+    assert!(out.status.success());
+    let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<(u64, String, u64)> = ours["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["ns"].as_u64().unwrap(),
+                n["type"].as_str().unwrap().to_string(),
+                n["nprocs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut compared = 0;
+    for row in &before {
+        // Only rows that did not change while we looked.
+        if !after.contains(row) {
+            continue;
+        }
+        assert!(
+            ours.contains(row),
+            "lsns row {row:?} missing or different in nstrace ls: {ours:?}"
+        );
+        compared += 1;
+    }
+    assert!(compared >= 8, "compared only {compared} rows");
+    // The mount-only namespace lsns does not list is in ours, with 0 processes.
+    let path = format!("/run/netns/{name}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&path));
+    let tree = Command::new(nstrace_bin())
+        .args(["ls", "--tree"])
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    assert!(
+        tree.contains("user namespaces and what they own:") && tree.contains("pid namespaces:"),
+        "{tree}"
+    );
+}
