@@ -145,6 +145,10 @@ pub struct Event {
     pub owners: [u32; NS_KINDS],
     /// Creates only: the parent PID namespace's inode of a new PID namespace.
     pub pid_parent: u32,
+    /// The actor's pid as seen inside its own PID namespace.
+    pub vpid: u32,
+    /// 1 when the actor descends from a process user space asked to follow.
+    pub followed: u32,
     pub _pad: u32,
 }
 
@@ -179,6 +183,12 @@ pub struct Offsets {
     pub owner: [u32; NS_KINDS],
     pub pidns_parent: u32,
     pub pidns_child_reaper: u32,
+    /// `task_struct.thread_pid`, `pid.level`, `pid.numbers`, `sizeof(struct upid)`:
+    /// the pid seen inside the task's PID namespace.
+    pub task_thread_pid: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
 }
 
 impl Offsets {
@@ -196,6 +206,10 @@ impl Offsets {
         owner: [NO_FIELD; NS_KINDS],
         pidns_parent: NO_FIELD,
         pidns_child_reaper: NO_FIELD,
+        task_thread_pid: NO_FIELD,
+        pid_level: NO_FIELD,
+        pid_numbers: NO_FIELD,
+        upid_size: NO_FIELD,
     };
 }
 

@@ -56,6 +56,11 @@ static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 #[map]
 static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
+/// Processes (tgid) user space follows (`--pid`, command mode), with their
+/// descendants, added at fork.
+#[map]
+static FOLLOW: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
 /// Member threads per watched namespace, keyed by [`member_key`].
 #[map]
 static MEMBERS: HashMap<u64, i64> = HashMap::with_max_entries(65536, 0);
@@ -262,6 +267,10 @@ pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let child: *const u8 = ctx.arg::<u64>(1) as *const u8;
     let tid = current_tid();
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if FOLLOW.get_ptr(parent_tgid).is_some() {
+        let _ = FOLLOW.insert(unsafe { task::tgid_of(child) }, 1, 0);
+    }
     match PENDING.get_ptr(tid) {
         Some(p) => clone_created(p, child),
         None => {
@@ -349,7 +358,14 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if tracked || emptied != 0 || reaper {
         emit_process(EventKind::Exit, emptied, reaper as u32);
     }
+    if current_tgid() == tid {
+        let _ = FOLLOW.remove(tid);
+    }
     0
+}
+
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 fn emit_process(kind: EventKind, emptied: u32, reaper: u32) {
@@ -390,6 +406,8 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.reaper = 0;
     e.owners = [0; NS_KINDS];
     e.pid_parent = 0;
+    e.vpid = unsafe { task::vpid(task) };
+    e.followed = FOLLOW.get_ptr(e.pid).is_some() as u32;
     e._pad = 0;
 }
 

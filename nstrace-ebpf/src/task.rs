@@ -45,6 +45,24 @@ pub unsafe fn tid_of(task: *const u8) -> u32 {
     unsafe { read::<u32>(task, off!(task_pid)) }
 }
 
+/// `task`'s thread id as seen in its own PID namespace
+/// (`thread_pid->numbers[thread_pid->level].nr`).
+pub unsafe fn vpid(task: *const u8) -> u32 {
+    let pid = unsafe { read_ptr(task, off!(task_thread_pid)) };
+    let level = unsafe { read::<u32>(pid, off!(pid_level)) };
+    let (numbers, size) = (off!(pid_numbers), off!(upid_size));
+    if pid.is_null() || numbers == NO_FIELD || size == NO_FIELD || level > 32 {
+        return 0;
+    }
+    // `nr` is the first member of `struct upid`.
+    unsafe { read::<u32>(pid, numbers + level * size) }
+}
+
+/// The thread-group id (`task->tgid`).
+pub unsafe fn tgid_of(task: *const u8) -> u32 {
+    unsafe { read::<u32>(task, off!(task_tgid)) }
+}
+
 /// `task->real_parent->tgid`.
 pub unsafe fn parent_tgid(task: *const u8) -> u32 {
     let parent = unsafe { read_ptr(task, off!(task_real_parent)) };

@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::record::{EventType, NsKind};
+
 /// Trace Linux namespaces live: every namespace created (clone, clone3,
 /// unshare), joined (setns) or refused, with the inode numbers that
 /// /proc/PID/ns and lsns show.
@@ -19,6 +21,10 @@ Examples:
   sudo nstrace --json | jq .        JSON Lines, one object per record
   sudo nstrace --json > trace.jsonl
   sudo nstrace ls --tree            namespaces alive now
+  sudo nstrace --container web      one container's namespaces (id prefix or name)
+  sudo nstrace --type net,pid --event create,destroy
+  sudo nstrace -- docker run --rm IMAGE true
+                                    trace a command and the containers it starts
 
 The JSON schema is documented in the README (section \"JSON records\")."
 )]
@@ -46,6 +52,52 @@ pub struct Cli {
     /// path) is not available in this version. `auto` picks the best available.
     #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
+
+    /// Only records of this container: an id prefix or a name (docker).
+    /// Matches the acting process's container and the container whose runtime
+    /// created the namespace (so dockerd joining its network shows too).
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Option<String>,
+
+    /// Only records of this process and its descendants (followed through forks).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only records whose process (or namespace creator) has this command name.
+    #[arg(long, value_name = "COMM")]
+    pub comm: Option<String>,
+
+    /// Only these namespace kinds, comma-separated: mnt,uts,ipc,pid,net,user,cgroup,time.
+    #[arg(long = "type", value_name = "KINDS", value_delimiter = ',', value_parser = parse_kind)]
+    pub types: Option<Vec<NsKind>>,
+
+    /// Only these events, comma-separated: create,join,pinned,destroy,error.
+    #[arg(long = "event", value_name = "EVENTS", value_delimiter = ',', value_parser = parse_event)]
+    pub events: Option<Vec<EventType>>,
+
+    /// Run CMD and trace what it and its descendants do, plus the containers
+    /// started while it runs (`nstrace -- docker run ...`); exit with CMD's status.
+    #[arg(last = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+fn parse_kind(s: &str) -> Result<NsKind, String> {
+    NsKind::from_name(s).ok_or_else(|| {
+        format!("unknown namespace kind {s:?}; one of mnt, uts, ipc, pid, net, user, cgroup, time")
+    })
+}
+
+fn parse_event(s: &str) -> Result<EventType, String> {
+    [
+        EventType::Create,
+        EventType::Join,
+        EventType::Pinned,
+        EventType::Destroy,
+        EventType::Error,
+    ]
+    .into_iter()
+    .find(|e| e.name() == s)
+    .ok_or_else(|| format!("unknown event {s:?}; one of create, join, pinned, destroy, error"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -104,6 +156,21 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["nstrace", "ls", "--json", "--tree"]).is_err());
+    }
+
+    #[test]
+    fn filters_and_command_parse() {
+        let c = Cli::try_parse_from([
+            "nstrace", "--type", "net,pid", "--event", "create", "--pid", "7", "--", "docker",
+            "run", "-it",
+        ])
+        .unwrap();
+        assert_eq!(c.types, Some(vec![NsKind::Net, NsKind::Pid]));
+        assert_eq!(c.events, Some(vec![EventType::Create]));
+        assert_eq!(c.pid, Some(7));
+        assert_eq!(c.cmd, vec!["docker", "run", "-it"]);
+        assert!(Cli::try_parse_from(["nstrace", "--type", "bogus"]).is_err());
+        assert!(Cli::try_parse_from(["nstrace", "--event", "born"]).is_err());
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Decoded {
     pub reaper_of: Option<u32>,
     /// Kernel monotonic time, converted.
     pub time_ns: i128,
+    /// The actor descends from a followed process.
+    pub followed: bool,
 }
 
 /// Reads one event out of ring-buffer bytes, wherever they are aligned.
@@ -96,6 +98,7 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
         tid: e.tid,
         ppid: e.ppid,
         comm: comm(&e.comm),
+        vpid: e.vpid,
     };
     let time_ns = clock.to_unix_ns(e.ts_ns);
     let emptied = NsKind::in_flags(u64::from(e.emptied))
@@ -110,6 +113,7 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
         emptied,
         actor: Some(actor.clone()),
         time_ns,
+        followed: e.followed != 0,
         ..Decoded::default()
     };
     let call = match (kind, syscall) {
@@ -130,6 +134,7 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
         flags: e.flags,
         actor: Some(actor),
         fd: (call == Syscall::Setns).then_some(e.fd),
+        followed: e.followed != 0,
         ..Record::default()
     };
     let with_owner = |r: Record| {
@@ -242,6 +247,8 @@ mod tests {
             reaper: 0,
             owners: [0; 8],
             pid_parent: 0,
+            vpid: 11,
+            followed: 0,
             _pad: 0,
         }
     }

@@ -11,9 +11,12 @@
 //! - [`session`] ties them together until Ctrl-C.
 
 pub mod cli;
+pub mod command;
+pub mod container;
 pub mod decode;
 pub mod errno;
 pub mod error;
+pub mod filter;
 pub mod kernel;
 pub mod lifecycle;
 pub mod listing;

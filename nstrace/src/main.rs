@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(session::run(&cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
             eprintln!("nstrace: error: {err:#}");
             if let Some(hint) = hint_of(&err) {

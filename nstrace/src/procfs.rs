@@ -134,6 +134,42 @@ pub fn scan() -> Snapshot {
     snap
 }
 
+/// `pid` and every process descending from it (empty if `pid` does not exist).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Vec::new();
+    }
+    let parents: Vec<(u32, u32)> = pids()
+        .into_iter()
+        .filter_map(|p| Some((p, ppid(p)?)))
+        .collect();
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// The parent of `pid`, from /proc/PID/stat.
+pub fn ppid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm field may hold spaces and parentheses: split after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Threads currently in `key` (by the acting links): a ground-truth check
 /// before an end is reported.
 pub fn count_threads(key: NsKey) -> i64 {

@@ -149,6 +149,8 @@ pub struct Actor {
     pub tid: u32,
     pub ppid: u32,
     pub comm: String,
+    /// The thread's id inside its own PID namespace (equal to `tid` on the host).
+    pub vpid: u32,
 }
 
 /// One line of the timeline. Optional fields are absent from JSON when `None`
@@ -189,4 +191,11 @@ pub struct Record {
     pub init_pid: Option<u32>,
     /// Pinned: what holds the namespace.
     pub pinned_by: Vec<String>,
+    /// The container the actor is part of.
+    pub container: Option<crate::container::Container>,
+    /// The container whose runtime created the namespace (joins, pinned, destroy).
+    pub ns_container: Option<crate::container::Container>,
+    /// The actor (or, for pinned/destroy, the namespace's creator) descends
+    /// from a followed process (`--pid`, command mode).
+    pub followed: bool,
 }

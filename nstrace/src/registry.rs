@@ -38,6 +38,10 @@ pub struct Entry {
     pub init_exited: Option<u32>,
     /// When it ended (Unix ns).
     pub ended_ns: Option<i128>,
+    /// The container whose runtime created it.
+    pub container: Option<crate::container::Container>,
+    /// Created by a followed process.
+    pub followed: bool,
 }
 
 impl Entry {
@@ -53,6 +57,8 @@ impl Entry {
             state: State::Alive,
             init_exited: None,
             ended_ns: None,
+            container: None,
+            followed: false,
         }
     }
 
@@ -132,6 +138,8 @@ impl Registry {
                 e.ns_id = r.ns_id;
                 e.owner = r.owner_inode;
                 e.parent = r.parent_inode;
+                e.container = r.container.clone();
+                e.followed = r.followed;
                 e.born = r.actor.as_ref().zip(r.syscall).map(|(a, s)| Birth {
                     time_ns: r.time_ns,
                     pid: a.pid,
@@ -154,6 +162,7 @@ impl Registry {
                     e.ns_id = r.ns_id;
                 }
                 r.born = e.born.clone();
+                r.ns_container = e.container.clone();
                 None
             }
             _ => None,
@@ -179,6 +188,8 @@ impl Registry {
             ns_id: e.ns_id,
             born: e.born.clone(),
             pinned_by: by,
+            ns_container: e.container.clone(),
+            followed: e.followed,
             ..Record::default()
         })
     }
@@ -207,6 +218,8 @@ impl Registry {
             end: Some(cause),
             init_pid: e.init_exited,
             actor: last,
+            ns_container: e.container.clone(),
+            followed: e.followed,
             ..Record::default()
         };
         self.ended.push(e);
@@ -227,6 +240,8 @@ impl Registry {
             born: e.born.clone(),
             end: Some(EndCause::InodeReused),
             init_pid: e.init_exited,
+            ns_container: e.container.clone(),
+            followed: e.followed,
             ..Record::default()
         };
         self.ended.push(e);
@@ -275,6 +290,7 @@ mod tests {
                 tid: 42,
                 ppid: 1,
                 comm: "unshare".into(),
+                vpid: 0,
             }),
             ..Record::default()
         }

@@ -14,8 +14,9 @@ use tokio::{
 
 use crate::{
     cli::{Cli, Command, ProbeMode},
-    decode,
+    command, container, decode,
     error::hinted,
+    filter::Filter,
     kernel::{
         offsets, preflight,
         probes::{Losses, Probes},
@@ -24,7 +25,7 @@ use crate::{
     listing,
     output::{self, Sink},
     procfs::{self, NsKey},
-    record::NsKind,
+    record::{EventType, NsKind},
     registry::Registry,
     summary,
     time::Clock,
@@ -38,10 +39,11 @@ pub struct Totals {
     pub undecodable: u64,
 }
 
-/// The binary's entry point: a subcommand, or tracing.
-pub async fn run(cli: &Cli) -> Result<()> {
+/// The binary's entry point: a subcommand, or tracing. Returns the exit
+/// status: 0, or in command mode the command's.
+pub async fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
-        Some(Command::Ls { json, tree }) => ls(*json, *tree),
+        Some(Command::Ls { json, tree }) => ls(*json, *tree).map(|()| 0),
         None => trace(cli).await,
     }
 }
@@ -69,6 +71,10 @@ struct Tracer<'a> {
     registry: Registry,
     lifecycle: Lifecycle,
     totals: Totals,
+    filter: Filter,
+    containers: container::Resolver,
+    /// Command mode while the command runs: containers created now are its.
+    collect_caused: bool,
 }
 
 impl Tracer<'_> {
@@ -91,6 +97,16 @@ impl Tracer<'_> {
 
     fn handle(&mut self, d: decode::Decoded) -> io::Result<()> {
         for mut r in d.records {
+            if let Some(a) = &r.actor {
+                r.container = self.containers.for_pid(a.pid);
+            }
+            if self.collect_caused && r.event == EventType::Create {
+                if let Some(c) = &r.container {
+                    if !self.filter.extra_containers.contains(&c.id) {
+                        self.filter.extra_containers.push(c.id.clone());
+                    }
+                }
+            }
             if let Some(stale) = self.registry.observe(&mut r) {
                 // The kernel reused the inode of a namespace whose end we did
                 // not see: it has certainly ended. Say so, late, then the create.
@@ -118,6 +134,11 @@ impl Tracer<'_> {
                 self.emit(r)?;
             }
         }
+        if let (true, Some(a)) = (d.exited, &d.actor) {
+            if a.pid == a.tid {
+                self.containers.forget(a.pid);
+            }
+        }
         Ok(())
     }
 
@@ -136,12 +157,27 @@ impl Tracer<'_> {
     }
 
     fn emit(&mut self, r: &crate::record::Record) -> io::Result<()> {
+        if !self.filter.matches(r) {
+            return Ok(());
+        }
         self.totals.records += 1;
         self.sink.record(r)
     }
+
+    /// Command mode, after the command ended: are namespaces it (or its
+    /// containers) created still alive? Then their ends are still to come.
+    fn caused_alive(&self) -> bool {
+        self.registry.alive().any(|e| {
+            e.born.is_some()
+                && (e.followed
+                    || e.container
+                        .as_ref()
+                        .is_some_and(|c| self.filter.extra_containers.contains(&c.id)))
+        })
+    }
 }
 
-async fn trace(cli: &Cli) -> Result<()> {
+async fn trace(cli: &Cli) -> Result<i32> {
     let host = preflight::check()?;
     if cli.probe_mode == ProbeMode::Fentry {
         return Err(hinted(
@@ -187,6 +223,23 @@ async fn trace(cli: &Cli) -> Result<()> {
     let mut lifecycle = Lifecycle::default();
     lifecycle.seed_pinned(&snap);
 
+    if let Some(pid) = cli.pid {
+        let tree = procfs::descendants(pid);
+        if tree.is_empty() {
+            return Err(hinted(
+                format!("no process with pid {pid}"),
+                "give the pid of a running process (`pgrep NAME`)",
+            ));
+        }
+        for p in tree {
+            probes.follow(p)?;
+        }
+    }
+    let mut command = match cli.cmd.as_slice() {
+        [] => None,
+        argv => Some(command::spawn_followed(argv, &mut probes)?),
+    };
+
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open until the
     // AsyncFd has deregistered it.
     let mut events =
@@ -227,7 +280,21 @@ async fn trace(cli: &Cli) -> Result<()> {
         registry,
         lifecycle,
         totals: Totals::default(),
+        filter: Filter {
+            container: cli.container.clone(),
+            followed_only: cli.pid.is_some() || command.is_some(),
+            extra_containers: Vec::new(),
+            comm: cli.comm.clone(),
+            kinds: cli.types.clone(),
+            events: cli.events.clone(),
+        },
+        containers: container::Resolver::default(),
+        collect_caused: command.is_some(),
     };
+    let mut exit_code = 0;
+    // Command mode: when the command ended, and until when its namespaces'
+    // ends are awaited.
+    let mut linger_until: Option<tokio::time::Instant> = None;
     let mut reported_losses = t.probes.losses();
     let mut output_closed = false;
 
@@ -249,6 +316,16 @@ async fn trace(cli: &Cli) -> Result<()> {
                     output_closed = true;
                     break;
                 }
+                if let Some(until) = linger_until {
+                    if !t.caused_alive() || tokio::time::Instant::now() >= until {
+                        break;
+                    }
+                }
+            }
+            status = async { command.as_mut().expect("guarded").wait().await }, if command.is_some() && linger_until.is_none() => {
+                exit_code = command::exit_code(status.context("waiting for the command")?);
+                t.collect_caused = false;
+                linger_until = Some(tokio::time::Instant::now() + command::LINGER);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -295,7 +372,7 @@ async fn trace(cli: &Cli) -> Result<()> {
         eprintln!("{line}");
         eprint!("{}", summary::render(&registry, Clock::now_unix_ns()));
     }
-    Ok(())
+    Ok(exit_code)
 }
 
 fn report_new_losses(before: Losses, now: Losses) {

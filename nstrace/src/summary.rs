@@ -104,6 +104,7 @@ mod tests {
                     tid: 42,
                     ppid: 1,
                     comm: "unshare".into(),
+                    vpid: 0,
                 }),
                 ..Record::default()
             };

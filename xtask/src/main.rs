@@ -2,6 +2,7 @@
 //! tests need (idempotent, seconds when all is there); `run` and `test` do the
 //! set-up first, so each is one command on a fresh machine.
 
+mod docker;
 mod setup;
 
 use std::{
@@ -107,6 +108,8 @@ fn test(lint: bool) -> Result<()> {
         ]))?;
     }
     build()?;
+    let daemon = docker::Daemon::ensure(&workspace_root().join("target/dockerd.log"))?;
+    daemon.ensure_image()?;
     // One test at a time: the end-to-end tests each load the real tracer and
     // compare against /proc, and two cores are all CI has.
     let mut cmd = cargo();

@@ -17,9 +17,17 @@ use crate::sh;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages: what the tests and the build call, by package.
-/// util-linux: unshare, nsenter, setpriv; iproute2: ip netns; bpftool: the
-/// "nothing left loaded" checks.
-const DEBIAN_PACKAGES: &[&str] = &["util-linux", "iproute2", "bpftool", "ca-certificates"];
+/// util-linux: unshare, nsenter, setpriv, lsns; iproute2: ip netns; bpftool:
+/// the "nothing left loaded" checks; docker.io and busybox-static: a real
+/// container runtime and a local image for the container tests.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "util-linux",
+    "iproute2",
+    "bpftool",
+    "ca-certificates",
+    "docker.io",
+    "busybox-static",
+];
 
 pub fn run() -> Result<()> {
     debian_packages()?;

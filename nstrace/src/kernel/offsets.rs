@@ -74,6 +74,10 @@ pub fn from_btf(btf: &Btf) -> Result<Layout> {
     }
     o.pidns_parent = optional_field(btf, "pid_namespace", &["parent"])?.unwrap_or(NO_FIELD);
     o.pidns_child_reaper = field(btf, "pid_namespace", &["child_reaper"])?;
+    o.task_thread_pid = optional_field(btf, "task_struct", &["thread_pid"])?.unwrap_or(NO_FIELD);
+    o.pid_level = optional_field(btf, "pid", &["level"])?.unwrap_or(NO_FIELD);
+    o.pid_numbers = optional_field(btf, "pid", &["numbers"])?.unwrap_or(NO_FIELD);
+    o.upid_size = struct_size(btf, "upid")?.unwrap_or(NO_FIELD);
     for required in [NsKind::Mnt, NsKind::Net, NsKind::User] {
         if missing_kinds.contains(&required) {
             bail!(
@@ -119,6 +123,13 @@ fn optional_field(btf: &Btf, strukt: &str, path: &[&str]) -> Result<Option<u32>>
         bail!("kernel BTF: {strukt}.{} is a bitfield", path.join("."));
     }
     Ok(Some(total / 8))
+}
+
+fn struct_size(btf: &Btf, name: &str) -> Result<Option<u32>> {
+    Ok(find_struct(btf, name)?.and_then(|t| match t {
+        Type::Struct(s) => Some(s.size() as u32),
+        _ => None,
+    }))
 }
 
 fn find_struct(btf: &Btf, name: &str) -> Result<Option<Type>> {

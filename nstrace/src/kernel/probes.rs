@@ -36,6 +36,7 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     counts: PerCpuArray<MapData, u64>,
     members: HashMap<MapData, u64, i64>,
+    follow: HashMap<MapData, u32, u8>,
 }
 
 /// Things the kernel side could not record.
@@ -82,17 +83,30 @@ impl Probes {
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
         let counts = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("map COUNTS missing")?)?;
         let members = HashMap::try_from(ebpf.take_map("MEMBERS").context("map MEMBERS missing")?)?;
+        let follow = HashMap::try_from(ebpf.take_map("FOLLOW").context("map FOLLOW missing")?)?;
         Ok(Self {
             _ebpf: ebpf,
             events: Some(events),
             counts,
             members,
+            follow,
         })
     }
 
     /// The ring buffer of events; can be taken once.
     pub fn take_events(&mut self) -> RingBuf<MapData> {
         self.events.take().expect("events taken twice")
+    }
+
+    /// Follow process `pid` and, from now on, every process it forks.
+    pub fn follow(&mut self, pid: u32) -> Result<()> {
+        self.follow
+            .insert(pid, 1, 0)
+            .with_context(|| format!("following pid {pid}"))
+    }
+
+    pub fn unfollow(&mut self, pid: u32) {
+        let _ = self.follow.remove(&pid);
     }
 
     pub fn losses(&self) -> Losses {

@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::Sink;
 use crate::{
+    container::Container,
     errno,
     record::{flag_names, EventType, Record},
     time::rfc3339,
@@ -19,6 +20,13 @@ impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
         Self { out }
     }
+}
+
+fn container(c: Option<&Container>) -> Value {
+    c.map_or(
+        Value::Null,
+        |c| json!({"id": c.id, "runtime": c.runtime, "name": c.name}),
+    )
 }
 
 /// The JSON object for one record.
@@ -40,6 +48,8 @@ pub fn to_json(r: &Record) -> Value {
     m.insert("tid".into(), json!(a.map(|a| a.tid)));
     m.insert("ppid".into(), json!(a.map(|a| a.ppid)));
     m.insert("comm".into(), json!(a.map(|a| a.comm.as_str())));
+    m.insert("vpid".into(), json!(a.map(|a| a.vpid)));
+    m.insert("container".into(), container(r.container.as_ref()));
     let opt = |m: &mut Map<String, Value>, k: &str, v: Option<Value>| {
         if let Some(v) = v {
             m.insert(k.into(), v);
@@ -63,6 +73,9 @@ pub fn to_json(r: &Record) -> Value {
             })
         }),
     );
+    if r.ns_container.is_some() {
+        m.insert("ns_container".into(), container(r.ns_container.as_ref()));
+    }
     if r.event == EventType::Destroy {
         opt(&mut m, "end", r.end.map(|e| json!(e.name())));
         let lifetime = r.born.as_ref().map(|b| r.time_ns - b.time_ns);
@@ -106,6 +119,7 @@ mod tests {
                 tid: 11,
                 ppid: 1,
                 comm: "unshare".into(),
+                vpid: 0,
             }),
             ..Record::default()
         }

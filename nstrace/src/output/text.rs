@@ -23,8 +23,7 @@ impl<W: Write> TextSink<W> {
     }
 }
 
-pub const HEADER: &str =
-    "TIME(UTC)        PID/TID          COMM             EVENT   NS     INODE       DETAILS";
+pub const HEADER: &str = "TIME(UTC)        PID/TID          COMM             CONTAINER    EVENT   NS     INODE       DETAILS";
 
 /// `unshare(CLONE_NEWUTS|CLONE_NEWNET)`, `setns(fd 3, CLONE_NEWNET)`, ...
 fn call(r: &Record, syscall: Syscall) -> String {
@@ -119,13 +118,22 @@ fn details(r: &Record) -> String {
 /// One timeline line, without the newline.
 pub fn line(r: &Record) -> String {
     let (pid, comm) = match &r.actor {
+        // The pid inside the actor's own PID namespace, where it differs.
+        Some(a) if a.vpid != 0 && a.vpid != a.tid => {
+            (format!("{}/{}({})", a.pid, a.tid, a.vpid), a.comm.as_str())
+        }
         Some(a) => (format!("{}/{}", a.pid, a.tid), a.comm.as_str()),
         None => ("-".to_string(), "-"),
     };
+    let container = r
+        .container
+        .as_ref()
+        .or(r.ns_container.as_ref())
+        .map_or("-", |c| c.short_id());
     let kind = r.kind.map_or("-", |k| k.name());
     let inode = r.inode.map_or_else(|| "-".to_string(), |i| i.to_string());
     format!(
-        "{:<16} {pid:<16} {comm:<16} {:<7} {kind:<6} {inode:<11} {}",
+        "{:<16} {pid:<16} {comm:<16} {container:<12} {:<7} {kind:<6} {inode:<11} {}",
         time_of_day(r.time_ns),
         r.event.name(),
         details(r),
@@ -166,6 +174,7 @@ mod tests {
                 tid: 4242,
                 ppid: 1,
                 comm: "unshare".into(),
+                vpid: 0,
             }),
             ..Record::default()
         }
