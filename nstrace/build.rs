@@ -1,6 +1,6 @@
 //! Builds the eBPF object (nightly, bpfel target) and leaves it in OUT_DIR,
 //! where `include_bytes_aligned!` picks it up.
-use anyhow::{anyhow, Context as _};
+use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {

@@ -75,6 +75,9 @@ pub enum EventKind {
     /// member of a watched namespace (`emptied`), or a PID namespace's init
     /// (`reaper`).
     Exit = 5,
+    /// fentry mode: the kernel's free path ran for a namespace; its kind bit
+    /// is in `flags`, its inode and id in `before`.
+    Freed = 6,
 }
 
 impl EventKind {
@@ -85,6 +88,7 @@ impl EventKind {
             3 => Self::Error,
             4 => Self::Exec,
             5 => Self::Exit,
+            6 => Self::Freed,
             _ => return None,
         })
     }
@@ -189,6 +193,11 @@ pub struct Offsets {
     pub pid_level: u32,
     pub pid_numbers: u32,
     pub upid_size: u32,
+    /// Inside `struct ns_common`: `inum`, `ns_id`, and `ns_type` (6.18+: the
+    /// kind's `CLONE_NEW*` flag).
+    pub nscommon_inum: u32,
+    pub nscommon_id: u32,
+    pub nscommon_type: u32,
 }
 
 impl Offsets {
@@ -210,6 +219,39 @@ impl Offsets {
         pid_level: NO_FIELD,
         pid_numbers: NO_FIELD,
         upid_size: NO_FIELD,
+        nscommon_inum: NO_FIELD,
+        nscommon_id: NO_FIELD,
+        nscommon_type: NO_FIELD,
+    };
+}
+
+/// Number of fentry programs (`ns_free_0` ..) user space can point at the
+/// kernel's namespace free functions.
+pub const FREE_SLOTS: usize = 8;
+
+/// [`FreeTarget::kind`] when the kind is read from `ns_common.ns_type`.
+pub const KIND_FROM_NS_TYPE: u32 = 0xff;
+
+/// What fentry slot N is attached to: a kernel function whose first argument
+/// points `delta` bytes before the namespace's `struct ns_common`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreeTarget {
+    /// Kind index, or [`KIND_FROM_NS_TYPE`].
+    pub kind: u32,
+    pub delta: i32,
+    /// If not [`NO_FIELD`]: offset in `ns_common` of a reference count; the
+    /// call frees only when it is 1 (a `put_*` that is the last put).
+    pub count_off: u32,
+    pub _pad: u32,
+}
+
+impl FreeTarget {
+    pub const UNUSED: FreeTarget = FreeTarget {
+        kind: NO_FIELD,
+        delta: 0,
+        count_off: NO_FIELD,
+        _pad: 0,
     };
 }
 
@@ -225,4 +267,6 @@ pub const COUNTERS: u32 = 3;
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FreeTarget {}
 }

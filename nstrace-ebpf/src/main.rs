@@ -18,17 +18,18 @@
 
 mod task;
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{fentry, map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{FEntryContext, RawTracePointContext, TracePointContext},
 };
 use nstrace_common::{
-    member_key, Event, EventKind, NsSet, Syscall, CLONE_NEW_MASK, COUNTERS, COUNTER_LOST,
-    COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, KIND_FLAGS, NS_KINDS,
+    CLONE_NEW_MASK, COUNTER_LOST, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTERS, Event,
+    EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE, NO_FIELD, NS_KINDS, NsSet,
+    Syscall, member_key,
 };
 
 /// Resized by user space (`--buffer-size`) before load.
@@ -410,6 +411,90 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.followed = FOLLOW.get_ptr(e.pid).is_some() as u32;
     e._pad = 0;
 }
+
+/// What each `ns_free_N` program is attached to; written by user space before
+/// load (fentry mode only).
+#[unsafe(no_mangle)]
+static FREE_TARGETS: [FreeTarget; FREE_SLOTS] = [FreeTarget::UNUSED; FREE_SLOTS];
+
+/// fentry on a kernel function that frees (or drops the last reference of) a
+/// namespace: the exact end, wherever the kernel allows fentry.
+fn ns_freed(ctx: &FEntryContext, slot: usize) {
+    let t = unsafe { core::ptr::read_volatile(&FREE_TARGETS[slot]) };
+    if t.kind == NO_FIELD {
+        return;
+    }
+    let arg: u64 = ctx.arg(0);
+    if arg == 0 {
+        return;
+    }
+    let ns = (arg as i64 + t.delta as i64) as *const u8;
+    if t.count_off != NO_FIELD && unsafe { task::read_u32(ns, t.count_off) } != 1 {
+        return;
+    }
+    let (inum_off, id_off, type_off) = task::nscommon_offsets();
+    let kind = if t.kind == KIND_FROM_NS_TYPE {
+        let flag = unsafe { task::read_u32(ns, type_off) } as u64;
+        let mut found = NS_KINDS;
+        for k in 0..NS_KINDS {
+            if KIND_FLAGS[k] == flag {
+                found = k;
+            }
+        }
+        found
+    } else {
+        t.kind as usize
+    };
+    if kind >= NS_KINDS {
+        return;
+    }
+    let inum = unsafe { task::read_u32(ns, inum_off) };
+    if inum == 0 {
+        return;
+    }
+    let _ = MEMBERS.remove(member_key(kind, inum));
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        let e = unsafe { &mut *entry.as_mut_ptr() };
+        unsafe {
+            fill_header(e, EventKind::Freed, task::current());
+            e.syscall = Syscall::None as u32;
+            e.flags = KIND_FLAGS[kind];
+            e.fd = -1;
+            e.ret = 0;
+            e.before = NsSet {
+                inum: [0; NS_KINDS],
+                id: [0; NS_KINDS],
+            };
+            e.before.inum[kind] = inum;
+            e.before.id[kind] = task::read_u64(ns, id_off);
+            e.after = e.before;
+        }
+        entry.submit(0);
+    } else {
+        count(COUNTER_LOST);
+    }
+}
+
+macro_rules! free_slots {
+    ($($name:ident = $slot:literal),*) => {$(
+        #[fentry]
+        pub fn $name(ctx: FEntryContext) -> i32 {
+            ns_freed(&ctx, $slot);
+            0
+        }
+    )*};
+}
+
+free_slots!(
+    ns_free_0 = 0,
+    ns_free_1 = 1,
+    ns_free_2 = 2,
+    ns_free_3 = 3,
+    ns_free_4 = 4,
+    ns_free_5 = 5,
+    ns_free_6 = 6,
+    ns_free_7 = 7
+);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,7 +4,7 @@
 use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use nstrace_common::{kind, Event, NsSet, Offsets, NO_FIELD, NS_KINDS};
+use nstrace_common::{Event, NO_FIELD, NS_KINDS, NsSet, Offsets, kind};
 
 /// Filled in by user space before load; volatile reads stop the compiler from
 /// folding in this placeholder.
@@ -32,6 +32,20 @@ unsafe fn read<T: Copy + Default>(base: *const u8, offset: u32) -> T {
 #[inline(always)]
 unsafe fn read_ptr(base: *const u8, offset: u32) -> *const u8 {
     unsafe { read::<u64>(base, offset) as *const u8 }
+}
+
+/// Reads a `u32`/`u64` at `base + off` (0 when unreadable): for fentry programs.
+pub unsafe fn read_u32(base: *const u8, off: u32) -> u32 {
+    unsafe { read::<u32>(base, off) }
+}
+
+pub unsafe fn read_u64(base: *const u8, off: u32) -> u64 {
+    unsafe { read::<u64>(base, off) }
+}
+
+/// `ns_common` field offsets.
+pub fn nscommon_offsets() -> (u32, u32, u32) {
+    (off!(nscommon_inum), off!(nscommon_id), off!(nscommon_type))
 }
 
 /// The running task's `task_struct`.

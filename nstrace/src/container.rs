@@ -180,7 +180,9 @@ mod tests {
             Some((ID.into(), "docker"))
         );
         assert_eq!(
-            cg(&format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{ID}.scope")),
+            cg(&format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{ID}.scope"
+            )),
             Some((ID.into(), "cri-containerd"))
         );
         assert_eq!(

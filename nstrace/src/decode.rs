@@ -56,6 +56,8 @@ pub struct Decoded {
     pub time_ns: i128,
     /// The actor descends from a followed process.
     pub followed: bool,
+    /// fentry mode: the kernel freed this namespace.
+    pub freed: Option<NsRef>,
 }
 
 /// Reads one event out of ring-buffer bytes, wherever they are aligned.
@@ -118,6 +120,14 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
     };
     let call = match (kind, syscall) {
         (EventKind::Exec, _) => return Ok(out),
+        (EventKind::Freed, _) => {
+            out.freed = NsKind::in_flags(e.flags).next().map(|k| NsRef {
+                kind: k,
+                inode: e.before.inum[k.index()],
+                ns_id: nonzero(e.before.id[k.index()]),
+            });
+            return Ok(out);
+        }
         (EventKind::Exit, _) => {
             out.exited = true;
             out.reaper_of = (e.reaper != 0)
@@ -184,7 +194,7 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
                 changed
             }
         }
-        EventKind::Exec | EventKind::Exit => unreachable!("returned above"),
+        EventKind::Exec | EventKind::Exit | EventKind::Freed => unreachable!("returned above"),
     };
     Ok(out)
 }
@@ -211,7 +221,7 @@ fn per_kind<'a>(
 
 #[cfg(test)]
 mod tests {
-    use nstrace_common::{kind, KIND_FLAGS};
+    use nstrace_common::{KIND_FLAGS, kind};
 
     use super::*;
 
@@ -348,6 +358,23 @@ mod tests {
         let kinds: Vec<_> = d.emptied.iter().map(|n| (n.kind, n.inode)).collect();
         assert_eq!(kinds, vec![(NsKind::Pid, 103), (NsKind::Net, 104)]);
         assert_eq!(d.emptied[0].ns_id, Some(1103));
+    }
+
+    #[test]
+    fn freed_names_the_namespace() {
+        let mut e = event(EventKind::Freed, RawSyscall::None, NEWNET, 0);
+        e.before.inum = [0; 8];
+        e.before.inum[kind::NET] = 4026532300;
+        let d = decode(&e, Clock::with_offset(0)).unwrap();
+        assert!(d.records.is_empty());
+        assert_eq!(
+            d.freed,
+            Some(NsRef {
+                kind: NsKind::Net,
+                inode: 4026532300,
+                ns_id: Some(1104)
+            })
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ impl PinSource for Procfs {
 pub struct Lifecycle {
     /// Namespaces with no member left but pinned: re-checked on every poll.
     pinned: BTreeSet<NsKey>,
+    /// fentry mode: the kernel reports every end itself; here only pins are told.
+    exact: bool,
 }
 
 /// Namespaces of PID 1 are the host's: they never end, so they are not watched.
@@ -78,6 +80,20 @@ pub fn seed_counts(
 }
 
 impl Lifecycle {
+    /// With `exact_ends` (fentry), ends come from the kernel's free path and
+    /// this only reports namespaces left pinned.
+    pub fn new(exact_ends: bool) -> Self {
+        Lifecycle {
+            exact: exact_ends,
+            ..Lifecycle::default()
+        }
+    }
+
+    /// The kernel freed it.
+    pub fn forget(&mut self, key: NsKey) {
+        self.pinned.remove(&key);
+    }
+
     /// Namespaces currently known to be pinned.
     pub fn pinned(&self) -> &BTreeSet<NsKey> {
         &self.pinned
@@ -143,6 +159,9 @@ impl Lifecycle {
         src: &mut dyn PinSource,
     ) -> Vec<Record> {
         let mut out = Vec::new();
+        if self.exact {
+            return out;
+        }
         let mut candidates = Vec::new();
         for key in std::mem::take(&mut self.pinned) {
             if counts.get(key).unwrap_or(0) > 0 {
@@ -193,6 +212,10 @@ impl Lifecycle {
             let mut released = Vec::new();
             for key in candidates.drain(..) {
                 let pins = pins_of(key, mounts, &fds, reg);
+                if pins.is_empty() && self.exact {
+                    // The kernel's free path will say when it ends.
+                    continue;
+                }
                 if pins.is_empty() {
                     let (owner, parent) = reg
                         .get(key)
@@ -354,6 +377,22 @@ mod tests {
         assert_eq!(out[0].event, EventType::Destroy);
         assert_eq!(out[0].end, Some(EndCause::PinReleased));
         assert!(lc.pinned().is_empty());
+    }
+
+    #[test]
+    fn with_exact_ends_only_pins_are_reported() {
+        let mut reg = registry_with_created(NET, None);
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
+        let mut lc = Lifecycle::new(true);
+        assert!(
+            lc.on_emptied(&emptied(NET), None, 110, &mut reg, &mut counts, &mut src)
+                .is_empty()
+        );
+        src.mounts.insert(NET, vec!["/run/netns/t".into()]);
+        let out = lc.on_emptied(&emptied(NET), None, 120, &mut reg, &mut counts, &mut src);
+        assert_eq!(out[0].event, EventType::Pinned);
+        src.mounts.clear();
+        assert!(lc.poll(130, &mut reg, &mut counts, &mut src).is_empty());
     }
 
     #[test]

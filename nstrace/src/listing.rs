@@ -6,7 +6,7 @@ use std::{
     io::{self, Write},
 };
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::{
     procfs::{self, NsKey, NsMeta, Snapshot},

@@ -99,6 +99,8 @@ pub enum EndCause {
     LastMemberLeft,
     /// It had no members; the last pin (mount, fd, child namespace) went.
     PinReleased,
+    /// fentry mode: the kernel's own free path ran (exact).
+    KernelFreed,
     /// Its inode was given to a new namespace before we saw it end (an
     /// unwatched pin went unnoticed): it ended earlier than this record.
     InodeReused,
@@ -110,6 +112,7 @@ impl EndCause {
             EndCause::LastMemberLeft => "last-member-left",
             EndCause::PinReleased => "pin-released",
             EndCause::InodeReused => "inode-reused",
+            EndCause::KernelFreed => "kernel-freed",
         }
     }
 }

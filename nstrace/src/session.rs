@@ -8,8 +8,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tokio::{
-    io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
 };
 
 use crate::{
@@ -121,6 +121,19 @@ impl Tracer<'_> {
                 e.init_exited = Some(a.pid);
             }
         }
+        if let Some(n) = d.freed {
+            let key = (n.kind, n.inode);
+            if let Some(e) = self.registry.get_mut(key) {
+                if e.ns_id.is_none() {
+                    e.ns_id = n.ns_id;
+                }
+            }
+            self.lifecycle.forget(key);
+            let r = self
+                .registry
+                .end(key, crate::record::EndCause::KernelFreed, d.time_ns, None);
+            self.emit(&r)?;
+        }
         if !d.emptied.is_empty() {
             let ends = self.lifecycle.on_emptied(
                 &d.emptied,
@@ -179,19 +192,26 @@ impl Tracer<'_> {
 
 async fn trace(cli: &Cli) -> Result<i32> {
     let host = preflight::check()?;
-    if cli.probe_mode == ProbeMode::Fentry {
-        return Err(hinted(
-            "--probe-mode fentry is not available in this version of nstrace",
-            "use --probe-mode tracepoint (the default, `auto`, picks it)",
-        ));
-    }
     let layout = offsets::from_running_kernel().map_err(|e| {
         hinted(
             format!("cannot read the kernel's struct layouts from BTF: {e:#}"),
             "nstrace needs /sys/kernel/btf/vmlinux from a kernel built with CONFIG_DEBUG_INFO_BTF=y",
         )
     })?;
-    let mut probes = Probes::load(&layout, cli.buffer_size * 1024 * 1024)?;
+    let ring = cli.buffer_size * 1024 * 1024;
+    // fentry where the kernel allows it (exact ends), else tracepoints alone.
+    let (mut probes, exact_ends, fentry_note) = match cli.probe_mode {
+        ProbeMode::Tracepoint => (Probes::load(&layout, ring, false)?, false, None),
+        ProbeMode::Fentry => (Probes::load(&layout, ring, true)?, true, None),
+        ProbeMode::Auto => match Probes::load(&layout, ring, true) {
+            Ok(p) => (p, true, None),
+            Err(e) => {
+                let why =
+                    crate::error::hint_of(&e).map_or_else(|| format!("{e:#}"), |_| format!("{e}"));
+                (Probes::load(&layout, ring, false)?, false, Some(why))
+            }
+        },
+    };
     let clock = Clock::now();
 
     // Attached first, seeded second: a fork between the two is caught by the
@@ -220,7 +240,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
                 .unwrap_or_default(),
         }
     });
-    let mut lifecycle = Lifecycle::default();
+    let mut lifecycle = Lifecycle::new(exact_ends);
     lifecycle.seed_pinned(&snap);
 
     if let Some(pid) = cli.pid {
@@ -247,9 +267,19 @@ async fn trace(cli: &Cli) -> Result<i32> {
             .context("watching the ring buffer")?;
 
     if !cli.quiet {
-        let mut notes = vec![format!(
-            "ends by member counting, {watched} namespaces watched"
-        )];
+        let mut notes = vec![if exact_ends {
+            let funcs: Vec<&str> = layout
+                .free_targets
+                .iter()
+                .map(|(f, _)| f.as_str())
+                .collect();
+            format!("ends from fentry on {}", funcs.join(", "))
+        } else {
+            format!("ends by member counting, {watched} namespaces watched")
+        }];
+        if let Some(why) = &fentry_note {
+            notes.push(format!("fentry unavailable: {why}"));
+        }
         if host.mounted_tracefs {
             notes.push(format!("mounted tracefs at {}", host.tracefs.display()));
         }
@@ -261,8 +291,13 @@ async fn trace(cli: &Cli) -> Result<i32> {
             notes.push(format!("not in this kernel: {}", kinds.join(", ")));
         }
         eprintln!(
-            "nstrace: tracing namespaces on Linux {} with tracepoints ({}); Ctrl-C to stop",
+            "nstrace: tracing namespaces on Linux {} with {} ({}); Ctrl-C to stop",
             host.kernel_release,
+            if exact_ends {
+                "tracepoints + fentry"
+            } else {
+                "tracepoints"
+            },
             notes.join("; ")
         );
     }

@@ -32,7 +32,9 @@ fn docker_ready() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipping: no Docker daemon with {IMAGE}; `cargo xtask test` starts one and builds the image");
+        eprintln!(
+            "skipping: no Docker daemon with {IMAGE}; `cargo xtask test` starts one and builds the image"
+        );
     }
     ok
 }
@@ -187,8 +189,10 @@ fn command_mode_traces_the_container_a_docker_run_starts_and_returns_its_status(
             .count();
         assert_eq!(ends, 5, "{records:#?}");
         // Nothing from other processes.
-        assert!(records
-            .iter()
-            .all(|r| r["container"]["id"] == id || r["ns_container"]["id"] == id));
+        assert!(
+            records
+                .iter()
+                .all(|r| r["container"]["id"] == id || r["ns_container"]["id"] == id)
+        );
     }
 }

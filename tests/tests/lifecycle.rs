@@ -135,10 +135,12 @@ fn ip_netns_is_pinned_by_its_mount_and_ends_on_delete() {
     let joins = tracer.wait_for(1, |r| is(r, "join", "net", inode));
     assert_eq!(joins[0]["ns_created"]["comm"], "ip");
     thread::sleep(Duration::from_millis(700));
-    assert!(!tracer
-        .records()
-        .iter()
-        .any(|r| is(r, "destroy", "net", inode)));
+    assert!(
+        !tracer
+            .records()
+            .iter()
+            .any(|r| is(r, "destroy", "net", inode))
+    );
     let deleted = Instant::now();
     ip(&["netns", "delete", &name]);
     let ends = tracer.wait_for(1, |r| is(r, "destroy", "net", inode));
@@ -180,10 +182,12 @@ fn pid_namespace_ends_with_its_init_while_children_live() {
         thread::sleep(Duration::from_millis(10));
     }
     thread::sleep(Duration::from_millis(200));
-    assert!(!tracer
-        .records()
-        .iter()
-        .any(|r| is(r, "destroy", "pid", inode)));
+    assert!(
+        !tracer
+            .records()
+            .iter()
+            .any(|r| is(r, "destroy", "pid", inode))
+    );
     // SAFETY: killing the namespace's init, a process of our own group.
     unsafe { libc::kill(init as i32, libc::SIGKILL) };
     let ends = tracer.wait_for(1, |r| is(r, "destroy", "pid", inode));

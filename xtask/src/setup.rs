@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::sh;
 
@@ -153,7 +153,9 @@ fn bpf_linker() -> Result<PathBuf> {
 }
 
 fn build_bpf_linker(root: &Path, llvm_major: &str) -> Result<()> {
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (about a minute, once per nightly)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (about a minute, once per nightly)"
+    );
     let sysroot = output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
     let lib = Path::new(sysroot.trim()).join("lib");
     // The file named by the library's SONAME (libLLVM.so.<ver>-rust-...).

@@ -1,9 +1,9 @@
 //! The one place that knows kernel struct layouts: field offsets are looked up
 //! by name in the running kernel's BTF, so one binary serves every kernel.
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
-use nstrace_common::{Offsets, NO_FIELD, NS_KINDS};
+use nstrace_common::{FREE_SLOTS, FreeTarget, KIND_FROM_NS_TYPE, NO_FIELD, NS_KINDS, Offsets};
 
 use crate::record::NsKind;
 
@@ -26,6 +26,8 @@ const KIND_STRUCTS: [(NsKind, &str, Option<&str>); NS_KINDS] = [
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub offsets: Offsets,
+    /// fentry attach points for namespace ends: (kernel function, target).
+    pub free_targets: Vec<(String, FreeTarget)>,
     /// Kinds this kernel does not have (e.g. time without CONFIG_TIME_NS).
     pub missing_kinds: Vec<NsKind>,
     /// Whether `ns_common` carries the 64-bit `ns_id`.
@@ -86,12 +88,125 @@ pub fn from_btf(btf: &Btf) -> Result<Layout> {
             );
         }
     }
+    o.nscommon_inum = field(btf, "ns_common", &["inum"])?;
+    o.nscommon_id = optional_field(btf, "ns_common", &["ns_id"])?.unwrap_or(NO_FIELD);
+    o.nscommon_type = optional_field(btf, "ns_common", &["ns_type"])?.unwrap_or(NO_FIELD);
     o.valid = 1;
+    let free_targets = free_targets(btf, &o, &missing_kinds)?;
     Ok(Layout {
         offsets: o,
+        free_targets,
         missing_kinds,
         has_ns_id,
     })
+}
+
+/// How a free function's first argument leads to the namespace.
+enum Arg {
+    /// A pointer to the kind's own struct.
+    Ns,
+    /// A pointer to the named member (an `rcu_head` or `work_struct`) of the kind's struct.
+    Member(&'static str),
+}
+
+/// Per kind, the kernel functions that mark a namespace's end, best first.
+/// Names move between versions, so each is looked up (with its first
+/// parameter's type) in the running kernel's BTF; `last_put` marks a `put_*`
+/// that ends the namespace only when the count is 1.
+const FREE_CANDIDATES: &[(NsKind, &str, Arg, bool)] = &[
+    (NsKind::Uts, "free_uts_ns", Arg::Ns, false),
+    (NsKind::Ipc, "free_ipc_ns", Arg::Ns, false),
+    (NsKind::Ipc, "put_ipc_ns", Arg::Ns, true),
+    (NsKind::Mnt, "free_mnt_ns", Arg::Ns, false),
+    (NsKind::Pid, "delayed_free_pidns", Arg::Member("rcu"), false),
+    (NsKind::Net, "__put_net", Arg::Ns, false),
+    (NsKind::User, "__put_user_ns", Arg::Ns, false),
+    (NsKind::User, "free_user_ns", Arg::Member("work"), false),
+    (NsKind::Cgroup, "free_cgroup_ns", Arg::Ns, false),
+    (NsKind::Time, "free_time_ns", Arg::Ns, false),
+];
+
+/// The struct a function's first parameter points to, if the function is in BTF.
+fn first_param_struct(btf: &Btf, func: &str) -> Result<Option<String>> {
+    let Ok(types) = btf.resolve_types_by_name(func) else {
+        return Ok(None);
+    };
+    let Some(Type::Func(f)) = types.into_iter().find(|t| matches!(t, Type::Func(_))) else {
+        return Ok(None);
+    };
+    let Type::FuncProto(proto) = btf.resolve_chained_type(&f)? else {
+        return Ok(None);
+    };
+    let Some(param) = proto.parameters.first() else {
+        return Ok(None);
+    };
+    let Type::Ptr(ptr) = strip(btf, btf.resolve_chained_type(param)?)? else {
+        return Ok(None);
+    };
+    let pointee = strip(btf, btf.resolve_chained_type(&ptr)?)?;
+    Ok(match &pointee {
+        Type::Struct(st) => btf.resolve_name(st).ok(),
+        _ => None,
+    })
+}
+
+fn free_targets(btf: &Btf, o: &Offsets, missing: &[NsKind]) -> Result<Vec<(String, FreeTarget)>> {
+    let inum_in_common = o.nscommon_inum;
+    // 6.18+: one common free path for every kind.
+    if o.nscommon_type != NO_FIELD
+        && first_param_struct(btf, "__ns_common_free")?.as_deref() == Some("ns_common")
+    {
+        let t = FreeTarget {
+            kind: KIND_FROM_NS_TYPE,
+            delta: 0,
+            count_off: NO_FIELD,
+            _pad: 0,
+        };
+        return Ok(vec![("__ns_common_free".to_string(), t)]);
+    }
+    let count_off = optional_field(btf, "ns_common", &["count"])?.unwrap_or(NO_FIELD);
+    let mut out: Vec<(String, FreeTarget)> = Vec::new();
+    for kind in NsKind::ALL {
+        if missing.contains(&kind) {
+            continue;
+        }
+        let (_, ns_struct, _) = KIND_STRUCTS[kind.index()];
+        // `ns` (the ns_common) inside the kind's struct.
+        let ns_off = o.inum[kind.index()] as i64 - inum_in_common as i64;
+        for (k, func, arg, last_put) in FREE_CANDIDATES {
+            if *k != kind {
+                continue;
+            }
+            let Some(param) = first_param_struct(btf, func)? else {
+                continue;
+            };
+            let delta = match arg {
+                Arg::Ns if param == ns_struct => ns_off,
+                Arg::Member(m) => match optional_field(btf, ns_struct, &[m])? {
+                    Some(member_off) if param == "rcu_head" || param == "work_struct" => {
+                        ns_off - member_off as i64
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            if *last_put && count_off == NO_FIELD {
+                continue;
+            }
+            out.push((
+                func.to_string(),
+                FreeTarget {
+                    kind: kind.index() as u32,
+                    delta: delta as i32,
+                    count_off: if *last_put { count_off } else { NO_FIELD },
+                    _pad: 0,
+                },
+            ));
+            break;
+        }
+    }
+    out.truncate(FREE_SLOTS);
+    Ok(out)
 }
 
 fn field(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
@@ -204,5 +319,11 @@ mod tests {
         assert_ne!(o.inum[NsKind::Net.index()], NO_FIELD);
         // `pid` sits right before `tgid` in task_struct on every kernel.
         assert_eq!(o.task_pid + 4, o.task_tgid);
+        // Every kind's end can be hooked: one common path, or one per kind.
+        let t = &layout.free_targets;
+        assert!(
+            t.len() == 1 || t.len() + layout.missing_kinds.len() == NS_KINDS,
+            "{t:?}"
+        );
     }
 }

@@ -3,11 +3,13 @@
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{FEntry, RawTracePoint, TracePoint},
 };
-use nstrace_common::{member_key, COUNTER_LOST, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL};
+use nstrace_common::{
+    COUNTER_LOST, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, FREE_SLOTS, FreeTarget, member_key,
+};
 
 use super::offsets::Layout;
 use crate::{error::hinted, lifecycle::MemberCounts, procfs::NsKey};
@@ -51,13 +53,23 @@ pub struct Losses {
 }
 
 impl Probes {
-    pub fn load(layout: &Layout, ring_bytes: u32) -> Result<Self> {
+    /// Loads and attaches the tracepoint programs; with `fentry`, also hooks
+    /// the kernel's namespace free functions (an error if the kernel refuses).
+    pub fn load(layout: &Layout, ring_bytes: u32, fentry: bool) -> Result<Self> {
         raise_memlock();
+        let mut targets = [FreeTarget::UNUSED; FREE_SLOTS];
+        for (slot, (_, t)) in targets.iter_mut().zip(&layout.free_targets) {
+            *slot = *t;
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &layout.offsets, true)
+            .override_global("FREE_TARGETS", &targets, true)
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
             .map_err(|e| load_error(e.into()))?;
+        if fentry {
+            attach_fentry(&mut ebpf, layout)?;
+        }
         for &(prog, category, name) in TRACEPOINTS {
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -122,6 +134,41 @@ impl Probes {
             unwatched: sum(COUNTER_MEMBERS_FULL),
         }
     }
+}
+
+/// Attaches `ns_free_N` to the N-th free function the BTF named.
+fn attach_fentry(ebpf: &mut Ebpf, layout: &Layout) -> Result<()> {
+    if layout.free_targets.is_empty() {
+        return Err(hinted(
+            "this kernel's BTF names none of the namespace free functions nstrace knows",
+            "use --probe-mode tracepoint",
+        ));
+    }
+    let btf = aya::Btf::from_sys_fs().context("reading kernel BTF for fentry")?;
+    for (slot, (func, _)) in layout.free_targets.iter().enumerate() {
+        let name = format!("ns_free_{slot}");
+        let p: &mut FEntry = ebpf
+            .program_mut(&name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()?;
+        p.load(func, &btf).map_err(|e| {
+            let why = match &e {
+                aya::programs::ProgramError::LoadError { io_error, .. } => io_error.to_string(),
+                other => other.to_string(),
+            };
+            hinted(
+                format!("the kernel refused fentry on {func}: {why}"),
+                "this kernel (or its security policy) does not allow fentry; use --probe-mode tracepoint",
+            )
+        })?;
+        p.attach().map_err(|e| {
+            hinted(
+                format!("attaching fentry to {func}: {e}"),
+                "use --probe-mode tracepoint",
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn key((kind, inode): NsKey) -> u64 {

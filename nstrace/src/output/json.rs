@@ -2,13 +2,13 @@
 
 use std::io::{self, Write};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::Sink;
 use crate::{
     container::Container,
     errno,
-    record::{flag_names, EventType, Record},
+    record::{EventType, Record, flag_names},
     time::rfc3339,
 };
 

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use super::Sink;
 use crate::{
     errno,
-    record::{flag_names, Birth, EndCause, EventType, Record, Syscall},
+    record::{Birth, EndCause, EventType, Record, Syscall, flag_names},
     time::time_of_day,
 };
 
@@ -72,6 +72,7 @@ fn details(r: &Record) -> String {
             let mut d = match r.end {
                 Some(EndCause::PinReleased) => "ended: its last pin went".to_string(),
                 Some(EndCause::InodeReused) => "ended earlier: its inode was reused".to_string(),
+                Some(EndCause::KernelFreed) => "freed by the kernel".to_string(),
                 _ => "ended: its last member left".to_string(),
             };
             if let Some(init) = r.init_pid {
