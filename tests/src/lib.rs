@@ -56,6 +56,21 @@ pub fn helper_bin() -> PathBuf {
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
+/// `NSTRACE_PROBE_MODE` (tracepoint, fentry or auto; default auto).
+pub fn probe_mode() -> String {
+    std::env::var("NSTRACE_PROBE_MODE").unwrap_or_else(|_| "auto".into())
+}
+
+/// The `end` a destroy record carries: with fentry the kernel's free path is
+/// the witness, whatever the tracepoint mode would have concluded.
+pub fn expected_end(tracepoint_end: &str) -> &str {
+    if probe_mode() == "fentry" {
+        "kernel-freed"
+    } else {
+        tracepoint_end
+    }
+}
+
 /// A running tracer whose stdout (JSON Lines) and stderr are collected.
 pub struct Tracer {
     child: Option<Child>,
@@ -80,6 +95,8 @@ impl Tracer {
         if json {
             cmd.arg("--json");
         }
+        // The VM matrix runs every scenario once per probe mode.
+        cmd.arg(format!("--probe-mode={}", probe_mode()));
         let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())

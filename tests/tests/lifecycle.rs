@@ -42,7 +42,7 @@ fn create_then_destroy(flags: &[&str], kind: &str, link: &str) {
     let ends = tracer.wait_for(1, |r| is(r, "destroy", kind, inode));
     assert!(killed.elapsed() < Duration::from_secs(5));
     let d = &ends[0];
-    assert_eq!(d["end"], "last-member-left", "{d}");
+    assert_eq!(d["end"], expected_end("last-member-left"), "{d}");
     assert!(d["lifetime_ns"].as_i64().unwrap() >= 300_000_000, "{d}");
     assert_eq!(d["ns_created"]["comm"], "unshare");
     assert!(d["syscall"].is_null());
@@ -149,7 +149,7 @@ fn ip_netns_is_pinned_by_its_mount_and_ends_on_delete() {
         "destroy took {:?}",
         deleted.elapsed()
     );
-    assert_eq!(ends[0]["end"], "pin-released");
+    assert_eq!(ends[0]["end"], expected_end("pin-released"));
     assert!(tracer.stop().0.success());
 }
 

@@ -4,6 +4,7 @@
 
 mod docker;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -38,6 +39,16 @@ enum Task {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the kernel matrix (`vm-test --kernel all`).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Run the end-to-end scenarios on other kernels under QEMU, in both
+    /// probe modes (kernels are downloaded once and cached under $NSTRACE_CACHE).
+    VmTest {
+        /// 6.1, 6.12, 7, or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
     },
 }
 
@@ -49,7 +60,8 @@ fn main() {
         Task::Run { args } => setup::run()
             .and_then(|()| build())
             .and_then(|()| run(&args)),
-        Task::Test { no_lint } => setup::run().and_then(|()| test(!no_lint)),
+        Task::Test { no_lint, no_vm } => setup::run().and_then(|()| test(!no_lint, !no_vm)),
+        Task::VmTest { kernel } => setup::run().and_then(|()| vm::run(&kernel)),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -95,7 +107,7 @@ fn run(args: &[String]) -> Result<()> {
     bail!("starting {}: {err}", nstrace_bin().display())
 }
 
-fn test(lint: bool) -> Result<()> {
+fn test(lint: bool, vm: bool) -> Result<()> {
     if lint {
         sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
         sh(cargo().args([
@@ -116,6 +128,7 @@ fn test(lint: bool) -> Result<()> {
     cmd.args(["test", "--release", "--", "--test-threads=1"])
         .env("NSTRACE_BIN", nstrace_bin());
     let (passed, failed, status) = run_counting_tests(&mut cmd)?;
+    drop(daemon);
     // cargo test ends on whichever target ran last (often one without tests):
     // close on the totals instead.
     println!("tests: {passed} passed, {failed} failed");
@@ -124,6 +137,9 @@ fn test(lint: bool) -> Result<()> {
     }
     if passed == 0 {
         bail!("no test ran");
+    }
+    if vm {
+        vm::run("all")?;
     }
     Ok(())
 }

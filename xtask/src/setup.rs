@@ -19,7 +19,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: what the tests and the build call, by package.
 /// util-linux: unshare, nsenter, setpriv, lsns; iproute2: ip netns; bpftool:
 /// the "nothing left loaded" checks; docker.io and busybox-static: a real
-/// container runtime and a local image for the container tests.
+/// container runtime and a local image for the container tests (busybox also
+/// runs the VM guests' /init); qemu-system-x86 and cpio: the kernel matrix.
 const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "iproute2",
@@ -27,6 +28,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ca-certificates",
     "docker.io",
     "busybox-static",
+    "qemu-system-x86",
+    "cpio",
 ];
 
 pub fn run() -> Result<()> {

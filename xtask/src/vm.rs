@@ -1,0 +1,656 @@
+//! `cargo xtask vm-test`: the privileged end-to-end tests on other kernels.
+//!
+//! Debian kernel images are fetched with apt (6.1 and 6.12 from Debian 12's
+//! own suites; 7.x from sid through a private apt configuration that leaves
+//! the machine's sources alone) and cached. An initramfs carries nstrace, the
+//! test binaries, the tools they call and their libraries; each kernel boots
+//! under QEMU (TCG), runs the scenarios once per probe mode, and writes the
+//! results to a second serial port.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{setup::cache_dir, sh, workspace_root};
+
+/// A kernel line to test: a name, the apt package pattern, and whether it
+/// comes from sid (private apt configuration).
+struct KernelSpec {
+    name: &'static str,
+    pattern: &'static str,
+    sid: bool,
+}
+
+const KERNELS: &[KernelSpec] = &[
+    KernelSpec {
+        name: "6.1",
+        pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
+        sid: false,
+    },
+    KernelSpec {
+        name: "6.12",
+        pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
+        sid: false,
+    },
+    KernelSpec {
+        name: "7",
+        pattern: r"^linux-binary-unsigned-7\.[0-9.]+\+deb[0-9]+-cloud-amd64$",
+        sid: true,
+    },
+];
+
+/// (test binary, probe mode, test-name filters): what each guest runs.
+/// Tracepoint mode runs the core and lifecycle scenarios; fentry mode the
+/// lifecycle ones (fentry only changes how ends are found).
+const PLAN: &[(&str, &str, &[&str])] = &[
+    ("core", "tracepoint", &[]),
+    ("lifecycle", "tracepoint", &[]),
+    ("lifecycle", "fentry", &[]),
+    (
+        "lifecycle_of_tracer",
+        "fentry",
+        &["ctrl_c", "without_privileges"],
+    ),
+];
+
+pub fn run(kernel: &str) -> Result<()> {
+    let specs: Vec<&KernelSpec> = KERNELS
+        .iter()
+        .filter(|k| kernel == "all" || k.name == kernel)
+        .collect();
+    if specs.is_empty() {
+        let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+        bail!(
+            "unknown kernel {kernel:?}; one of {} or all",
+            names.join(", ")
+        );
+    }
+    let bins = build()?;
+    let out_dir = workspace_root().join("target/vm");
+    std::fs::create_dir_all(&out_dir)?;
+    let initrd = out_dir.join("initrd.gz");
+    build_initramfs(&bins, &initrd)?;
+    let mut failures = Vec::new();
+    let mut summary = String::new();
+    for spec in specs {
+        let vmlinuz = fetch_kernel(spec)?;
+        let version = vmlinuz
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = out_dir.join(&version);
+        std::fs::create_dir_all(&dir)?;
+        let results = boot_with_retry(&vmlinuz, &initrd, &dir)?;
+        for r in &results {
+            let line = format!(
+                "vm-test: {version:<36} {:<10} {:<20} {} passed, {} failed{}",
+                r.mode,
+                r.test,
+                r.passed,
+                r.failed,
+                if r.ok() {
+                    String::new()
+                } else {
+                    format!("  (log: {})", dir.display())
+                }
+            );
+            println!("{line}");
+            let _ = writeln!(summary, "{line}");
+            if !r.ok() {
+                failures.push(format!("{version} {} {}", r.mode, r.test));
+            }
+        }
+        if results.is_empty() {
+            failures.push(format!("{version}: no results (log: {})", dir.display()));
+        }
+    }
+    let (passed, failed): (u64, u64) = summary
+        .lines()
+        .filter_map(|l| {
+            let p = l
+                .split(" passed")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()?;
+            let f = l
+                .split(" failed")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()?;
+            Some((p, f))
+        })
+        .fold((0, 0), |(a, b), (p, f)| (a + p, b + f));
+    println!("vm-tests: {passed} passed, {failed} failed");
+    if !failures.is_empty() {
+        bail!("VM tests failed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// Paths of what goes into the guest.
+struct Binaries {
+    nstrace: PathBuf,
+    nshelper: PathBuf,
+    tests: Vec<(String, PathBuf)>,
+}
+
+fn build() -> Result<Binaries> {
+    sh(Command::new("cargo").args(["build", "--release", "-p", "nstrace"]))?;
+    let out = Command::new("cargo")
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "nstrace-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the test binaries")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str())
+        else {
+            continue;
+        };
+        if v["target"]["kind"][0] == "test" {
+            tests.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    let target = workspace_root().join("target/release");
+    Ok(Binaries {
+        nstrace: target.join("nstrace"),
+        nshelper: target.join("nshelper"),
+        tests,
+    })
+}
+
+/// Tools the scenarios call, from the host (with their libraries).
+const GUEST_TOOLS: &[&str] = &[
+    "/usr/bin/unshare",
+    "/usr/bin/nsenter",
+    "/usr/bin/setpriv",
+    "/usr/bin/lsns",
+    "/usr/bin/sleep",
+    "/usr/bin/stat",
+    "/usr/bin/timeout",
+    "/bin/ip",
+    "/usr/sbin/bpftool",
+];
+
+fn copy_with_libs(root: &Path, src: &Path, dest: &Path) -> Result<()> {
+    let target = root.join(dest.strip_prefix("/").unwrap_or(dest));
+    std::fs::create_dir_all(target.parent().expect("has a parent"))?;
+    std::fs::copy(src, &target).with_context(|| format!("copying {}", src.display()))?;
+    let ldd = Command::new("ldd").arg(src).output()?;
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        if !to.exists() {
+            std::fs::create_dir_all(to.parent().expect("has a parent"))?;
+            std::fs::copy(lib, &to).with_context(|| format!("copying {lib}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn build_initramfs(bins: &Binaries, out: &Path) -> Result<()> {
+    let root = out.with_extension("root");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["bin", "dev", "proc", "sys", "tmp", "run", "etc", "t/deps"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("static busybox (busybox-static)")?;
+    for applet in [
+        "sh", "mount", "mkdir", "poweroff", "cat", "echo", "ls", "grep", "stty", "sync", "uname",
+        "date", "mknod",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    for tool in GUEST_TOOLS {
+        copy_with_libs(&root, Path::new(tool), Path::new(tool))?;
+    }
+    copy_with_libs(&root, &bins.nstrace, Path::new("/bin/nstrace"))?;
+    // The harness finds nshelper beside the test binaries' directory.
+    copy_with_libs(&root, &bins.nshelper, Path::new("/t/nshelper"))?;
+    for (name, exe) in &bins.tests {
+        if PLAN.iter().any(|(t, _, _)| t == name) {
+            copy_with_libs(&root, exe, &Path::new("/t/deps").join(name))?;
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
+    )?;
+    let init = root.join("init");
+    std::fs::write(&init, init_script())?;
+    sh(Command::new("chmod").arg("755").arg(&init))?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+            root.display(),
+            out.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("building the initramfs failed (needs cpio)");
+    }
+    Ok(())
+}
+
+/// The guest's /init: mount what nstrace needs, run the plan, power off.
+/// Everything structured goes to /dev/ttyS1 (the host's out.log).
+fn init_script() -> String {
+    let mut s = String::from(
+        r#"#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf
+mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
+stty -F /dev/ttyS1 raw 2>/dev/null
+out=/dev/ttyS1
+echo "BOOTED $(uname -r)" > $out
+export NSTRACE_BIN=/bin/nstrace
+"#,
+    );
+    for (test, mode, filters) in PLAN {
+        let filters = filters.join(" ");
+        let _ = writeln!(
+            s,
+            "echo '=== BEGIN {mode} {test}' > $out\n\
+             NSTRACE_PROBE_MODE={mode} /t/deps/{test} --test-threads=1 {filters} > $out 2>&1\n\
+             echo \"=== END {mode} {test} rc=$?\" > $out"
+        );
+    }
+    // Start-up without BTF: one-line cause, hint, exit 1.
+    s.push_str(
+        r#"echo '=== BEGIN tracepoint no_btf' > $out
+mount -t tmpfs none /sys/kernel/btf
+/bin/nstrace > /tmp/nobtf.out 2>&1; rc=$?
+cat /tmp/nobtf.out > $out
+if [ $rc = 1 ] && grep -q 'exposes no BTF' /tmp/nobtf.out && grep -q 'hint:' /tmp/nobtf.out; then
+  echo 'test result: ok. 1 passed; 0 failed' > $out
+else
+  echo 'test result: FAILED. 0 passed; 1 failed' > $out
+fi
+echo "=== END tracepoint no_btf rc=0" > $out
+echo DONE > $out
+sync
+poweroff -f
+"#,
+    );
+    s
+}
+
+struct TestResult {
+    mode: String,
+    test: String,
+    passed: u64,
+    failed: u64,
+    rc: Option<i32>,
+}
+
+impl TestResult {
+    fn ok(&self) -> bool {
+        self.failed == 0 && self.passed > 0 && self.rc == Some(0)
+    }
+}
+
+/// Reads the BEGIN/END sections of the guest's structured output.
+fn parse_results(out: &str) -> Vec<TestResult> {
+    let mut results: Vec<TestResult> = Vec::new();
+    for line in out.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("=== BEGIN ") {
+            let mut f = rest.split_whitespace();
+            results.push(TestResult {
+                mode: f.next().unwrap_or_default().to_string(),
+                test: f.next().unwrap_or_default().to_string(),
+                passed: 0,
+                failed: 0,
+                rc: None,
+            });
+        } else if let Some(rest) = line.strip_prefix("test result: ") {
+            if let Some(r) = results.last_mut() {
+                let num = |label: &str| {
+                    rest.split(';')
+                        .find_map(|p| p.trim().strip_suffix(label))
+                        .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                r.passed += num("passed");
+                r.failed += num("failed");
+            }
+        } else if let Some(rest) = line.strip_prefix("=== END ") {
+            if let Some(r) = results.last_mut() {
+                r.rc = rest
+                    .rsplit("rc=")
+                    .next()
+                    .and_then(|n| n.trim().parse().ok());
+            }
+        }
+    }
+    results
+}
+
+fn boot_with_retry(vmlinuz: &Path, initrd: &Path, dir: &Path) -> Result<Vec<TestResult>> {
+    for attempt in 1..=2 {
+        let started = Instant::now();
+        let out = boot(vmlinuz, initrd, dir)?;
+        if out.contains("BOOTED") {
+            eprintln!(
+                "xtask: {} ran in {:.0?}",
+                vmlinuz.display(),
+                started.elapsed()
+            );
+            if !out.contains("DONE") {
+                eprintln!(
+                    "xtask: the guest stopped before the end of its plan; see {}",
+                    dir.display()
+                );
+            }
+            return Ok(parse_results(&out));
+        }
+        eprintln!(
+            "xtask: guest did not boot (attempt {attempt}); console in {}",
+            dir.join("console.log").display()
+        );
+    }
+    Ok(Vec::new())
+}
+
+fn boot(vmlinuz: &Path, initrd: &Path, dir: &Path) -> Result<String> {
+    let out = dir.join("out.log");
+    let console = dir.join("console.log");
+    let _ = std::fs::remove_file(&out);
+    let status = Command::new("timeout")
+        .arg("900")
+        .arg("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max,-cx16",
+            "-smp",
+            "2",
+            "-m",
+            "1G",
+        ])
+        .args(["-nographic", "-nodefaults", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", out.display()))
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .status()
+        .context("starting qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    if !status.success() {
+        eprintln!("xtask: qemu exited with {status}");
+    }
+    Ok(std::fs::read_to_string(&out).unwrap_or_default())
+}
+
+/// A private apt configuration reading sid, with its own lists and cache.
+fn sid_apt_config() -> Result<PathBuf> {
+    let base = cache_dir().join("apt-sid");
+    for d in [
+        "etc/sources.list.d",
+        "etc/preferences.d",
+        "state/lists/partial",
+        "cache/archives/partial",
+    ] {
+        std::fs::create_dir_all(base.join(d))?;
+    }
+    std::fs::write(
+        base.join("etc/sources.list"),
+        "deb http://deb.debian.org/debian sid main\n",
+    )?;
+    let status = base.join("state/status");
+    if !status.exists() {
+        std::fs::write(&status, "")?;
+    }
+    let b = base.display();
+    let conf = base.join("apt.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Dir::Etc::SourceList \"{b}/etc/sources.list\";\n\
+             Dir::Etc::SourceParts \"{b}/etc/sources.list.d\";\n\
+             Dir::Etc::Preferences \"{b}/etc/preferences\";\n\
+             Dir::Etc::PreferencesParts \"{b}/etc/preferences.d\";\n\
+             Dir::State \"{b}/state\";\n\
+             Dir::State::status \"{b}/state/status\";\n\
+             Dir::Cache \"{b}/cache\";\n\
+             APT::Architecture \"amd64\";\n"
+        ),
+    )?;
+    Ok(conf)
+}
+
+fn apt(sid: Option<&Path>) -> Command {
+    let mut c = Command::new("apt-cache");
+    if let Some(conf) = sid {
+        c.env("APT_CONFIG", conf);
+    }
+    c
+}
+
+/// The newest package matching the spec, refreshing apt's lists once if needed.
+fn newest_package(spec: &KernelSpec, sid: Option<&Path>) -> Result<Option<String>> {
+    let search = |sid: Option<&Path>| -> Result<Vec<String>> {
+        let out = apt(sid)
+            .args(["search", "--names-only", spec.pattern])
+            .output()?;
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect();
+        names.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        Ok(names)
+    };
+    let mut names = search(sid)?;
+    if names.is_empty() {
+        let mut update = Command::new("apt-get");
+        update.arg("update").stdout(Stdio::null());
+        if let Some(conf) = sid {
+            update.env("APT_CONFIG", conf);
+        }
+        let _ = update.status();
+        names = search(sid)?;
+    }
+    Ok(names.pop())
+}
+
+/// Numbers in a package name, for ordering versions.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The cached vmlinuz of the newest kernel of a line, downloading it if missing.
+fn fetch_kernel(spec: &KernelSpec) -> Result<PathBuf> {
+    let kernels = cache_dir().join("kernels");
+    std::fs::create_dir_all(&kernels)?;
+    let sid = if spec.sid {
+        Some(sid_apt_config()?)
+    } else {
+        None
+    };
+    let package = newest_package(spec, sid.as_deref())?;
+    let cached_any = || -> Option<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&kernels)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("vmlinuz").exists())
+            .filter(|p| {
+                let n = p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                regex_lite_match(spec.pattern, &n)
+            })
+            .collect();
+        dirs.sort_by_key(|p| version_key(&p.to_string_lossy()));
+        dirs.pop().map(|d| d.join("vmlinuz"))
+    };
+    let Some(package) = package else {
+        // Offline, but a kernel of this line is cached: use it.
+        return cached_any().with_context(|| format!("no Debian package for kernel {}", spec.name));
+    };
+    let dir = kernels.join(&package);
+    let vmlinuz = dir.join("vmlinuz");
+    if vmlinuz.exists() {
+        return Ok(vmlinuz);
+    }
+    eprintln!("xtask: downloading {package}");
+    let work = kernels.join(format!("{package}.partial"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let mut dl = Command::new("apt-get");
+    dl.args(["download", &package]).current_dir(&work);
+    if let Some(conf) = &sid {
+        dl.env("APT_CONFIG", conf);
+    }
+    let st = dl.status()?;
+    if !st.success() {
+        bail!("apt-get download {package} failed");
+    }
+    let deb = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("downloaded no .deb")?;
+    let x = work.join("x");
+    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x))?;
+    let image = find_image(&x).context("no kernel image in the package")?;
+    std::fs::copy(&image, work.join("vmlinuz"))?;
+    let _ = std::fs::remove_dir_all(&x);
+    let _ = std::fs::remove_file(&deb);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&work, &dir)?;
+    Ok(vmlinuz)
+}
+
+/// `boot/vmlinuz-*` (Debian 12) or `usr/lib/modules/*/vmlinuz*` (7.x).
+fn find_image(x: &Path) -> Option<PathBuf> {
+    let boot = x.join("boot");
+    let from = |dir: &Path, prefix: &str| -> Option<PathBuf> {
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+    };
+    if let Some(p) = from(&boot, "vmlinuz") {
+        return Some(p);
+    }
+    let modules = x.join("usr/lib/modules");
+    for e in std::fs::read_dir(&modules).ok()?.filter_map(|e| e.ok()) {
+        if let Some(p) = from(&e.path(), "vmlinuz") {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Enough of a regex for the patterns above: `^`, `$`, `\.`, `\+`, `[0-9]+`,
+/// `[0-9.]+` — used to recognise cached kernels when apt has no lists.
+fn regex_lite_match(pattern: &str, s: &str) -> bool {
+    fn m(p: &[u8], s: &[u8]) -> bool {
+        match p {
+            [] | [b'$'] => s.is_empty(),
+            [b'\\', c, rest @ ..] => s.first() == Some(c) && m(rest, &s[1..]),
+            [b'[', rest @ ..] => {
+                let Some(end) = rest.iter().position(|&c| c == b']') else {
+                    return false;
+                };
+                let class = &rest[..end];
+                let ok = |c: u8| c.is_ascii_digit() || (class.contains(&b'.') && c == b'.');
+                let after = &rest[end + 1..];
+                if after.first() == Some(&b'+') {
+                    let n = s.iter().take_while(|&&c| ok(c)).count();
+                    (1..=n).rev().any(|k| m(&after[1..], &s[k..]))
+                } else {
+                    s.first().is_some_and(|&c| ok(c)) && m(after, &s[1..])
+                }
+            }
+            [c, rest @ ..] => s.first() == Some(c) && m(rest, &s[1..]),
+        }
+    }
+    m(pattern.trim_start_matches('^').as_bytes(), s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_kernel_names_match_their_line() {
+        assert!(regex_lite_match(
+            KERNELS[0].pattern,
+            "linux-image-6.1.0-56-cloud-amd64-unsigned"
+        ));
+        assert!(!regex_lite_match(
+            KERNELS[0].pattern,
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
+        ));
+        assert!(regex_lite_match(
+            KERNELS[1].pattern,
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
+        ));
+        assert!(regex_lite_match(
+            KERNELS[2].pattern,
+            "linux-binary-unsigned-7.2.13+deb14-cloud-amd64"
+        ));
+        assert!(!regex_lite_match(
+            KERNELS[2].pattern,
+            "linux-binary-unsigned-7.2.13+deb14-amd64"
+        ));
+    }
+
+    #[test]
+    fn parses_guest_results() {
+        let out = "BOOTED 6.1\n=== BEGIN tracepoint core\nrunning 2 tests\n\
+                   test result: ok. 2 passed; 0 failed; 0 ignored\n=== END tracepoint core rc=0\n\
+                   === BEGIN fentry lifecycle\ntest result: FAILED. 1 passed; 1 failed;\n\
+                   === END fentry lifecycle rc=101\nDONE\n";
+        let r = parse_results(out);
+        assert_eq!(r.len(), 2);
+        assert!(r[0].ok());
+        assert_eq!((r[1].passed, r[1].failed, r[1].rc), (1, 1, Some(101)));
+        assert!(!r[1].ok());
+        assert!(
+            version_key("linux-image-6.12.117+deb12") > version_key("linux-image-6.12.99+deb12")
+        );
+    }
+}
