@@ -62,6 +62,17 @@ static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 #[map]
 static FOLLOW: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
+/// Per-CPU scratch for the `emptied` bits a loop collects. Kept in map memory
+/// on purpose: the verifier does not track its contents, so the 2^8 ways the
+/// bits can combine do not each become a path to verify (older verifiers,
+/// 6.1 among them, gave up at the 1M-instruction limit on a stack variable).
+#[map]
+static SCRATCH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+fn scratch() -> Option<*mut u32> {
+    SCRATCH.get_ptr_mut(0)
+}
+
 /// Member threads per watched namespace, keyed by [`member_key`].
 #[map]
 static MEMBERS: HashMap<u64, i64> = HashMap::with_max_entries(65536, 0);
@@ -108,13 +119,16 @@ fn watch_new(kind: usize, inum: u32) {
 /// kinds in `created` are new namespaces. Returns the `CLONE_NEW*` bits of
 /// kinds whose old namespace lost its last member.
 fn move_member(before: &NsSet, after: &NsSet, created: u64) -> u32 {
-    let mut emptied = 0;
+    let Some(emptied) = scratch() else {
+        return 0;
+    };
+    unsafe { *emptied = 0 };
     for k in 0..NS_KINDS {
         if before.inum[k] == after.inum[k] {
             continue;
         }
         if adjust(k, before.inum[k], -1) {
-            emptied |= KIND_FLAGS[k] as u32;
+            unsafe { *emptied |= KIND_FLAGS[k] as u32 };
         }
         if created & KIND_FLAGS[k] != 0 {
             watch_new(k, after.inum[k]);
@@ -122,7 +136,7 @@ fn move_member(before: &NsSet, after: &NsSet, created: u64) -> u32 {
             adjust(k, after.inum[k], 1);
         }
     }
-    emptied
+    unsafe { *emptied }
 }
 
 /// Remembers the syscall in flight and the caller's namespaces as they are now.
@@ -340,12 +354,16 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         id: [0; NS_KINDS],
     };
     unsafe { task::read_inums(task, &mut set) };
-    let mut emptied = 0u32;
+    let Some(bits) = scratch() else {
+        return 0;
+    };
+    unsafe { *bits = 0 };
     for k in 0..NS_KINDS {
         if adjust(k, set.inum[k], -1) {
-            emptied |= KIND_FLAGS[k] as u32;
+            unsafe { *bits |= KIND_FLAGS[k] as u32 };
         }
     }
+    let emptied = unsafe { *bits };
     let pid_kind = nstrace_common::kind::PID;
     let watched_pidns = set.inum[pid_kind] != 0
         && MEMBERS

@@ -183,7 +183,13 @@ fn free_targets(btf: &Btf, o: &Offsets, missing: &[NsKind]) -> Result<Vec<(Strin
             let delta = match arg {
                 Arg::Ns if param == ns_struct => ns_off,
                 Arg::Member(m) => match optional_field(btf, ns_struct, &[m])? {
-                    Some(member_off) if param == "rcu_head" || param == "work_struct" => {
+                    // rcu_head is a typedef of callback_head.
+                    Some(member_off)
+                        if matches!(
+                            param.as_str(),
+                            "rcu_head" | "callback_head" | "work_struct"
+                        ) =>
+                    {
                         ns_off - member_off as i64
                     }
                     _ => continue,
