@@ -303,9 +303,15 @@ pub fn wait_ns_changed(pid: u32, kind: &str) -> u64 {
     let ours = ns_inode(std::process::id(), kind);
     let deadline = Instant::now() + DEFAULT_WAIT;
     loop {
-        let now = ns_inode(pid, kind);
-        if now != ours {
-            return now;
+        // pid_for_children cannot be read until the namespace has its init.
+        if let Ok(link) = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")) {
+            let s = link.to_string_lossy();
+            let now: u64 = s[s.find('[').expect("ns link format") + 1..s.len() - 1]
+                .parse()
+                .expect("ns inode");
+            if now != ours {
+                return now;
+            }
         }
         assert!(
             Instant::now() < deadline,
