@@ -23,7 +23,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{fentry, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, RawTracePointContext, TracePointContext},
 };
 use nstrace_common::{
@@ -48,6 +48,7 @@ struct Pending {
     syscall: u32,
     fd: i32,
     before: NsSet,
+    after: NsSet,
 }
 
 #[map]
@@ -74,8 +75,10 @@ fn scratch() -> Option<*mut u32> {
 }
 
 /// Member threads per watched namespace, keyed by [`member_key`].
+/// LRU: entries of namespaces that ended are never deleted from user space
+/// (the inode may already be a new namespace's), so old ones age out here.
 #[map]
-static MEMBERS: HashMap<u64, i64> = HashMap::with_max_entries(65536, 0);
+static MEMBERS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(65536, 0);
 
 // Syscall tracepoint records: 8 bytes of common header, the syscall number,
 // padding, then one 8-byte slot per argument; exit records carry `ret` at 16.
@@ -150,6 +153,10 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
             inum: [0; NS_KINDS],
             id: [0; NS_KINDS],
         },
+        after: NsSet {
+            inum: [0; NS_KINDS],
+            id: [0; NS_KINDS],
+        },
     };
     if PENDING.insert(tid, fresh, 0).is_err() {
         count(COUNTER_PENDING_FULL);
@@ -215,9 +222,25 @@ fn exit(ctx: &TracePointContext) {
         } else {
             EventKind::Switch
         };
+        let task = task::current();
+        let created = if syscall == Syscall::Unshare as u32 {
+            unsafe { (*p).flags }
+        } else {
+            0
+        };
+        // Counts first: they must stay right even when the ring is full. The
+        // pending entry's spare `after` set holds the new namespaces meanwhile.
+        let mut emptied = 0;
+        if ret >= 0 {
+            if let Some(pm) = PENDING.get_ptr_mut(tid) {
+                unsafe {
+                    task::read_ns(task, &mut (*pm).after);
+                    emptied = move_member(&(*pm).before, &(*pm).after, created);
+                }
+            }
+        }
         if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
             let e = unsafe { &mut *entry.as_mut_ptr() };
-            let task = task::current();
             unsafe {
                 fill_header(e, kind, task);
                 e.syscall = syscall;
@@ -225,19 +248,10 @@ fn exit(ctx: &TracePointContext) {
                 e.fd = (*p).fd;
                 e.ret = ret;
                 e.before = (*p).before;
-                if ret < 0 {
-                    e.after = (*p).before;
-                } else {
-                    task::read_ns(task, &mut e.after);
-                    let created = if syscall == Syscall::Unshare as u32 {
-                        e.flags
-                    } else {
-                        0
-                    };
-                    e.emptied = move_member(&e.before, &e.after, created);
-                    if created != 0 {
-                        task::read_owners(task, e);
-                    }
+                e.after = if ret < 0 { (*p).before } else { (*p).after };
+                e.emptied = emptied;
+                if created != 0 && ret >= 0 {
+                    task::read_owners(task, e);
                 }
             }
             entry.submit(0);
@@ -275,12 +289,14 @@ pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched_process_fork(parent, child)`, as a raw tracepoint because only the
-/// raw form hands over the child's `task_struct`. Runs in the parent, inside
-/// clone, after the child got its namespaces and before it first runs.
-#[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
-    let child: *const u8 = ctx.arg::<u64>(1) as *const u8;
+/// `task_newtask(task, clone_flags)`, as a raw tracepoint because only the raw
+/// form hands over the new `task_struct`. It fires in `copy_process` for every
+/// new task, io_uring and vhost workers included (`sched_process_fork` misses
+/// those, and their exits would make member counts drift low). Runs in the
+/// parent, after the child got its namespaces and before it first runs.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn task_newtask(ctx: RawTracePointContext) -> i32 {
+    let child: *const u8 = ctx.arg::<u64>(0) as *const u8;
     let tid = current_tid();
     let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if FOLLOW.get_ptr(parent_tgid).is_some() {
@@ -307,6 +323,19 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 fn clone_created(p: *const Pending, child: *const u8) {
     let tid = current_tid();
     let flags = unsafe { (*p).flags };
+    // Counts first: they must stay right even when the ring is full.
+    let mut set = NsSet {
+        inum: [0; NS_KINDS],
+        id: [0; NS_KINDS],
+    };
+    unsafe { task::read_inums(child, &mut set) };
+    for k in 0..NS_KINDS {
+        if flags & KIND_FLAGS[k] != 0 {
+            watch_new(k, set.inum[k]);
+        } else {
+            adjust(k, set.inum[k], 1);
+        }
+    }
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         let e = unsafe { &mut *entry.as_mut_ptr() };
         unsafe {
@@ -318,13 +347,6 @@ fn clone_created(p: *const Pending, child: *const u8) {
             e.before = (*p).before;
             task::read_ns(child, &mut e.after);
             task::read_owners(child, e);
-            for k in 0..NS_KINDS {
-                if flags & KIND_FLAGS[k] != 0 {
-                    watch_new(k, e.after.inum[k]);
-                } else {
-                    adjust(k, e.after.inum[k], 1);
-                }
-            }
         }
         entry.submit(0);
     } else {

@@ -46,10 +46,10 @@ pub struct Cli {
     #[arg(long, short)]
     pub quiet: bool,
 
-    /// How namespace ends are detected. `tracepoint`: member tasks are counted
-    /// in the kernel and an end is reported when the last one leaves and
-    /// nothing pins the namespace. `fentry` (hooking the kernel's own free
-    /// path) is not available in this version. `auto` picks the best available.
+    /// How namespace ends are detected. `fentry`: the kernel's own free path
+    /// is hooked (exact). `tracepoint`: member tasks are counted in the kernel
+    /// and an end is reported when the last one leaves and nothing pins the
+    /// namespace. `auto`: fentry where the kernel allows it, else tracepoints.
     #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
 

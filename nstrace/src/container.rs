@@ -109,15 +109,26 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// The container `pid` is part of, or None for a host process (or one gone).
-    pub fn for_pid(&mut self, pid: u32) -> Option<Container> {
+    /// The container `pid` (child of `ppid`) is part of, or None for a host
+    /// process. A process already gone (runc's short-lived children) is
+    /// looked up through its parent.
+    pub fn for_pid(&mut self, pid: u32, ppid: u32) -> Option<Container> {
         if let Some(c) = self.by_pid.get(&pid) {
             return c.clone();
         }
         if self.by_pid.len() > 8192 {
             self.by_pid.clear();
         }
-        let found = self.lookup(pid);
+        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let found = if gone && ppid > 1 {
+            self.lookup(ppid)
+        } else {
+            self.lookup(pid)
+        };
+        if found.is_none() && gone {
+            // Nothing learned; do not cache a miss for a pid that may be reused.
+            return None;
+        }
         let c = found.map(|(id, runtime)| {
             let name = self
                 .names

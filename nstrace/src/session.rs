@@ -98,7 +98,7 @@ impl Tracer<'_> {
     fn handle(&mut self, d: decode::Decoded) -> io::Result<()> {
         for mut r in d.records {
             if let Some(a) = &r.actor {
-                r.container = self.containers.for_pid(a.pid);
+                r.container = self.containers.for_pid(a.pid, a.ppid);
             }
             if self.collect_caused && r.event == EventType::Create {
                 if let Some(c) = &r.container {

@@ -71,8 +71,14 @@ pub fn expected_end(tracepoint_end: &str) -> &str {
     }
 }
 
+/// Tests that trace hold this: they compare against the whole machine's
+/// activity and BPF program list, so a plain `cargo test` (threads in
+/// parallel) must not run two at once.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// A running tracer whose stdout (JSON Lines) and stderr are collected.
 pub struct Tracer {
+    _turn: std::sync::MutexGuard<'static, ()>,
     child: Option<Child>,
     records: Arc<Mutex<Vec<Value>>>,
     lines: Arc<Mutex<Vec<String>>>,
@@ -91,6 +97,7 @@ impl Tracer {
     }
 
     fn start_with(json: bool, args: &[&str]) -> Tracer {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let mut cmd = Command::new(nstrace_bin());
         if json {
             cmd.arg("--json");
@@ -138,6 +145,7 @@ impl Tracer {
             });
         }
         let mut tracer = Tracer {
+            _turn: turn,
             child: Some(child),
             records,
             lines,

@@ -164,6 +164,10 @@ fn nsenter_all() {
     let joiner = Group::spawn(&["nsenter", "-t", &tp, "-a", "sleep", "60"]);
     wait_ns_changed(joiner.pid(), "mnt");
     let kinds = ["mnt", "uts", "ipc", "net", "cgroup"];
+    // nsenter -a also rejoins the kinds it shares with us: wait for the changes.
+    tracer.wait_for(kinds.len(), |r| {
+        r["pid"] == joiner.pid() && r["prev_inode"] != r["ns_inode"]
+    });
     let records = tracer.wait_for_pid(kinds.len(), joiner.pid());
     assert_joins(&records, joiner.pid(), target.pid(), &kinds);
     assert!(tracer.stop().0.success());

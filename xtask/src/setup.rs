@@ -101,8 +101,22 @@ fn rustup() -> Command {
 }
 
 fn nightly_with_rust_src() -> Result<()> {
-    let toolchains = output(rustup().args(["toolchain", "list"]))?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly-")) {
+    // The lint step needs rustfmt and clippy on the default toolchain.
+    let stable = output(rustup().args(["component", "list", "--installed"]))?;
+    for component in ["rustfmt", "clippy"] {
+        if !stable.lines().any(|l| l.starts_with(component)) {
+            eprintln!("xtask: adding {component} to the default toolchain");
+            sh(rustup().args(["component", "add", component]))?;
+        }
+    }
+    // aya-build runs `rustup run nightly`: the plain channel must resolve.
+    let has_nightly = rustup()
+        .args(["run", "nightly", "rustc", "-V"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_nightly {
         eprintln!("xtask: installing the nightly toolchain (for -Z build-std of the eBPF crate)");
         sh(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }

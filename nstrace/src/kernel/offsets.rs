@@ -119,9 +119,13 @@ const FREE_CANDIDATES: &[(NsKind, &str, Arg, bool)] = &[
     (NsKind::Ipc, "put_ipc_ns", Arg::Ns, true),
     (NsKind::Mnt, "free_mnt_ns", Arg::Ns, false),
     (NsKind::Pid, "delayed_free_pidns", Arg::Member("rcu"), false),
+    // A pernet exit, called through a pointer for each dying net (never
+    // inlined); __put_net can be inlined into nsfs's put in the same file.
+    (NsKind::Net, "net_ns_net_exit", Arg::Ns, false),
     (NsKind::Net, "__put_net", Arg::Ns, false),
-    (NsKind::User, "__put_user_ns", Arg::Ns, false),
+    // The work function (called through a pointer) before the put helper.
     (NsKind::User, "free_user_ns", Arg::Member("work"), false),
+    (NsKind::User, "__put_user_ns", Arg::Ns, false),
     (NsKind::Cgroup, "free_cgroup_ns", Arg::Ns, false),
     (NsKind::Time, "free_time_ns", Arg::Ns, false),
 ];

@@ -28,7 +28,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_exit", "sched", "sched_process_exit"),
 ];
 
-const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sched_process_fork", "sched_process_fork")];
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[("task_newtask", "task_newtask")];
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nstrace"));
 
@@ -184,8 +184,9 @@ impl MemberCounts for Probes {
         let _ = self.members.insert(key(k), members, 0);
     }
 
-    fn remove(&mut self, k: NsKey) {
-        let _ = self.members.remove(&key(k));
+    fn remove(&mut self, _: NsKey) {
+        // Never from user space: by now the kernel may have given the inode to
+        // a new namespace, whose entry this would delete. The map is an LRU.
     }
 }
 
