@@ -77,6 +77,9 @@ pub fn run(kernel: &str) -> Result<()> {
     build_initramfs(&bins, &initrd)?;
     let mut failures = Vec::new();
     let mut summary = String::new();
+    // Fetch first (apt is not to be run twice at once), then boot two guests
+    // at a time: each has one vCPU, the machine two cores.
+    let mut guests = Vec::new();
     for spec in specs {
         let vmlinuz = fetch_kernel(spec)?;
         let version = vmlinuz
@@ -86,7 +89,28 @@ pub fn run(kernel: &str) -> Result<()> {
             .unwrap_or_default();
         let dir = out_dir.join(&version);
         std::fs::create_dir_all(&dir)?;
-        let results = boot_with_retry(&vmlinuz, &initrd, &dir)?;
+        guests.push((version, vmlinuz, dir));
+    }
+    let parallel = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 2);
+    let mut outcomes = Vec::new();
+    for batch in guests.chunks(parallel) {
+        let done: Vec<Result<Vec<TestResult>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|(_, vmlinuz, dir)| scope.spawn(|| boot_with_retry(vmlinuz, &initrd, dir)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| bail!("guest thread panicked")))
+                .collect()
+        });
+        for ((version, _, dir), results) in batch.iter().zip(done) {
+            outcomes.push((version.clone(), dir.clone(), results?));
+        }
+    }
+    for (version, dir, results) in outcomes {
         for r in &results {
             let line = format!(
                 "vm-test: {version:<36} {:<10} {:<20} {} passed, {} failed{}",
