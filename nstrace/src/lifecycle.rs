@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     decode::NsRef,
-    procfs::{self, NsKey, Snapshot},
+    procfs::{self, FdHolders, NsKey, Snapshot},
     record::{Actor, EndCause, NsKind, Record},
     registry::Registry,
 };
@@ -27,20 +27,42 @@ pub trait MemberCounts {
 /// What holds namespaces besides their member tasks.
 pub trait PinSource {
     fn mounts(&mut self) -> BTreeMap<NsKey, Vec<String>>;
-    fn fds(&mut self, wanted: &BTreeSet<NsKey>) -> BTreeMap<NsKey, Vec<(u32, u32, String)>>;
+    fn fds(&mut self, wanted: &BTreeSet<NsKey>) -> FdHolders;
     fn threads_in(&mut self, key: NsKey) -> i64;
 }
 
-/// The real /proc.
-pub struct Procfs;
+/// The real /proc, with the expensive scans (every fd of every process, the
+/// mount tables) read at most once per batch of events. Within a batch every
+/// answer is read after all its events happened anyway, so one scan is as
+/// current as one per event, and a burst of exits costs one scan, not
+/// thousands. Call [`Procfs::new_batch`] before each batch.
+#[derive(Default)]
+pub struct Procfs {
+    mounts: Option<BTreeMap<NsKey, Vec<String>>>,
+    fds: Option<FdHolders>,
+}
+
+impl Procfs {
+    pub fn new_batch(&mut self) {
+        self.mounts = None;
+        self.fds = None;
+    }
+}
 
 impl PinSource for Procfs {
     fn mounts(&mut self) -> BTreeMap<NsKey, Vec<String>> {
-        procfs::nsfs_mounts()
+        self.mounts.get_or_insert_with(procfs::nsfs_mounts).clone()
     }
 
-    fn fds(&mut self, wanted: &BTreeSet<NsKey>) -> BTreeMap<NsKey, Vec<(u32, u32, String)>> {
-        procfs::fd_holders(wanted)
+    fn fds(&mut self, wanted: &BTreeSet<NsKey>) -> FdHolders {
+        if wanted.is_empty() {
+            return BTreeMap::new();
+        }
+        let all = self.fds.get_or_insert_with(procfs::ns_fd_holders);
+        wanted
+            .iter()
+            .filter_map(|k| Some((*k, all.get(k)?.clone())))
+            .collect()
     }
 
     fn threads_in(&mut self, key: NsKey) -> i64 {
@@ -255,7 +277,7 @@ impl Lifecycle {
 fn pins_of(
     key: NsKey,
     mounts: &BTreeMap<NsKey, Vec<String>>,
-    fds: &BTreeMap<NsKey, Vec<(u32, u32, String)>>,
+    fds: &FdHolders,
     reg: &Registry,
 ) -> Vec<String> {
     let mut pins: Vec<String> = mounts
@@ -310,7 +332,7 @@ mod tests {
         fn mounts(&mut self) -> BTreeMap<NsKey, Vec<String>> {
             self.mounts.clone()
         }
-        fn fds(&mut self, _: &BTreeSet<NsKey>) -> BTreeMap<NsKey, Vec<(u32, u32, String)>> {
+        fn fds(&mut self, _: &BTreeSet<NsKey>) -> FdHolders {
             self.fd_scans += 1;
             BTreeMap::new()
         }

@@ -221,11 +221,21 @@ pub fn parse_nsfs_mounts(mountinfo: &str) -> Vec<(NsKey, String)> {
 }
 
 /// Open nsfs fds per namespace: `(pid, fd, comm)` of each holder.
-pub fn fd_holders(wanted: &BTreeSet<NsKey>) -> BTreeMap<NsKey, Vec<(u32, u32, String)>> {
-    let mut out: BTreeMap<NsKey, Vec<(u32, u32, String)>> = BTreeMap::new();
+/// Namespaces held open through fds: (pid, fd, comm) of each holder.
+pub type FdHolders = BTreeMap<NsKey, Vec<(u32, u32, String)>>;
+
+pub fn fd_holders(wanted: &BTreeSet<NsKey>) -> FdHolders {
     if wanted.is_empty() {
-        return out;
+        return BTreeMap::new();
     }
+    let mut all = ns_fd_holders();
+    all.retain(|k, _| wanted.contains(k));
+    all
+}
+
+/// Every namespace held open through an fd, by any process: (pid, fd, comm).
+pub fn ns_fd_holders() -> FdHolders {
+    let mut out = FdHolders::new();
     for pid in pids() {
         let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
@@ -240,16 +250,14 @@ pub fn fd_holders(wanted: &BTreeSet<NsKey>) -> BTreeMap<NsKey, Vec<(u32, u32, St
             let Some(kind) = NsKind::from_name(kind) else {
                 continue;
             };
-            if wanted.contains(&(kind, inode)) {
-                let fd = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                out.entry((kind, inode))
-                    .or_default()
-                    .push((pid, fd, proc_info(pid).comm));
-            }
+            let fd = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            out.entry((kind, inode))
+                .or_default()
+                .push((pid, fd, proc_info(pid).comm));
         }
     }
     out

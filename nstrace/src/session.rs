@@ -75,13 +75,21 @@ struct Tracer<'a> {
     containers: container::Resolver,
     /// Command mode while the command runs: containers created now are its.
     collect_caused: bool,
+    procfs: Procfs,
 }
+
+/// Events handled on one /proc scan at most (see [`Procfs`]).
+const EVENTS_PER_SCAN: u64 = 1024;
 
 impl Tracer<'_> {
     /// Prints every event waiting in the ring. Errors only when output is gone.
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> io::Result<()> {
+        self.procfs.new_batch();
         while let Some(item) = ring.next() {
             self.totals.events += 1;
+            if self.totals.events.is_multiple_of(EVENTS_PER_SCAN) {
+                self.procfs.new_batch();
+            }
             let decoded = decode::parse(&item).and_then(|e| decode::decode(&e, self.clock));
             drop(item);
             match decoded {
@@ -141,7 +149,7 @@ impl Tracer<'_> {
                 d.time_ns,
                 &mut self.registry,
                 &mut self.probes,
-                &mut Procfs,
+                &mut self.procfs,
             );
             for r in &ends {
                 self.emit(r)?;
@@ -160,9 +168,10 @@ impl Tracer<'_> {
             return Ok(());
         }
         let now = Clock::now_unix_ns();
+        self.procfs.new_batch();
         let ends = self
             .lifecycle
-            .poll(now, &mut self.registry, &mut self.probes, &mut Procfs);
+            .poll(now, &mut self.registry, &mut self.probes, &mut self.procfs);
         for r in &ends {
             self.emit(r)?;
         }
@@ -325,6 +334,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         },
         containers: container::Resolver::default(),
         collect_caused: command.is_some(),
+        procfs: Procfs::default(),
     };
     let mut exit_code = 0;
     // Command mode: when the command ended, and until when its namespaces'

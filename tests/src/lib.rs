@@ -44,14 +44,37 @@ pub fn nstrace_bin() -> PathBuf {
 /// The `nshelper` binary cargo built beside the test executables
 /// (tests run from target/PROFILE/deps/).
 pub fn helper_bin() -> PathBuf {
+    sibling_bin("nshelper")
+}
+
+/// The `nsload` workload binary (see tests/src/bin/nsload.rs).
+pub fn load_bin() -> PathBuf {
+    sibling_bin("nsload")
+}
+
+fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let p = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target dir")
-        .join("nshelper");
+        .join(name);
     assert!(p.exists(), "{} not found", p.display());
     p
+}
+
+/// Ids of loaded BPF programs, from `bpftool prog list -j`.
+pub fn program_ids() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["prog", "list", "-j"])
+        .output()
+        .expect("bpftool (installed by `cargo xtask setup`)");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
 }
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
@@ -78,7 +101,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A running tracer whose stdout (JSON Lines) and stderr are collected.
 pub struct Tracer {
-    _turn: std::sync::MutexGuard<'static, ()>,
+    _turn: Option<std::sync::MutexGuard<'static, ()>>,
     child: Option<Child>,
     records: Arc<Mutex<Vec<Value>>>,
     lines: Arc<Mutex<Vec<String>>>,
@@ -88,16 +111,26 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `nstrace --json ARGS` and waits until it says it is tracing.
     pub fn start(args: &[&str]) -> Tracer {
-        Self::start_with(true, args)
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        Self::start_with(Some(turn), true, args)
+    }
+
+    /// A second tracer beside `_first`, which already holds the turn.
+    pub fn start_also(_first: &Tracer, args: &[&str]) -> Tracer {
+        Self::start_with(None, true, args)
     }
 
     /// Starts nstrace with the text timeline.
     pub fn start_text(args: &[&str]) -> Tracer {
-        Self::start_with(false, args)
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        Self::start_with(Some(turn), false, args)
     }
 
-    fn start_with(json: bool, args: &[&str]) -> Tracer {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    fn start_with(
+        turn: Option<std::sync::MutexGuard<'static, ()>>,
+        json: bool,
+        args: &[&str],
+    ) -> Tracer {
         let mut cmd = Command::new(nstrace_bin());
         if json {
             cmd.arg("--json");
@@ -185,7 +218,17 @@ impl Tracer {
 
     /// Waits until at least `n` records satisfy `pred`, and returns those.
     pub fn wait_for(&self, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + DEFAULT_WAIT;
+        self.wait_for_within(DEFAULT_WAIT, n, pred)
+    }
+
+    /// [`Tracer::wait_for`] with its own deadline (for large workloads).
+    pub fn wait_for_within(
+        &self,
+        wait: Duration,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + wait;
         loop {
             let found: Vec<Value> = self.records().into_iter().filter(|r| pred(r)).collect();
             if found.len() >= n || Instant::now() > deadline {
@@ -231,6 +274,14 @@ impl Tracer {
     /// Ctrl-C.
     pub fn stop(self) -> (ExitStatus, String) {
         self.stop_with(libc::SIGINT)
+    }
+
+    /// Ctrl-C, then every record including those printed while stopping.
+    pub fn stop_with_records(self) -> (ExitStatus, String, Vec<Value>) {
+        let records = self.records.clone();
+        let (status, stderr) = self.stop();
+        let all = records.lock().unwrap().clone();
+        (status, stderr, all)
     }
 }
 

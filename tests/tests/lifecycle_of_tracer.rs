@@ -4,21 +4,6 @@
 use std::process::Command;
 
 use nstrace_tests::*;
-use serde_json::Value;
-
-/// Ids of loaded BPF programs, from `bpftool prog list -j`.
-fn program_ids() -> Vec<u64> {
-    let out = Command::new("bpftool")
-        .args(["prog", "list", "-j"])
-        .output()
-        .expect("bpftool (installed by `cargo xtask setup`)");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_u64().unwrap())
-        .collect()
-}
 
 fn assert_clean_stop(signal: i32) {
     let before = program_ids();

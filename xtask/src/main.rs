@@ -2,6 +2,7 @@
 //! tests need (idempotent, seconds when all is there); `run` and `test` do the
 //! set-up first, so each is one command on a fresh machine.
 
+mod bench;
 mod docker;
 mod setup;
 mod vm;
@@ -50,6 +51,25 @@ enum Task {
         #[arg(long, default_value = "all")]
         kernel: String,
     },
+    /// Measure overhead, throughput and loss against bpftrace and strace
+    /// (as root; installs bpftrace and strace), and write docs/performance.md.
+    Bench {
+        /// Alternating rounds per workload; the table shows medians.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Children in the namespace-churn workload.
+        #[arg(long, default_value_t = 3000)]
+        churn: u64,
+        /// fork + exec of /bin/true in the no-namespace workload.
+        #[arg(long, default_value_t = 3000)]
+        forkexec: u64,
+        /// setns round trips in the burst (twice as many join records).
+        #[arg(long, default_value_t = 50_000)]
+        burst: u64,
+        /// Print the results only; leave docs/performance.md alone.
+        #[arg(long)]
+        no_write: bool,
+    },
 }
 
 fn main() {
@@ -62,6 +82,21 @@ fn main() {
             .and_then(|()| run(&args)),
         Task::Test { no_lint, no_vm } => setup::run().and_then(|()| test(!no_lint, !no_vm)),
         Task::VmTest { kernel } => setup::run().and_then(|()| vm::run(&kernel)),
+        Task::Bench {
+            rounds,
+            churn,
+            forkexec,
+            burst,
+            no_write,
+        } => setup::run().and_then(|()| {
+            bench::run(&bench::Opts {
+                rounds,
+                churn,
+                forkexec,
+                burst,
+                write: !no_write,
+            })
+        }),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

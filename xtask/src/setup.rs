@@ -33,7 +33,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
 ];
 
 pub fn run() -> Result<()> {
-    debian_packages()?;
+    debian_packages(DEBIAN_PACKAGES)?;
     nightly_with_rust_src()?;
     let linker = bpf_linker()?;
     eprintln!("xtask: setup complete (bpf-linker at {})", linker.display());
@@ -62,8 +62,9 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs those of `packages` that are missing (apt, as root).
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -1,0 +1,653 @@
+//! `cargo xtask bench`: what tracing costs, against bpftrace and strace.
+//!
+//! Two workloads from `nsload` (namespace churn; fork/exec with no namespace
+//! work), each run untraced, under nstrace, under an equivalent bpftrace
+//! script and under strace, in rotating order round after round so drift
+//! of the machine hits every column alike. Ratios are medians of one run.
+//! Then a burst of joins (delivered or counted as lost, exactly) and the
+//! criterion decode benchmark. Results go to docs/performance.md.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{sh, workspace_root};
+
+const BPFTRACE_SCRIPT: &str = include_str!("../bench/namespaces.bt");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Untraced,
+    Nstrace,
+    Bpftrace,
+    Strace,
+}
+
+const MODES: [Mode; 4] = [Mode::Untraced, Mode::Nstrace, Mode::Bpftrace, Mode::Strace];
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Nstrace => "nstrace",
+            Mode::Bpftrace => "bpftrace",
+            Mode::Strace => "strace -f",
+        }
+    }
+}
+
+pub struct Opts {
+    pub rounds: usize,
+    pub churn: u64,
+    pub forkexec: u64,
+    pub burst: u64,
+    pub write: bool,
+}
+
+/// One workload run under one mode.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    /// The workload's own wall time (tracer start-up excluded).
+    seconds: f64,
+    /// Records (lines) the tracer delivered.
+    records: u64,
+    /// Records the tracer said it lost.
+    lost: u64,
+    /// The tracer's user + system CPU time.
+    cpu: f64,
+    /// The tracer's peak RSS, KiB.
+    rss_kib: u64,
+}
+
+/// One workload's medians per mode: (name, size, rows in `MODES` order).
+type Table = (&'static str, u64, Vec<(Mode, Sample)>);
+
+struct Bins {
+    nstrace: PathBuf,
+    nsload: PathBuf,
+}
+
+pub fn run(opts: &Opts) -> Result<()> {
+    crate::setup::debian_packages(&["bpftrace", "strace"])?;
+    sh(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "nstrace",
+        "-p",
+        "nstrace-tests",
+        "--bins",
+    ]))?;
+    let target = workspace_root().join("target/release");
+    let bins = Bins {
+        nstrace: target.join("nstrace"),
+        nsload: target.join("nsload"),
+    };
+    ensure_tracefs()?;
+    let script = std::env::temp_dir().join("nstrace-bench.bt");
+    std::fs::write(&script, BPFTRACE_SCRIPT)?;
+
+    let mut report = String::new();
+    let mut tables: Vec<Table> = Vec::new();
+    for (workload, n) in [("churn", opts.churn), ("forkexec", opts.forkexec)] {
+        let mut samples: Vec<(Mode, Sample)> = Vec::new();
+        for round in 0..opts.rounds {
+            for i in 0..MODES.len() {
+                let mode = MODES[(i + round) % MODES.len()];
+                let s = run_one(&bins, &script, mode, workload, n)
+                    .with_context(|| format!("{workload} under {}", mode.name()))?;
+                eprintln!(
+                    "bench: {workload} round {} {:>9}: {:.3} s, {} records, {} lost",
+                    round + 1,
+                    mode.name(),
+                    s.seconds,
+                    s.records,
+                    s.lost
+                );
+                samples.push((mode, s));
+            }
+        }
+        tables.push((workload, n, summarize(&samples)));
+    }
+    let burst = run_burst(&bins, opts.burst)?;
+    let decode_rate = decode_benchmark()?;
+
+    writeln!(report, "{}", render(&tables, &burst, decode_rate, opts)).ok();
+    print!("{report}");
+    if opts.write {
+        let path = workspace_root().join("docs/performance.md");
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        std::fs::write(&path, &report)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    let _ = std::fs::remove_file(&script);
+    Ok(())
+}
+
+/// bpftrace looks for tracefs itself and fails without it.
+fn ensure_tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    sh(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
+}
+
+/// Medians per mode, in `MODES` order.
+fn summarize(samples: &[(Mode, Sample)]) -> Vec<(Mode, Sample)> {
+    MODES
+        .iter()
+        .map(|&m| {
+            let of: Vec<&Sample> = samples
+                .iter()
+                .filter(|(mode, _)| *mode == m)
+                .map(|(_, s)| s)
+                .collect();
+            let med = |f: &dyn Fn(&Sample) -> f64| -> f64 {
+                let mut v: Vec<f64> = of.iter().map(|s| f(s)).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(0.0)
+            };
+            (
+                m,
+                Sample {
+                    seconds: med(&|s| s.seconds),
+                    records: med(&|s| s.records as f64) as u64,
+                    lost: of.iter().map(|s| s.lost).max().unwrap_or(0),
+                    cpu: med(&|s| s.cpu),
+                    rss_kib: of.iter().map(|s| s.rss_kib).max().unwrap_or(0),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A tracer running in the background: lines of its stdout counted (or
+/// kept), stderr kept, until it is stopped.
+struct Background {
+    pid: i32,
+    stdout: thread::JoinHandle<Vec<String>>,
+    stderr: thread::JoinHandle<Vec<String>>,
+}
+
+impl Background {
+    /// Starts `cmd`, waits until a stderr or stdout line contains `ready`.
+    fn start(cmd: &mut Command, ready: &'static str, keep: fn(&str) -> bool) -> Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
+        let out = child.stdout.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
+        let stdout = thread::spawn(move || collect(out, ready, keep, tx));
+        let stderr = thread::spawn(move || collect(err, ready, |_| true, tx2));
+        let pid = child.id() as i32;
+        // The child is reaped by `stop` (wait4, for its rusage).
+        std::mem::forget(child);
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let lines = stderr.join().unwrap_or_default();
+            bail!("tracer did not start: {}", lines.join(" | "));
+        }
+        Ok(Background {
+            pid,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// SIGINT, then the tracer's kept lines, stderr and rusage.
+    fn stop(self) -> Result<(Vec<String>, Vec<String>, f64, u64)> {
+        // SAFETY: plain syscalls on our own child.
+        let usage = unsafe {
+            libc::kill(self.pid, libc::SIGINT);
+            let mut status = 0;
+            let mut usage: libc::rusage = std::mem::zeroed();
+            if libc::wait4(self.pid, &mut status, 0, &mut usage) < 0 {
+                bail!(
+                    "waiting for the tracer: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            usage
+        };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+        let out = self.stdout.join().unwrap_or_default();
+        let err = self.stderr.join().unwrap_or_default();
+        Ok((out, err, cpu, usage.ru_maxrss as u64))
+    }
+}
+
+/// Reads lines to the end; signals the first one containing `ready`;
+/// returns those `keep` wants (the others are only counted, as "").
+fn collect(
+    from: impl Read,
+    ready: &str,
+    keep: fn(&str) -> bool,
+    tx: mpsc::Sender<()>,
+) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut said = false;
+    for line in BufReader::new(from).lines() {
+        let Ok(line) = line else { break };
+        if !said && line.contains(ready) {
+            let _ = tx.send(());
+            said = true;
+        }
+        kept.push(if keep(&line) { line } else { String::new() });
+    }
+    kept
+}
+
+fn workload(bins: &Bins, name: &str, n: u64) -> Command {
+    let mut c = Command::new(&bins.nsload);
+    c.args([name, &n.to_string()]);
+    c
+}
+
+/// Runs the workload; returns its self-timed seconds and its stdout.
+fn run_workload(cmd: &mut Command) -> Result<(f64, String)> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let seconds = text
+        .lines()
+        .find_map(|l| l.strip_prefix("seconds "))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .context("the workload printed no time")?;
+    Ok((seconds, text))
+}
+
+fn run_one(bins: &Bins, script: &Path, mode: Mode, name: &str, n: u64) -> Result<Sample> {
+    let nothing = |_: &str| false;
+    match mode {
+        Mode::Untraced => {
+            let (seconds, _) = run_workload(&mut workload(bins, name, n))?;
+            Ok(Sample {
+                seconds,
+                ..Sample::default()
+            })
+        }
+        Mode::Nstrace => {
+            let t = Background::start(
+                Command::new(&bins.nstrace).args(["--json"]),
+                "nstrace: tracing",
+                nothing,
+            )?;
+            let (seconds, _) = run_workload(&mut workload(bins, name, n))?;
+            let (out, err, cpu, rss_kib) = t.stop()?;
+            Ok(Sample {
+                seconds,
+                records: out.len() as u64,
+                lost: nstrace_lost(&err)?,
+                cpu,
+                rss_kib,
+            })
+        }
+        Mode::Bpftrace => {
+            let t = Background::start(Command::new("bpftrace").arg(script), "Attaching", |l| {
+                l.contains("Lost") || l.starts_with("Attaching")
+            })?;
+            let (seconds, _) = run_workload(&mut workload(bins, name, n))?;
+            let (out, err, cpu, rss_kib) = t.stop()?;
+            // Record lines are the ones not kept.
+            let records = out.iter().filter(|l| l.is_empty()).count() as u64;
+            Ok(Sample {
+                seconds,
+                records,
+                lost: bpftrace_lost(out.iter().chain(&err)),
+                cpu,
+                rss_kib,
+            })
+        }
+        Mode::Strace => {
+            let log = std::env::temp_dir().join("nstrace-bench.strace");
+            let mut cmd = Command::new("strace");
+            cmd.args(["-f", "-qq", "-e", "trace=clone,clone3,unshare,setns", "-o"])
+                .arg(&log)
+                .arg(&bins.nsload)
+                .args([name, &n.to_string()]);
+            let (seconds, _) = run_workload(&mut cmd)?;
+            let records = std::fs::read_to_string(&log)
+                .map(|t| t.lines().count() as u64)
+                .unwrap_or(0);
+            let _ = std::fs::remove_file(&log);
+            Ok(Sample {
+                seconds,
+                records,
+                ..Sample::default()
+            })
+        }
+    }
+}
+
+/// From nstrace's closing line "nstrace: N records (M kernel events), L lost".
+fn nstrace_lost(stderr: &[String]) -> Result<u64> {
+    stderr
+        .iter()
+        .find_map(|l| {
+            let rest = l.strip_prefix("nstrace: ")?;
+            let (_, tail) = rest.split_once("), ")?;
+            tail.split_whitespace().next()?.parse().ok()
+        })
+        .with_context(|| format!("no closing summary from nstrace: {}", stderr.join(" | ")))
+}
+
+/// bpftrace prints "Lost N events" when its perf buffer overflows.
+fn bpftrace_lost<'a>(lines: impl Iterator<Item = &'a String>) -> u64 {
+    lines
+        .filter_map(|l| {
+            let rest = l.split_once("Lost ")?.1;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+struct Burst {
+    expected: u64,
+    delivered: u64,
+    lost: u64,
+    seconds: f64,
+}
+
+/// `2n` joins as fast as one thread can make them, nstrace with defaults.
+fn run_burst(bins: &Bins, n: u64) -> Result<Burst> {
+    let t = Background::start(
+        Command::new(&bins.nstrace).args(["--json", "--event", "join"]),
+        "nstrace: tracing",
+        |l| l.contains("\"comm\":\"nsload\""),
+    )?;
+    let (seconds, _) = run_workload(&mut workload(bins, "burst", n))?;
+    thread::sleep(Duration::from_millis(500));
+    let (out, err, _, _) = t.stop()?;
+    let delivered = out.iter().filter(|l| !l.is_empty()).count() as u64;
+    let b = Burst {
+        expected: 2 * n,
+        delivered,
+        lost: nstrace_lost(&err)?,
+        seconds,
+    };
+    eprintln!(
+        "bench: burst of {} joins in {:.3} s: {} delivered, {} counted lost",
+        b.expected, b.seconds, b.delivered, b.lost
+    );
+    Ok(b)
+}
+
+/// Runs the criterion decode benchmark; records decoded per second.
+fn decode_benchmark() -> Result<f64> {
+    let out = Command::new("cargo")
+        .args([
+            "bench",
+            "-p",
+            "nstrace",
+            "--bench",
+            "decode",
+            "--",
+            "--output-format",
+            "bencher",
+        ])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo bench")?;
+    if !out.status.success() {
+        bail!("cargo bench failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    // "test decode/1000 ... bench:      123456 ns/iter (+/- 789)"
+    text.lines()
+        .find_map(|l| {
+            let batch: f64 = l
+                .split_whitespace()
+                .nth(1)?
+                .rsplit('/')
+                .next()?
+                .parse()
+                .ok()?;
+            let ns: f64 = l
+                .split("bench:")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .replace(',', "")
+                .parse()
+                .ok()?;
+            Some(batch / (ns / 1e9))
+        })
+        .context("no result line from the decode benchmark")
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|x| x.1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let bpftrace = Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let strace = Command::new("strace")
+        .arg("-V")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores, Linux {}; {bpftrace}; {strace}",
+        kernel.trim()
+    )
+}
+
+fn overhead(s: &Sample, base: &Sample) -> f64 {
+    if base.seconds > 0.0 {
+        s.seconds / base.seconds - 1.0
+    } else {
+        0.0
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:+.1}%", x * 100.0)
+}
+
+fn render(tables: &[Table], burst: &Burst, decode_rate: f64, opts: &Opts) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    writeln!(w, "# nstrace performance\n").ok();
+    writeln!(
+        w,
+        "Generated by `cargo xtask bench` (as root; {} alternating rounds, medians). \
+         Machine: {}.\n",
+        opts.rounds,
+        machine()
+    )
+    .ok();
+    writeln!(
+        w,
+        "Workloads (`nsload`, from `tests/src/bin/nsload.rs`): **churn** = {} short-lived \
+         children, each made by clone or clone3 with CLONE_NEWUTS|CLONE_NEWIPC, each \
+         unsharing a new UTS namespace, joining its parent's back with setns, and exiting \
+         (7 nstrace records each: 3 creates, 1 join, 3 destroys); **forkexec** = {} fork + \
+         exec of /bin/true, no namespace work. Wall time is the workload's own, from its \
+         first operation to its last wait. bpftrace runs `xtask/bench/namespaces.bt` (same \
+         syscall tracepoints, same facts per call, no lifecycle tracking); strace runs \
+         `strace -f -qq -e trace=clone,clone3,unshare,setns -o FILE`.\n",
+        opts.churn, opts.forkexec
+    )
+    .ok();
+    let mut rss_max = 0;
+    let mut verdicts = Vec::new();
+    for (name, _, rows) in tables {
+        let base = &rows[0].1;
+        writeln!(w, "## {name}\n").ok();
+        writeln!(
+            w,
+            "| | wall s | overhead | records | records/s | lost | tracer CPU s | tracer peak RSS MiB |"
+        )
+        .ok();
+        writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|").ok();
+        for (mode, x) in rows {
+            let traced = *mode != Mode::Untraced;
+            let per_s = if x.seconds > 0.0 {
+                x.records as f64 / x.seconds
+            } else {
+                0.0
+            };
+            let opt = |v: String| if traced { v } else { "–".into() };
+            writeln!(
+                w,
+                "| {} | {:.3} | {} | {} | {} | {} | {} | {} |",
+                mode.name(),
+                x.seconds,
+                opt(pct(overhead(x, base))),
+                opt(x.records.to_string()),
+                opt(format!("{per_s:.0}")),
+                if *mode == Mode::Nstrace || *mode == Mode::Bpftrace {
+                    x.lost.to_string()
+                } else {
+                    "–".into()
+                },
+                if *mode == Mode::Strace || !traced {
+                    "–".into()
+                } else {
+                    format!("{:.2}", x.cpu)
+                },
+                if *mode == Mode::Strace || !traced {
+                    "–".into()
+                } else {
+                    format!("{:.1}", x.rss_kib as f64 / 1024.0)
+                },
+            )
+            .ok();
+            if *mode == Mode::Nstrace {
+                rss_max = rss_max.max(x.rss_kib);
+            }
+        }
+        writeln!(w).ok();
+        let ns = overhead(&rows[1].1, base);
+        let bt = overhead(&rows[2].1, base);
+        match *name {
+            "churn" => {
+                verdicts.push(verdict(
+                    ns <= bt / 2.0,
+                    format!(
+                        "churn overhead at most half of bpftrace's: nstrace {}, bpftrace {}",
+                        pct(ns),
+                        pct(bt)
+                    ),
+                ));
+                verdicts.push(verdict(
+                    rows[1].1.lost == 0,
+                    format!(
+                        "no loss on churn with default settings: {} lost",
+                        rows[1].1.lost
+                    ),
+                ));
+            }
+            _ => verdicts.push(verdict(
+                ns <= 0.02,
+                format!("fork/exec overhead within 2%: {}", pct(ns)),
+            )),
+        }
+    }
+    writeln!(w, "## Burst\n").ok();
+    writeln!(
+        w,
+        "{} setns joins from one thread in {:.3} s ({:.0}/s), nstrace with default settings: \
+         {} delivered, {} counted lost.\n",
+        burst.expected,
+        burst.seconds,
+        burst.expected as f64 / burst.seconds.max(1e-9),
+        burst.delivered,
+        burst.lost
+    )
+    .ok();
+    verdicts.push(verdict(
+        burst.delivered + burst.lost == burst.expected,
+        format!(
+            "burst of {} records delivered or every loss counted: {} + {} lost",
+            burst.expected, burst.delivered, burst.lost
+        ),
+    ));
+    writeln!(w, "## Decoding\n").ok();
+    writeln!(
+        w,
+        "criterion (`cargo bench -p nstrace --bench decode`): {:.2} million records/s.\n",
+        decode_rate / 1e6
+    )
+    .ok();
+    verdicts.push(verdict(
+        decode_rate >= 1e6,
+        format!(
+            "decoding at least 1 million records/s: {:.2} M/s",
+            decode_rate / 1e6
+        ),
+    ));
+    verdicts.push(verdict(
+        rss_max < 30 * 1024,
+        format!("peak RSS under 30 MiB: {:.1} MiB", rss_max as f64 / 1024.0),
+    ));
+    writeln!(w, "## Targets\n").ok();
+    for v in verdicts {
+        writeln!(w, "- {v}").ok();
+    }
+    writeln!(
+        w,
+        "\nReproduce: `cargo xtask bench` (add `--no-write` to leave this file alone)."
+    )
+    .ok();
+    s
+}
+
+fn verdict(met: bool, what: String) -> String {
+    format!("{} {what}", if met { "met:" } else { "**missed:**" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_lost_counts() {
+        let err = vec![
+            "nstrace: warning: 3 records lost".to_string(),
+            "nstrace: 120 records (130 kernel events), 7 lost".to_string(),
+        ];
+        assert_eq!(nstrace_lost(&err).unwrap(), 7);
+        let out = ["Lost 12 events".to_string(), "x".to_string()];
+        assert_eq!(bpftrace_lost(out.iter()), 12);
+    }
+}
