@@ -207,6 +207,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
             "nstrace needs /sys/kernel/btf/vmlinux from a kernel built with CONFIG_DEBUG_INFO_BTF=y",
         )
     })?;
+    Probes::release_freed_memory();
     let ring = cli.buffer_size * 1024 * 1024;
     // fentry where the kernel allows it (exact ends), else tracepoints alone.
     let (mut probes, exact_ends, fentry_note) = match cli.probe_mode {

@@ -1,5 +1,6 @@
 //! Everything that depends on the running kernel.
 
+pub mod btf;
 pub mod offsets;
 pub mod preflight;
 pub mod probes;

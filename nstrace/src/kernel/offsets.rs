@@ -1,10 +1,10 @@
 //! The one place that knows kernel struct layouts: field offsets are looked up
 //! by name in the running kernel's BTF, so one binary serves every kernel.
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use btf_rs::{Btf, Type};
+use anyhow::{Result, anyhow, bail};
 use nstrace_common::{FREE_SLOTS, FreeTarget, KIND_FROM_NS_TYPE, NO_FIELD, NS_KINDS, Offsets};
 
+use super::btf::{Btf, Kind, Type};
 use crate::record::NsKind;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -36,7 +36,7 @@ pub struct Layout {
 
 /// Reads the running kernel's BTF and computes every offset the eBPF side uses.
 pub fn from_running_kernel() -> Result<Layout> {
-    let btf = Btf::from_file(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
+    let btf = Btf::from_file(VMLINUX_BTF)?;
     from_btf(&btf)
 }
 
@@ -79,7 +79,7 @@ pub fn from_btf(btf: &Btf) -> Result<Layout> {
     o.task_thread_pid = optional_field(btf, "task_struct", &["thread_pid"])?.unwrap_or(NO_FIELD);
     o.pid_level = optional_field(btf, "pid", &["level"])?.unwrap_or(NO_FIELD);
     o.pid_numbers = optional_field(btf, "pid", &["numbers"])?.unwrap_or(NO_FIELD);
-    o.upid_size = struct_size(btf, "upid")?.unwrap_or(NO_FIELD);
+    o.upid_size = struct_size(btf, "upid").unwrap_or(NO_FIELD);
     for required in [NsKind::Mnt, NsKind::Net, NsKind::User] {
         if missing_kinds.contains(&required) {
             bail!(
@@ -132,26 +132,19 @@ const FREE_CANDIDATES: &[(NsKind, &str, Arg, bool)] = &[
 
 /// The struct a function's first parameter points to, if the function is in BTF.
 fn first_param_struct(btf: &Btf, func: &str) -> Result<Option<String>> {
-    let Ok(types) = btf.resolve_types_by_name(func) else {
+    let Some(f) = btf.by_name(func).find(|t| t.kind == Kind::Func) else {
         return Ok(None);
     };
-    let Some(Type::Func(f)) = types.into_iter().find(|t| matches!(t, Type::Func(_))) else {
+    let proto = btf.ty(f.size_or_type)?;
+    let Some(&param) = btf.params(&proto).first() else {
         return Ok(None);
     };
-    let Type::FuncProto(proto) = btf.resolve_chained_type(&f)? else {
+    let ptr = btf.strip(param)?;
+    if ptr.kind != Kind::Ptr {
         return Ok(None);
-    };
-    let Some(param) = proto.parameters.first() else {
-        return Ok(None);
-    };
-    let Type::Ptr(ptr) = strip(btf, btf.resolve_chained_type(param)?)? else {
-        return Ok(None);
-    };
-    let pointee = strip(btf, btf.resolve_chained_type(&ptr)?)?;
-    Ok(match &pointee {
-        Type::Struct(st) => btf.resolve_name(st).ok(),
-        _ => None,
-    })
+    }
+    let pointee = btf.strip(ptr.size_or_type)?;
+    Ok((pointee.kind == Kind::Struct).then(|| btf.name(&pointee).into_owned()))
 }
 
 fn free_targets(btf: &Btf, o: &Offsets, missing: &[NsKind]) -> Result<Vec<(String, FreeTarget)>> {
@@ -231,7 +224,7 @@ fn field(btf: &Btf, strukt: &str, path: &[&str]) -> Result<u32> {
 /// Byte offset of `path` (e.g. `["ns", "inum"]`) inside `struct strukt`, looking
 /// through anonymous structs and unions; `None` if the struct or a field is absent.
 fn optional_field(btf: &Btf, strukt: &str, path: &[&str]) -> Result<Option<u32>> {
-    let Some(mut ty) = find_struct(btf, strukt)? else {
+    let Some(mut ty) = find_struct(btf, strukt) else {
         return Ok(None);
     };
     let mut total = 0;
@@ -241,7 +234,7 @@ fn optional_field(btf: &Btf, strukt: &str, path: &[&str]) -> Result<Option<u32>>
         };
         total += bits;
         if n + 1 < path.len() {
-            ty = strip(btf, member_ty)?;
+            ty = btf.strip(member_ty)?;
         }
     }
     if total % 8 != 0 {
@@ -250,58 +243,27 @@ fn optional_field(btf: &Btf, strukt: &str, path: &[&str]) -> Result<Option<u32>>
     Ok(Some(total / 8))
 }
 
-fn struct_size(btf: &Btf, name: &str) -> Result<Option<u32>> {
-    Ok(find_struct(btf, name)?.and_then(|t| match t {
-        Type::Struct(s) => Some(s.size() as u32),
-        _ => None,
-    }))
+fn struct_size(btf: &Btf, name: &str) -> Option<u32> {
+    find_struct(btf, name).map(|t| t.size_or_type)
 }
 
-fn find_struct(btf: &Btf, name: &str) -> Result<Option<Type>> {
-    let types = match btf.resolve_types_by_name(name) {
-        Ok(t) => t,
-        Err(_) => return Ok(None),
-    };
-    Ok(types
-        .into_iter()
-        .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty())))
+/// The complete definition of `struct name` (not a forward declaration).
+fn find_struct(btf: &Btf, name: &str) -> Option<Type> {
+    btf.by_name(name)
+        .find(|t| t.kind == Kind::Struct && !btf.members(t).is_empty())
 }
 
-/// Follows typedefs and qualifiers to the underlying type.
-fn strip(btf: &Btf, mut ty: Type) -> Result<Type> {
-    for _ in 0..16 {
-        match &ty {
-            Type::Typedef(_)
-            | Type::Const(_)
-            | Type::Volatile(_)
-            | Type::Restrict(_)
-            | Type::TypeTag(_) => {
-                let inner = ty.as_btf_type().context("BTF type without a target")?;
-                ty = btf.resolve_chained_type(inner)?;
-            }
-            _ => return Ok(ty),
-        }
-    }
-    bail!("kernel BTF: type chain too long")
-}
-
-/// (bit offset, type) of member `name` of a struct or union, searching
+/// (bit offset, type id) of member `name` of a struct or union, searching
 /// anonymous members too.
-fn member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>> {
-    let members = match ty {
-        Type::Struct(s) | Type::Union(s) => &s.members,
-        _ => return Ok(None),
-    };
-    for m in members {
-        let m_name = btf.resolve_name(m).unwrap_or_default();
-        let m_ty = btf.resolve_chained_type(m)?;
-        if m_name == name {
-            return Ok(Some((m.bit_offset(), m_ty)));
+fn member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, u32)>> {
+    for m in btf.members(ty) {
+        if m.name == name {
+            return Ok(Some((m.bit_offset, m.type_id)));
         }
-        if m_name.is_empty() {
-            let inner = strip(btf, m_ty)?;
+        if m.name.is_empty() {
+            let inner = btf.strip(m.type_id)?;
             if let Some((bits, t)) = member(btf, &inner, name)? {
-                return Ok(Some((m.bit_offset() + bits, t)));
+                return Ok(Some((m.bit_offset + bits, t)));
             }
         }
     }

@@ -61,14 +61,22 @@ impl Probes {
         for (slot, (_, t)) in targets.iter_mut().zip(&layout.free_targets) {
             *slot = *t;
         }
+        // The loader parses the kernel's BTF in `new()` (~25 MB at peak); it is
+        // not needed (offsets come from `Layout`, no CO-RE relocations), so
+        // it is dropped at once and its heap handed back before the ring
+        // buffer is mapped.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .override_global("OFFSETS", &layout.offsets, true)
             .override_global("FREE_TARGETS", &targets, true)
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
             .map_err(|e| load_error(e.into()))?;
+        Self::release_freed_memory();
         if fentry {
-            attach_fentry(&mut ebpf, layout)?;
+            let attached = attach_fentry(&mut ebpf, layout);
+            Self::release_freed_memory();
+            attached?;
         }
         for &(prog, category, name) in TRACEPOINTS {
             let p: &mut TracePoint = ebpf
@@ -103,6 +111,15 @@ impl Probes {
             members,
             follow,
         })
+    }
+
+    /// Hands the heap freed by a BTF parse back to the kernel, so that it does
+    /// not stay in the resident set of a long trace.
+    pub fn release_freed_memory() {
+        // SAFETY: malloc_trim only walks glibc's own free lists.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// The ring buffer of events; can be taken once.
