@@ -261,7 +261,12 @@ pub const COUNTER_LOST: u32 = 0;
 pub const COUNTER_PENDING_FULL: u32 = 1;
 /// Index of the per-CPU counter of new namespaces the member map had no room for.
 pub const COUNTER_MEMBERS_FULL: u32 = 2;
-pub const COUNTERS: u32 = 3;
+/// First of the per-CPU counters of lost records by kind: counter
+/// `COUNTER_LOST_BY_KIND + kind as u32` (kind values run 1..EVENT_KINDS).
+pub const COUNTER_LOST_BY_KIND: u32 = 3;
+/// One past the largest [`EventKind`] value.
+pub const EVENT_KINDS: u32 = 7;
+pub const COUNTERS: u32 = COUNTER_LOST_BY_KIND + EVENT_KINDS;
 
 #[cfg(feature = "user")]
 mod user {

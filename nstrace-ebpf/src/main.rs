@@ -27,9 +27,9 @@ use aya_ebpf::{
     programs::{FEntryContext, RawTracePointContext, TracePointContext},
 };
 use nstrace_common::{
-    CLONE_NEW_MASK, COUNTER_LOST, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTERS, Event,
-    EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE, NO_FIELD, NS_KINDS, NsSet,
-    Syscall, member_key,
+    CLONE_NEW_MASK, COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL,
+    COUNTERS, Event, EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE, NO_FIELD,
+    NS_KINDS, NsSet, Syscall, member_key,
 };
 
 /// Resized by user space (`--buffer-size`) before load.
@@ -90,6 +90,12 @@ fn count(index: u32) {
     if let Some(c) = COUNTS.get_ptr_mut(index) {
         unsafe { *c += 1 };
     }
+}
+
+/// The ring was full: the record is gone, but counted, in all and by kind.
+fn lost(kind: EventKind) {
+    count(COUNTER_LOST);
+    count(COUNTER_LOST_BY_KIND + kind as u32);
 }
 
 fn current_tid() -> u32 {
@@ -256,7 +262,7 @@ fn exit(ctx: &TracePointContext) {
             }
             entry.submit(0);
         } else {
-            count(COUNTER_LOST);
+            lost(kind);
         }
         if ret >= 0 {
             track(tid);
@@ -350,7 +356,7 @@ fn clone_created(p: *const Pending, child: *const u8) {
         }
         entry.submit(0);
     } else {
-        count(COUNTER_LOST);
+        lost(EventKind::Clone);
     }
     track(tid);
     track(unsafe { task::tid_of(child) });
@@ -426,7 +432,7 @@ fn emit_process(kind: EventKind, emptied: u32, reaper: u32) {
         }
         entry.submit(0);
     } else {
-        count(COUNTER_LOST);
+        lost(kind);
     }
 }
 
@@ -511,7 +517,7 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
         }
         entry.submit(0);
     } else {
-        count(COUNTER_LOST);
+        lost(EventKind::Freed);
     }
 }
 

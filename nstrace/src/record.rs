@@ -92,6 +92,23 @@ impl EventType {
     }
 }
 
+/// An in-band notice that the stream has a gap: what the kernel side could
+/// not record since the previous notice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loss {
+    pub time_ns: i128,
+    /// Kernel events dropped because the ring buffer was full.
+    pub events: u64,
+    /// All dropped since the start.
+    pub events_total: u64,
+    /// `events` by what they were (see `Losses::since`).
+    pub by_kind: Vec<(&'static str, u64)>,
+    /// Namespace syscalls not followed (in-flight table full).
+    pub syscalls_missed: u64,
+    /// New namespaces whose end will not be seen (member map full).
+    pub unwatched: u64,
+}
+
 /// How the end of a namespace was established.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndCause {

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{self, Write},
+    io::{self, IsTerminal as _, Write},
     time::Duration,
 };
 
@@ -100,6 +100,21 @@ impl Tracer<'_> {
                 }
             }
         }
+        self.sink.flush()
+    }
+
+    /// A `lost` notice in the stream for anything dropped since `reported`;
+    /// on stderr too when the stream is not in front of the user.
+    fn report_losses(&mut self, reported: &mut Losses) -> io::Result<()> {
+        let now = self.probes.losses();
+        let Some(loss) = now.since(reported, Clock::now_unix_ns()) else {
+            return Ok(());
+        };
+        *reported = now;
+        if !io::stdout().is_terminal() {
+            eprintln!("nstrace: warning: {}", output::text::loss_summary(&loss));
+        }
+        self.sink.lost(&loss)?;
         self.sink.flush()
     }
 
@@ -355,10 +370,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let now = t.probes.losses();
-                report_new_losses(reported_losses, now);
-                reported_losses = now;
-                if t.poll_pinned().is_err() {
+                if t.report_losses(&mut reported_losses).is_err() || t.poll_pinned().is_err() {
                     output_closed = true;
                     break;
                 }
@@ -381,9 +393,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
     // Records already in the ring when the signal came are still the user's.
     if !output_closed {
         let _ = t.drain(events.get_mut());
+        let _ = t.report_losses(&mut reported_losses);
     }
     let losses = t.probes.losses();
-    report_new_losses(reported_losses, losses);
     drop(events);
     let Tracer {
         sink,
@@ -419,29 +431,4 @@ async fn trace(cli: &Cli) -> Result<i32> {
         eprint!("{}", summary::render(&registry, Clock::now_unix_ns()));
     }
     Ok(exit_code)
-}
-
-fn report_new_losses(before: Losses, now: Losses) {
-    if now.records > before.records {
-        eprintln!(
-            "nstrace: warning: {} records lost, ring buffer full ({} in all); raise --buffer-size",
-            now.records - before.records,
-            now.records
-        );
-    }
-    if now.pending > before.pending {
-        eprintln!(
-            "nstrace: warning: {} namespace syscalls missed, in-flight table full ({} in all)",
-            now.pending - before.pending,
-            now.pending
-        );
-    }
-    if now.unwatched > before.unwatched {
-        eprintln!(
-            "nstrace: warning: {} new namespaces not watched for their end, member map full ({} in all)",
-            now.unwatched - before.unwatched,
-            now.unwatched
-        );
-    }
-    let _ = io::stderr().flush();
 }

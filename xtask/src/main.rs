@@ -58,7 +58,7 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Children in the namespace-churn workload.
-        #[arg(long, default_value_t = 3000)]
+        #[arg(long, default_value_t = 5000)]
         churn: u64,
         /// fork + exec of /bin/true in the no-namespace workload.
         #[arg(long, default_value_t = 3000)]

@@ -8,11 +8,12 @@ use aya::{
     programs::{FEntry, RawTracePoint, TracePoint},
 };
 use nstrace_common::{
-    COUNTER_LOST, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, FREE_SLOTS, FreeTarget, member_key,
+    COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, EVENT_KINDS,
+    EventKind, FREE_SLOTS, FreeTarget, member_key,
 };
 
 use super::offsets::Layout;
-use crate::{error::hinted, lifecycle::MemberCounts, procfs::NsKey};
+use crate::{error::hinted, lifecycle::MemberCounts, procfs::NsKey, record::Loss};
 
 /// (program, category, tracepoint)
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
@@ -50,6 +51,45 @@ pub struct Losses {
     pub pending: u64,
     /// New namespaces not watched for their end because the member map was full.
     pub unwatched: u64,
+    /// `records` split by the kind of kernel event dropped (index: kind value).
+    pub by_kind: [u64; EVENT_KINDS as usize],
+}
+
+impl Losses {
+    /// What was lost after `before`, as an in-band notice; `None` if nothing.
+    pub fn since(&self, before: &Losses, time_ns: i128) -> Option<Loss> {
+        if self == before {
+            return None;
+        }
+        let by_kind = (1..EVENT_KINDS)
+            .filter_map(|k| {
+                let n = self.by_kind[k as usize].saturating_sub(before.by_kind[k as usize]);
+                let name = lost_kind_name(EventKind::from_u32(k)?);
+                (n > 0).then_some((name, n))
+            })
+            .collect();
+        Some(Loss {
+            time_ns,
+            events: self.records.saturating_sub(before.records),
+            events_total: self.records,
+            by_kind,
+            syscalls_missed: self.pending.saturating_sub(before.pending),
+            unwatched: self.unwatched.saturating_sub(before.unwatched),
+        })
+    }
+}
+
+/// What a dropped kernel event would have told, for users: creates and joins
+/// ride on `clone` and `unshare_setns`, ends on `exit` (or `free`, fentry).
+fn lost_kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Clone => "clone",
+        EventKind::Switch => "unshare_setns",
+        EventKind::Error => "failed_syscall",
+        EventKind::Exec => "exec",
+        EventKind::Exit => "exit",
+        EventKind::Freed => "free",
+    }
 }
 
 impl Probes {
@@ -145,10 +185,15 @@ impl Probes {
                 .map(|per_cpu| per_cpu.iter().sum())
                 .unwrap_or(0)
         };
+        let mut by_kind = [0; EVENT_KINDS as usize];
+        for (k, n) in by_kind.iter_mut().enumerate().skip(1) {
+            *n = sum(COUNTER_LOST_BY_KIND + k as u32);
+        }
         Losses {
             records: sum(COUNTER_LOST),
             pending: sum(COUNTER_PENDING_FULL),
             unwatched: sum(COUNTER_MEMBERS_FULL),
+            by_kind,
         }
     }
 }

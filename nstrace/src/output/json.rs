@@ -8,7 +8,7 @@ use super::Sink;
 use crate::{
     container::Container,
     errno,
-    record::{EventType, Record, flag_names},
+    record::{EventType, Loss, Record, flag_names},
     time::rfc3339,
 };
 
@@ -88,9 +88,33 @@ pub fn to_json(r: &Record) -> Value {
     Value::Object(m)
 }
 
+/// The JSON object for a loss notice: `"event": "lost"`, counts since the
+/// previous notice.
+pub fn loss_to_json(l: &Loss) -> Value {
+    let by_kind: Map<String, Value> = l
+        .by_kind
+        .iter()
+        .map(|(k, n)| ((*k).to_string(), json!(n)))
+        .collect();
+    json!({
+        "time": rfc3339(l.time_ns),
+        "event": "lost",
+        "kernel_events": l.events,
+        "kernel_events_total": l.events_total,
+        "by_kind": by_kind,
+        "syscalls_missed": l.syscalls_missed,
+        "namespaces_unwatched": l.unwatched,
+    })
+}
+
 impl<W: Write> Sink for JsonSink<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, &to_json(r))?;
+        self.out.write_all(b"\n")
+    }
+
+    fn lost(&mut self, l: &Loss) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &loss_to_json(l))?;
         self.out.write_all(b"\n")
     }
 
@@ -123,6 +147,26 @@ mod tests {
             }),
             ..Record::default()
         }
+    }
+
+    #[test]
+    fn loss_notice_counts_by_kind() {
+        let l = Loss {
+            time_ns: 1_709_210_096_000_000_007,
+            events: 12,
+            events_total: 30,
+            by_kind: vec![("unshare_setns", 10), ("exit", 2)],
+            syscalls_missed: 1,
+            unwatched: 0,
+        };
+        let v = loss_to_json(&l);
+        assert_eq!(v["event"], "lost");
+        assert_eq!(v["kernel_events"], 12);
+        assert_eq!(v["kernel_events_total"], 30);
+        assert_eq!(v["by_kind"]["unshare_setns"], 10);
+        assert_eq!(v["by_kind"]["exit"], 2);
+        assert_eq!(v["syscalls_missed"], 1);
+        assert_eq!(v["time"], "2024-02-29T12:34:56.000000007Z");
     }
 
     #[test]

@@ -5,12 +5,14 @@ pub mod text;
 
 use std::io::{self, Write};
 
-use crate::record::Record;
+use crate::record::{Loss, Record};
 
 /// A destination for records. Callers `flush` after each batch so a pipe
 /// (`| jq`) sees records as they happen.
 pub trait Sink {
     fn record(&mut self, r: &Record) -> io::Result<()>;
+    /// A gap in the stream: records the kernel side could not deliver.
+    fn lost(&mut self, l: &Loss) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }
 

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use super::Sink;
 use crate::{
     errno,
-    record::{Birth, EndCause, EventType, Record, Syscall, flag_names},
+    record::{Birth, EndCause, EventType, Loss, Record, Syscall, flag_names},
     time::time_of_day,
 };
 
@@ -141,13 +141,67 @@ pub fn line(r: &Record) -> String {
     )
 }
 
-impl<W: Write> Sink for TextSink<W> {
-    fn record(&mut self, r: &Record) -> io::Result<()> {
+/// What a loss notice says, in words.
+pub fn loss_summary(l: &Loss) -> String {
+    let mut parts = Vec::new();
+    if l.events > 0 {
+        let mut by: Vec<String> = l.by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        by.push(format!("{} in all", l.events_total));
+        parts.push(format!(
+            "{} kernel events dropped, ring buffer full ({}); raise --buffer-size",
+            l.events,
+            by.join(", ")
+        ));
+    }
+    if l.syscalls_missed > 0 {
+        parts.push(format!(
+            "{} namespace syscalls missed (in-flight table full)",
+            l.syscalls_missed
+        ));
+    }
+    if l.unwatched > 0 {
+        parts.push(format!(
+            "{} new namespaces not watched for their end (member map full)",
+            l.unwatched
+        ));
+    }
+    parts.join("; ")
+}
+
+/// The timeline line of a loss notice: a gap the reader must not miss.
+pub fn loss_line(l: &Loss) -> String {
+    format!(
+        "{:<16} {:<16} {:<16} {:<12} {:<7} {:<6} {:<11} {}",
+        time_of_day(l.time_ns),
+        "-",
+        "-",
+        "-",
+        "LOST",
+        "-",
+        "-",
+        loss_summary(l)
+    )
+}
+
+impl<W: Write> TextSink<W> {
+    fn header(&mut self) -> io::Result<()> {
         if !self.header_done {
             writeln!(self.out, "{HEADER}")?;
             self.header_done = true;
         }
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        self.header()?;
         writeln!(self.out, "{}", line(r))
+    }
+
+    fn lost(&mut self, l: &Loss) -> io::Result<()> {
+        self.header()?;
+        writeln!(self.out, "{}", loss_line(l))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -195,6 +249,25 @@ mod tests {
         ] {
             assert!(l.contains(part), "{part:?} missing in {l}");
         }
+    }
+
+    #[test]
+    fn loss_line_says_what_was_dropped_and_what_to_do() {
+        let l = loss_line(&Loss {
+            time_ns: 1_709_210_096_123_456_789,
+            events: 12,
+            events_total: 12,
+            by_kind: vec![("unshare_setns", 10), ("exit", 2)],
+            syscalls_missed: 3,
+            unwatched: 0,
+        });
+        assert!(l.starts_with("12:34:56.123456  -"), "{l}");
+        assert!(l.contains(" LOST "), "{l}");
+        assert!(
+            l.contains("12 kernel events dropped, ring buffer full (10 unshare_setns, 2 exit, 12 in all); raise --buffer-size; 3 namespace syscalls missed"),
+            "{l}"
+        );
+        assert!(!l.contains("member map"), "{l}");
     }
 
     #[test]
