@@ -48,6 +48,9 @@ struct Pending {
     syscall: u32,
     fd: i32,
     before: NsSet,
+    /// The namespace struct pointers behind `before`: at exit only kinds
+    /// whose pointer changed are read again.
+    before_ptrs: [u64; NS_KINDS],
     after: NsSet,
 }
 
@@ -159,6 +162,7 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
             inum: [0; NS_KINDS],
             id: [0; NS_KINDS],
         },
+        before_ptrs: [0; NS_KINDS],
         after: NsSet {
             inum: [0; NS_KINDS],
             id: [0; NS_KINDS],
@@ -169,7 +173,7 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
         return;
     }
     if let Some(p) = PENDING.get_ptr_mut(tid) {
-        unsafe { task::read_ns(task::current(), &mut (*p).before) };
+        unsafe { (*p).before_ptrs = task::read_ns(task::current(), &mut (*p).before) };
     }
 }
 
@@ -240,7 +244,7 @@ fn exit(ctx: &TracePointContext) {
         if ret >= 0 {
             if let Some(pm) = PENDING.get_ptr_mut(tid) {
                 unsafe {
-                    task::read_ns(task, &mut (*pm).after);
+                    task::read_ns_since(task, &(*pm).before, &(*pm).before_ptrs, &mut (*pm).after);
                     emptied = move_member(&(*pm).before, &(*pm).after, created);
                 }
             }
@@ -257,7 +261,7 @@ fn exit(ctx: &TracePointContext) {
                 e.after = if ret < 0 { (*p).before } else { (*p).after };
                 e.emptied = emptied;
                 if created != 0 && ret >= 0 {
-                    task::read_owners(task, e);
+                    task::read_owners(task, e, created);
                 }
             }
             entry.submit(0);
@@ -329,12 +333,37 @@ pub fn task_newtask(ctx: RawTracePointContext) -> i32 {
 fn clone_created(p: *const Pending, child: *const u8) {
     let tid = current_tid();
     let flags = unsafe { (*p).flags };
-    // Counts first: they must stay right even when the ring is full.
-    let mut set = NsSet {
-        inum: [0; NS_KINDS],
-        id: [0; NS_KINDS],
-    };
-    unsafe { task::read_inums(child, &mut set) };
+    // The counts are kept whether or not the ring has room.
+    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        let e = unsafe { &mut *entry.as_mut_ptr() };
+        unsafe {
+            task::read_ns(child, &mut e.after);
+            count_child(flags, &e.after);
+            fill_header(e, EventKind::Clone, task::current());
+            e.syscall = (*p).syscall;
+            e.flags = flags;
+            e.fd = -1;
+            e.ret = task::tid_of(child) as i64;
+            e.before = (*p).before;
+            task::read_owners(child, e, flags);
+        }
+        entry.submit(0);
+    } else {
+        let mut set = NsSet {
+            inum: [0; NS_KINDS],
+            id: [0; NS_KINDS],
+        };
+        unsafe { task::read_inums(child, &mut set) };
+        count_child(flags, &set);
+        lost(EventKind::Clone);
+    }
+    track(tid);
+    track(unsafe { task::tid_of(child) });
+}
+
+/// One more member in each of a new child's namespaces; those in `flags`
+/// are new and start being watched.
+fn count_child(flags: u64, set: &NsSet) {
     for k in 0..NS_KINDS {
         if flags & KIND_FLAGS[k] != 0 {
             watch_new(k, set.inum[k]);
@@ -342,24 +371,6 @@ fn clone_created(p: *const Pending, child: *const u8) {
             adjust(k, set.inum[k], 1);
         }
     }
-    if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
-        let e = unsafe { &mut *entry.as_mut_ptr() };
-        unsafe {
-            fill_header(e, EventKind::Clone, task::current());
-            e.syscall = (*p).syscall;
-            e.flags = flags;
-            e.fd = -1;
-            e.ret = task::tid_of(child) as i64;
-            e.before = (*p).before;
-            task::read_ns(child, &mut e.after);
-            task::read_owners(child, e);
-        }
-        entry.submit(0);
-    } else {
-        lost(EventKind::Clone);
-    }
-    track(tid);
-    track(unsafe { task::tid_of(child) });
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
@@ -377,13 +388,47 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let tid = current_tid();
     let _ = PENDING.remove(tid);
     let task = task::current();
+    let tracked = unsafe { TRACKED.get(tid) }.is_some();
+    if tracked {
+        let _ = TRACKED.remove(tid);
+        // Its exit is reported anyway: read the set once, into the record.
+        if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+            let e = unsafe { &mut *entry.as_mut_ptr() };
+            unsafe {
+                task::read_ns(task, &mut e.before);
+                let (emptied, reaper) = leave_all(task, &e.before);
+                fill_header(e, EventKind::Exit, task);
+                e.syscall = Syscall::None as u32;
+                e.flags = 0;
+                e.fd = -1;
+                e.ret = 0;
+                e.after = e.before;
+                e.emptied = emptied;
+                e.reaper = reaper as u32;
+            }
+            entry.submit(0);
+            forget_followed(tid);
+            return 0;
+        }
+    }
     let mut set = NsSet {
         inum: [0; NS_KINDS],
         id: [0; NS_KINDS],
     };
     unsafe { task::read_inums(task, &mut set) };
+    let (emptied, reaper) = leave_all(task, &set);
+    if tracked || emptied != 0 || reaper {
+        emit_process(EventKind::Exit, emptied, reaper as u32);
+    }
+    forget_followed(tid);
+    0
+}
+
+/// An exiting task leaves each of its namespaces: returns the kinds that lost
+/// their last member, and whether it is the init of a watched PID namespace.
+fn leave_all(task: *const u8, set: &NsSet) -> (u32, bool) {
     let Some(bits) = scratch() else {
-        return 0;
+        return (0, false);
     };
     unsafe { *bits = 0 };
     for k in 0..NS_KINDS {
@@ -391,24 +436,19 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
             unsafe { *bits |= KIND_FLAGS[k] as u32 };
         }
     }
-    let emptied = unsafe { *bits };
     let pid_kind = nstrace_common::kind::PID;
     let watched_pidns = set.inum[pid_kind] != 0
         && MEMBERS
             .get_ptr(member_key(pid_kind, set.inum[pid_kind]))
             .is_some();
     let reaper = watched_pidns && unsafe { task::is_pidns_reaper(task) };
-    let tracked = unsafe { TRACKED.get(tid) }.is_some();
-    if tracked {
-        let _ = TRACKED.remove(tid);
-    }
-    if tracked || emptied != 0 || reaper {
-        emit_process(EventKind::Exit, emptied, reaper as u32);
-    }
+    (unsafe { *bits }, reaper)
+}
+
+fn forget_followed(tid: u32) {
     if current_tgid() == tid {
         let _ = FOLLOW.remove(tid);
     }
-    0
 }
 
 fn current_tgid() -> u32 {

@@ -4,7 +4,7 @@
 use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use nstrace_common::{Event, NO_FIELD, NS_KINDS, NsSet, Offsets, kind};
+use nstrace_common::{Event, KIND_FLAGS, NO_FIELD, NS_KINDS, NsSet, Offsets, kind};
 
 /// Filled in by user space before load; volatile reads stop the compiler from
 /// folding in this placeholder.
@@ -83,32 +83,84 @@ pub unsafe fn parent_tgid(task: *const u8) -> u32 {
     unsafe { read::<u32>(parent, off!(task_tgid)) }
 }
 
-/// Pointer to `task`'s namespace struct of kind `k`: from the nsproxy (pid and
-/// time: the "for children" ones), or the user namespace of its credentials.
+/// `struct nsproxy` is a count and eight pointers on every kernel nstrace
+/// runs on: read whole, in one helper call instead of one per kind.
+const NSPROXY_WORDS: usize = 9;
+
+/// Pointers to `task`'s namespace structs, per kind: from the nsproxy (pid
+/// and time: the "for children" ones), and the user namespace of its
+/// credentials. Null where unreadable.
 #[inline(always)]
-unsafe fn ns_ptr(task: *const u8, nsproxy: *const u8, k: usize) -> *const u8 {
-    if k == kind::USER {
-        let cred = unsafe { read_ptr(task, off!(task_real_cred)) };
-        unsafe { read_ptr(cred, off!(cred_user_ns)) }
+pub unsafe fn ns_ptrs(task: *const u8) -> [u64; NS_KINDS] {
+    let mut out = [0u64; NS_KINDS];
+    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
+    let block: [u64; NSPROXY_WORDS] = if nsproxy.is_null() {
+        [0; NSPROXY_WORDS]
     } else {
-        unsafe { read_ptr(nsproxy, off!(nsproxy[k])) }
+        unsafe { bpf_probe_read_kernel(nsproxy as *const [u64; NSPROXY_WORDS]) }
+            .unwrap_or([0; NSPROXY_WORDS])
+    };
+    for (k, slot) in out.iter_mut().enumerate() {
+        if k == kind::USER {
+            let cred = unsafe { read_ptr(task, off!(task_real_cred)) };
+            *slot = unsafe { read_ptr(cred, off!(cred_user_ns)) } as u64;
+            continue;
+        }
+        let off = off!(nsproxy[k]);
+        let word = (off / 8) as usize;
+        *slot = if off % 8 == 0 && word < NSPROXY_WORDS {
+            block[word]
+        } else {
+            unsafe { read_ptr(nsproxy, off) as u64 }
+        };
     }
+    out
 }
 
-/// Fills `out` with `task`'s namespaces, inodes and ids. Unreadable kinds stay 0.
-pub unsafe fn read_ns(task: *const u8, out: &mut NsSet) {
+/// Inode and id of the namespace at `ns` of kind `k`.
+#[inline(always)]
+unsafe fn ns_ident(ns: u64, k: usize) -> (u32, u64) {
+    let ns = ns as *const u8;
+    (unsafe { read::<u32>(ns, off!(inum[k])) }, unsafe {
+        read::<u64>(ns, off!(ns_id[k]))
+    })
+}
+
+/// Fills `out` with `task`'s namespaces, inodes and ids (unreadable kinds stay
+/// 0); returns their struct pointers, for [`read_ns_since`].
+pub unsafe fn read_ns(task: *const u8, out: &mut NsSet) -> [u64; NS_KINDS] {
     *out = NsSet {
         inum: [0; NS_KINDS],
         id: [0; NS_KINDS],
     };
     if off!(valid) == 0 {
+        return [0; NS_KINDS];
+    }
+    let ptrs = unsafe { ns_ptrs(task) };
+    for k in 0..NS_KINDS {
+        (out.inum[k], out.id[k]) = unsafe { ns_ident(ptrs[k], k) };
+    }
+    ptrs
+}
+
+/// Like [`read_ns`] for a task whose set was `before` (at pointers
+/// `before_ptrs`): only kinds whose namespace pointer changed are read again.
+pub unsafe fn read_ns_since(
+    task: *const u8,
+    before: &NsSet,
+    before_ptrs: &[u64; NS_KINDS],
+    out: &mut NsSet,
+) {
+    if off!(valid) == 0 {
         return;
     }
-    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
+    let ptrs = unsafe { ns_ptrs(task) };
     for k in 0..NS_KINDS {
-        let ns = unsafe { ns_ptr(task, nsproxy, k) };
-        out.inum[k] = unsafe { read::<u32>(ns, off!(inum[k])) };
-        out.id[k] = unsafe { read::<u64>(ns, off!(ns_id[k])) };
+        (out.inum[k], out.id[k]) = if ptrs[k] == before_ptrs[k] && ptrs[k] != 0 {
+            (before.inum[k], before.id[k])
+        } else {
+            unsafe { ns_ident(ptrs[k], k) }
+        };
     }
 }
 
@@ -117,36 +169,38 @@ pub unsafe fn read_inums(task: *const u8, out: &mut NsSet) {
     if off!(valid) == 0 {
         return;
     }
-    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
+    let ptrs = unsafe { ns_ptrs(task) };
     for k in 0..NS_KINDS {
-        let ns = unsafe { ns_ptr(task, nsproxy, k) };
-        out.inum[k] = unsafe { read::<u32>(ns, off!(inum[k])) };
+        out.inum[k] = unsafe { read::<u32>(ptrs[k] as *const u8, off!(inum[k])) };
     }
 }
 
-/// Fills `e.owners` (owning user namespace of each of `task`'s namespaces;
-/// for user, its parent) and `e.pid_parent`.
-pub unsafe fn read_owners(task: *const u8, e: &mut Event) {
+/// Fills `e.owners` for the kinds in `kinds` (`CLONE_NEW*` bits: the ones
+/// just created): the owning user namespace (for user, its parent); and
+/// `e.pid_parent` when a PID namespace was created.
+pub unsafe fn read_owners(task: *const u8, e: &mut Event, kinds: u64) {
     if off!(valid) == 0 {
         return;
     }
-    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
+    let ptrs = unsafe { ns_ptrs(task) };
     let user_inum = off!(inum[kind::USER]);
     for k in 0..NS_KINDS {
-        let ns = unsafe { ns_ptr(task, nsproxy, k) };
-        let owner = unsafe { read_ptr(ns, off!(owner[k])) };
+        if kinds & KIND_FLAGS[k] == 0 {
+            continue;
+        }
+        let owner = unsafe { read_ptr(ptrs[k] as *const u8, off!(owner[k])) };
         e.owners[k] = unsafe { read::<u32>(owner, user_inum) };
     }
-    let pidns = unsafe { ns_ptr(task, nsproxy, kind::PID) };
-    let parent = unsafe { read_ptr(pidns, off!(pidns_parent)) };
-    e.pid_parent = unsafe { read::<u32>(parent, off!(inum[kind::PID])) };
+    if kinds & KIND_FLAGS[kind::PID] != 0 {
+        let parent = unsafe { read_ptr(ptrs[kind::PID] as *const u8, off!(pidns_parent)) };
+        e.pid_parent = unsafe { read::<u32>(parent, off!(inum[kind::PID])) };
+    }
 }
 
 /// Whether `task` is the init (child reaper) of its PID namespace for children,
 /// which for an init is the namespace it leads.
 pub unsafe fn is_pidns_reaper(task: *const u8) -> bool {
-    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
-    let pidns = unsafe { ns_ptr(task, nsproxy, kind::PID) };
+    let pidns = unsafe { ns_ptrs(task)[kind::PID] as *const u8 };
     let reaper = unsafe { read_ptr(pidns, off!(pidns_child_reaper)) };
     !reaper.is_null() && reaper == task
 }

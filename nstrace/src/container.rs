@@ -3,7 +3,11 @@
 //! drivers), else from its ancestry (a runtime's process that is not yet in
 //! the container's cgroup descends from the container's shim or conmon).
 
-use std::{collections::HashMap, fs};
+use std::{
+    collections::HashMap,
+    fs,
+    time::{Duration, Instant},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Container {
@@ -101,29 +105,50 @@ fn docker_name(id: &str) -> Option<String> {
     Some(v["Name"].as_str()?.trim_start_matches('/').to_string())
 }
 
+/// A container's `(id, runtime)`.
+type Hit = (String, &'static str);
+
+/// How long the answer of an ancestor's walk is trusted: its pid cannot be
+/// reused that soon (the pid space would have to wrap), and busy parents
+/// (a shell looping over `unshare`) are walked once, not once per child.
+const ANCESTRY_TTL: Duration = Duration::from_secs(1);
+
 /// Resolves and caches containers of processes.
 #[derive(Default)]
 pub struct Resolver {
     by_pid: HashMap<u32, Option<Container>>,
     names: HashMap<String, Option<String>>,
+    /// pid -> when walked, and the runtime found from it upwards.
+    walked: HashMap<u32, (Instant, Option<Hit>)>,
+}
+
+fn cgroup_of(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
 }
 
 impl Resolver {
     /// The container `pid` (child of `ppid`) is part of, or None for a host
     /// process. A process already gone (runc's short-lived children) is
     /// looked up through its parent.
-    pub fn for_pid(&mut self, pid: u32, ppid: u32) -> Option<Container> {
+    pub fn for_pid(&mut self, pid: u32, ppid: u32, comm: &str) -> Option<Container> {
         if let Some(c) = self.by_pid.get(&pid) {
             return c.clone();
         }
         if self.by_pid.len() > 8192 {
             self.by_pid.clear();
         }
-        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        let found = if gone && ppid > 1 {
-            self.lookup(ppid)
-        } else {
-            self.lookup(pid)
+        let (found, gone) = match cgroup_of(pid) {
+            Some(text) => (
+                from_cgroup(&text).or_else(|| self.ancestry(pid, Some((ppid, comm)))),
+                false,
+            ),
+            None if ppid > 1 => (
+                cgroup_of(ppid)
+                    .and_then(|t| from_cgroup(&t))
+                    .or_else(|| self.ancestry(ppid, None)),
+                true,
+            ),
+            None => (None, true),
         };
         if found.is_none() && gone {
             // Nothing learned; do not cache a miss for a pid that may be reused.
@@ -152,24 +177,44 @@ impl Resolver {
         self.by_pid.remove(&pid);
     }
 
-    fn lookup(&self, pid: u32) -> Option<(String, &'static str)> {
-        if let Some(c) = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|t| from_cgroup(&t))
-        {
-            return Some(c);
-        }
-        let mut p = pid;
-        for _ in 0..12 {
-            if let Some(c) = from_runtime_cmdline(&cmdline(p)) {
-                return Some(c);
+    /// The runtime process among `pid` and its ancestors, by their command
+    /// lines; `known`: pid's parent and command name, when the event told.
+    fn ancestry(&mut self, pid: u32, known: Option<(u32, &str)>) -> Option<Hit> {
+        let now = Instant::now();
+        let mut chain = Vec::new();
+        let (mut p, mut parent) = (pid, known.map(|k| k.0));
+        // Only a shim or conmon can match: skip reading other actors' argv.
+        let mut maybe_runtime =
+            known.is_none_or(|(_, c)| c.starts_with("containerd-shim") || c == "conmon");
+        let found = loop {
+            if let Some((at, hit)) = self.walked.get(&p) {
+                if now.duration_since(*at) < ANCESTRY_TTL {
+                    break hit.clone();
+                }
             }
-            p = crate::procfs::ppid(p)?;
-            if p <= 1 {
-                return None;
+            chain.push(p);
+            if maybe_runtime {
+                if let Some(hit) = from_runtime_cmdline(&cmdline(p)) {
+                    break Some(hit);
+                }
             }
+            maybe_runtime = true;
+            if chain.len() >= 12 {
+                break None;
+            }
+            match parent.take().or_else(|| crate::procfs::ppid(p)) {
+                Some(pp) if pp > 1 => p = pp,
+                _ => break None,
+            }
+        };
+        if self.walked.len() > 8192 {
+            self.walked
+                .retain(|_, (at, _)| now.duration_since(*at) < ANCESTRY_TTL);
         }
-        None
+        for p in chain {
+            self.walked.insert(p, (now, found.clone()));
+        }
+        found
     }
 }
 

@@ -15,6 +15,7 @@ use crate::{
     procfs::{self, FdHolders, NsKey, Snapshot},
     record::{Actor, EndCause, NsKind, Record},
     registry::Registry,
+    time::Clock,
 };
 
 /// The kernel's member counts, as user space sees them.
@@ -31,34 +32,76 @@ pub trait PinSource {
     fn threads_in(&mut self, key: NsKey) -> i64;
 }
 
-/// The real /proc, with the expensive scans (every fd of every process, the
-/// mount tables) read at most once per batch of events. Within a batch every
-/// answer is read after all its events happened anyway, so one scan is as
-/// current as one per event, and a burst of exits costs one scan, not
-/// thousands. Call [`Procfs::new_batch`] before each batch.
-#[derive(Default)]
+/// The /proc answers pin checks need (fd holders of namespaces, nsfs mount
+/// tables), each read at most once and reused while it is current enough: a
+/// scan taken at time S shows every pin of a namespace that emptied before S
+/// (an fd or mount that pins it was made while it still had a member), so
+/// it serves every event stamped before S. A burst of exits costs one scan,
+/// not thousands.
 pub struct Procfs {
-    mounts: Option<BTreeMap<NsKey, Vec<String>>>,
-    fds: Option<FdHolders>,
+    clock: Clock,
+    /// Stamp of the newest event handled: scans older than it are stale.
+    needed_after: i128,
+    mounts: Option<(i128, BTreeMap<NsKey, Vec<String>>)>,
+    fds: Option<(i128, FdHolders)>,
 }
 
 impl Procfs {
-    pub fn new_batch(&mut self) {
-        self.mounts = None;
-        self.fds = None;
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            clock,
+            needed_after: i128::MIN,
+            mounts: None,
+            fds: None,
+        }
+    }
+
+    /// An event stamped `time_ns` is being handled.
+    pub fn event_at(&mut self, time_ns: i128) {
+        self.needed_after = self.needed_after.max(time_ns);
+    }
+
+    /// The next answer must be read from now on (a poll of pinned namespaces).
+    pub fn refresh(&mut self) {
+        self.needed_after = self.clock.now_as_event_ns();
+    }
+
+    /// `cache` if it was read after `needed_after`, else a new `read()`.
+    fn current<T>(
+        cache: &mut Option<(i128, T)>,
+        clock: Clock,
+        needed_after: i128,
+        read: impl FnOnce() -> T,
+    ) -> &T {
+        if cache.as_ref().is_none_or(|(at, _)| *at < needed_after) {
+            let at = clock.now_as_event_ns();
+            *cache = Some((at, read()));
+        }
+        &cache.as_ref().expect("just filled").1
     }
 }
 
 impl PinSource for Procfs {
     fn mounts(&mut self) -> BTreeMap<NsKey, Vec<String>> {
-        self.mounts.get_or_insert_with(procfs::nsfs_mounts).clone()
+        Self::current(
+            &mut self.mounts,
+            self.clock,
+            self.needed_after,
+            procfs::nsfs_mounts,
+        )
+        .clone()
     }
 
     fn fds(&mut self, wanted: &BTreeSet<NsKey>) -> FdHolders {
         if wanted.is_empty() {
             return BTreeMap::new();
         }
-        let all = self.fds.get_or_insert_with(procfs::ns_fd_holders);
+        let all = Self::current(
+            &mut self.fds,
+            self.clock,
+            self.needed_after,
+            procfs::ns_fd_holders,
+        );
         wanted
             .iter()
             .filter_map(|k| Some((*k, all.get(k)?.clone())))

@@ -78,29 +78,41 @@ struct Tracer<'a> {
     procfs: Procfs,
 }
 
-/// Events handled on one /proc scan at most (see [`Procfs`]).
-const EVENTS_PER_SCAN: u64 = 1024;
+/// Drains are at least this far apart: each then handles a batch, and the
+/// /proc scans that pin checks need are shared by the batch (see
+/// [`Procfs`]), instead of one per wakeup. Records wait this long at most.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 impl Tracer<'_> {
-    /// Prints every event waiting in the ring. Errors only when output is gone.
-    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> io::Result<()> {
-        self.procfs.new_batch();
+    /// Prints the events waiting in the ring, up to the first one stamped
+    /// after the drain began (later ones wait for the next drain, so a
+    /// steady stream cannot keep one drain going, and its pin checks
+    /// rescanning /proc). Returns whether events were left in the ring;
+    /// errors only when output is gone.
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> io::Result<bool> {
+        let began = self.clock.now_as_event_ns();
+        let mut more = false;
         while let Some(item) = ring.next() {
             self.totals.events += 1;
-            if self.totals.events.is_multiple_of(EVENTS_PER_SCAN) {
-                self.procfs.new_batch();
-            }
             let decoded = decode::parse(&item).and_then(|e| decode::decode(&e, self.clock));
             drop(item);
             match decoded {
-                Ok(d) => self.handle(d)?,
+                Ok(d) => {
+                    let newer = d.time_ns > began;
+                    self.handle(d)?;
+                    if newer {
+                        more = true;
+                        break;
+                    }
+                }
                 Err(e) => {
                     self.totals.undecodable += 1;
                     eprintln!("nstrace: warning: skipped an undecodable kernel event: {e}");
                 }
             }
         }
-        self.sink.flush()
+        self.sink.flush()?;
+        Ok(more)
     }
 
     /// A `lost` notice in the stream for anything dropped since `reported`;
@@ -119,9 +131,10 @@ impl Tracer<'_> {
     }
 
     fn handle(&mut self, d: decode::Decoded) -> io::Result<()> {
+        self.procfs.event_at(d.time_ns);
         for mut r in d.records {
             if let Some(a) = &r.actor {
-                r.container = self.containers.for_pid(a.pid, a.ppid);
+                r.container = self.containers.for_pid(a.pid, a.ppid, &a.comm);
             }
             if self.collect_caused && r.event == EventType::Create {
                 if let Some(c) = &r.container {
@@ -183,7 +196,7 @@ impl Tracer<'_> {
             return Ok(());
         }
         let now = Clock::now_unix_ns();
-        self.procfs.new_batch();
+        self.procfs.refresh();
         let ends = self
             .lifecycle
             .poll(now, &mut self.registry, &mut self.probes, &mut self.procfs);
@@ -350,7 +363,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         },
         containers: container::Resolver::default(),
         collect_caused: command.is_some(),
-        procfs: Procfs::default(),
+        procfs: Procfs::new(clock),
     };
     let mut exit_code = 0;
     // Command mode: when the command ended, and until when its namespaces'
@@ -363,11 +376,18 @@ async fn trace(cli: &Cli) -> Result<i32> {
         tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                if t.drain(guard.get_inner_mut()).is_err() {
-                    output_closed = true;
-                    break;
+                match t.drain(guard.get_inner_mut()) {
+                    Err(_) => {
+                        output_closed = true;
+                        break;
+                    }
+                    // The kernel wakes us only when the ring was empty: with
+                    // events left, stay ready.
+                    Ok(true) => {}
+                    Ok(false) => guard.clear_ready(),
                 }
-                guard.clear_ready();
+                drop(guard);
+                tokio::time::sleep(DRAIN_INTERVAL).await;
             }
             _ = tick.tick() => {
                 if t.report_losses(&mut reported_losses).is_err() || t.poll_pinned().is_err() {
@@ -392,7 +412,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
     }
     // Records already in the ring when the signal came are still the user's.
     if !output_closed {
-        let _ = t.drain(events.get_mut());
+        while let Ok(true) = t.drain(events.get_mut()) {}
         let _ = t.report_losses(&mut reported_losses);
     }
     let losses = t.probes.losses();

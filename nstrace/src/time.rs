@@ -4,6 +4,8 @@
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     realtime_minus_monotonic: i128,
+    /// Our time namespace's monotonic offset (0 on the host).
+    timens_offset: i128,
 }
 
 impl Clock {
@@ -11,10 +13,12 @@ impl Clock {
     /// which keeps one trace's timestamps monotonic.
     pub fn now() -> Self {
         // Inside a time namespace our CLOCK_MONOTONIC is shifted; the kernel's is not.
-        let mono = clock_ns(libc::CLOCK_MONOTONIC) as i128 - timens_monotonic_offset_ns();
+        let timens_offset = timens_monotonic_offset_ns();
+        let mono = clock_ns(libc::CLOCK_MONOTONIC) as i128 - timens_offset;
         let real = clock_ns(libc::CLOCK_REALTIME) as i128;
         Self {
             realtime_minus_monotonic: real - mono,
+            timens_offset,
         }
     }
 
@@ -22,7 +26,14 @@ impl Clock {
     pub fn with_offset(realtime_minus_monotonic: i128) -> Self {
         Self {
             realtime_minus_monotonic,
+            timens_offset: 0,
         }
+    }
+
+    /// Now, on the same scale as converted event stamps: comparable with
+    /// `Decoded::time_ns` without wall-clock drift.
+    pub fn now_as_event_ns(self) -> i128 {
+        clock_ns(libc::CLOCK_MONOTONIC) as i128 - self.timens_offset + self.realtime_minus_monotonic
     }
 
     /// Wall-clock now, for records that no kernel event stamps (pin polls).
