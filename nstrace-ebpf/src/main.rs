@@ -52,6 +52,8 @@ struct Pending {
     /// whose pointer changed are read again.
     before_ptrs: [u64; NS_KINDS],
     after: NsSet,
+    /// Pointers behind `after` (clone: the child's), for the owners' reads.
+    after_ptrs: [u64; NS_KINDS],
 }
 
 #[map]
@@ -166,7 +168,7 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
         (*p).flags = flags;
         (*p).syscall = syscall as u32;
         (*p).fd = fd;
-        (*p).before_ptrs = task::read_ns(task::current(), &mut (*p).before);
+        task::read_ns(task::current(), &mut (*p).before, &mut (*p).before_ptrs);
         (*p).after = NsSet {
             inum: [0; NS_KINDS],
             id: [0; NS_KINDS],
@@ -244,7 +246,13 @@ fn exit(ctx: &TracePointContext) {
         if ret >= 0 {
             if let Some(pm) = PENDING.get_ptr_mut(tid) {
                 unsafe {
-                    task::read_ns_since(task, &(*pm).before, &(*pm).before_ptrs, &mut (*pm).after);
+                    task::read_ns_since(
+                        task,
+                        &(*pm).before,
+                        &(*pm).before_ptrs,
+                        &mut (*pm).after,
+                        &mut (*pm).after_ptrs,
+                    );
                     emptied = move_member(&(*pm).before, &(*pm).after, created);
                 }
             }
@@ -261,7 +269,7 @@ fn exit(ctx: &TracePointContext) {
                 e.after = if ret < 0 { (*p).before } else { (*p).after };
                 e.emptied = emptied;
                 if created != 0 && ret >= 0 {
-                    task::read_owners(task, e, created);
+                    task::read_owners(&(*p).after_ptrs, e, created);
                 }
             }
             entry.submit(0);
@@ -312,7 +320,7 @@ pub fn task_newtask(ctx: RawTracePointContext) -> i32 {
     if FOLLOW.get_ptr(parent_tgid).is_some() {
         let _ = FOLLOW.insert(unsafe { task::tgid_of(child) }, 1, 0);
     }
-    match PENDING.get_ptr(tid) {
+    match PENDING.get_ptr_mut(tid) {
         Some(p) => clone_created(p, child),
         None => {
             // Any fork or new thread: one more member wherever the child is.
@@ -330,14 +338,15 @@ pub fn task_newtask(ctx: RawTracePointContext) -> i32 {
 }
 
 /// A clone/clone3 with `CLONE_NEW*` flags made `child`.
-fn clone_created(p: *const Pending, child: *const u8) {
+fn clone_created(p: *mut Pending, child: *const u8) {
     let tid = current_tid();
     let flags = unsafe { (*p).flags };
     // The counts are kept whether or not the ring has room.
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         let e = unsafe { &mut *entry.as_mut_ptr() };
         unsafe {
-            task::read_ns(child, &mut e.after);
+            // The pending entry's spare pointer array, not the stack.
+            task::read_ns(child, &mut e.after, &mut (*p).after_ptrs);
             count_child(flags, &e.after);
             fill_header(e, EventKind::Clone, task::current());
             e.syscall = (*p).syscall;
@@ -345,7 +354,7 @@ fn clone_created(p: *const Pending, child: *const u8) {
             e.fd = -1;
             e.ret = task::tid_of(child) as i64;
             e.before = (*p).before;
-            task::read_owners(child, e, flags);
+            task::read_owners(&(*p).after_ptrs, e, flags);
         }
         entry.submit(0);
     } else {
@@ -395,7 +404,8 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
             let e = unsafe { &mut *entry.as_mut_ptr() };
             unsafe {
-                task::read_ns(task, &mut e.before);
+                let mut ptrs = [0u64; NS_KINDS];
+                task::read_ns(task, &mut e.before, &mut ptrs);
                 let (emptied, reaper) = leave_all(task, &e.before);
                 fill_header(e, EventKind::Exit, task);
                 e.syscall = Syscall::None as u32;
@@ -465,7 +475,8 @@ fn emit_process(kind: EventKind, emptied: u32, reaper: u32) {
             e.flags = 0;
             e.fd = -1;
             e.ret = 0;
-            task::read_ns(task, &mut e.before);
+            let mut ptrs = [0u64; NS_KINDS];
+            task::read_ns(task, &mut e.before, &mut ptrs);
             e.after = e.before;
             e.emptied = emptied;
             e.reaper = reaper;

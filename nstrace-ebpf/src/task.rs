@@ -3,7 +3,7 @@
 
 use core::ptr::{addr_of, read_volatile};
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, generated as gen};
 use nstrace_common::{Event, KIND_FLAGS, NO_FIELD, NS_KINDS, NsSet, Offsets, kind};
 
 /// Filled in by user space before load; volatile reads stop the compiler from
@@ -21,12 +21,22 @@ macro_rules! off {
     };
 }
 
+/// One kernel read, 0 where unreadable. The helper zeroes its destination
+/// when the read faults (a null base included), so nothing branches on its
+/// result: every branch here would multiply the paths the verifier walks,
+/// and it walks these reads dozens of times per program.
 #[inline(always)]
 unsafe fn read<T: Copy + Default>(base: *const u8, offset: u32) -> T {
-    if base.is_null() || offset == NO_FIELD {
-        return T::default();
+    let mut v = T::default();
+    if offset != NO_FIELD {
+        unsafe { read_into(&mut v, base.wrapping_add(offset as usize) as *const T) };
     }
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T) }.unwrap_or_default()
+    v
+}
+
+#[inline(always)]
+unsafe fn read_into<T>(dst: *mut T, src: *const T) {
+    unsafe { gen::bpf_probe_read_kernel(dst.cast(), size_of::<T>() as u32, src.cast()) };
 }
 
 #[inline(always)]
@@ -91,15 +101,10 @@ const NSPROXY_WORDS: usize = 9;
 /// and time: the "for children" ones), and the user namespace of its
 /// credentials. Null where unreadable.
 #[inline(always)]
-pub unsafe fn ns_ptrs(task: *const u8) -> [u64; NS_KINDS] {
-    let mut out = [0u64; NS_KINDS];
+pub unsafe fn ns_ptrs(task: *const u8, out: &mut [u64; NS_KINDS]) {
     let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
-    let block: [u64; NSPROXY_WORDS] = if nsproxy.is_null() {
-        [0; NSPROXY_WORDS]
-    } else {
-        unsafe { bpf_probe_read_kernel(nsproxy as *const [u64; NSPROXY_WORDS]) }
-            .unwrap_or([0; NSPROXY_WORDS])
-    };
+    let mut block = [0u64; NSPROXY_WORDS];
+    unsafe { read_into(&mut block, nsproxy as *const [u64; NSPROXY_WORDS]) };
     for (k, slot) in out.iter_mut().enumerate() {
         if k == kind::USER {
             let cred = unsafe { read_ptr(task, off!(task_real_cred)) };
@@ -114,33 +119,38 @@ pub unsafe fn ns_ptrs(task: *const u8) -> [u64; NS_KINDS] {
             unsafe { read_ptr(nsproxy, off) as u64 }
         };
     }
-    out
-}
-
-/// Inode and id of the namespace at `ns` of kind `k`.
-#[inline(always)]
-unsafe fn ns_ident(ns: u64, k: usize) -> (u32, u64) {
-    let ns = ns as *const u8;
-    (unsafe { read::<u32>(ns, off!(inum[k])) }, unsafe {
-        read::<u64>(ns, off!(ns_id[k]))
-    })
 }
 
 /// Fills `out` with `task`'s namespaces, inodes and ids (unreadable kinds stay
-/// 0); returns their struct pointers, for [`read_ns_since`].
-pub unsafe fn read_ns(task: *const u8, out: &mut NsSet) -> [u64; NS_KINDS] {
+/// 0), and `ptrs` with their struct pointers, for [`read_ns_since`] and
+/// [`read_owners`].
+pub unsafe fn read_ns(task: *const u8, out: &mut NsSet, ptrs: &mut [u64; NS_KINDS]) {
     *out = NsSet {
         inum: [0; NS_KINDS],
         id: [0; NS_KINDS],
     };
+    *ptrs = [0; NS_KINDS];
     if off!(valid) == 0 {
-        return [0; NS_KINDS];
+        return;
     }
-    let ptrs = unsafe { ns_ptrs(task) };
+    unsafe { ns_ptrs(task, ptrs) };
     for k in 0..NS_KINDS {
-        (out.inum[k], out.id[k]) = unsafe { ns_ident(ptrs[k], k) };
+        unsafe { ns_ident(ptrs[k], k, &mut out.inum[k], &mut out.id[k]) };
     }
-    ptrs
+}
+
+/// Inode and id of the namespace at `ns` of kind `k`, read straight into
+/// their destinations.
+#[inline(always)]
+unsafe fn ns_ident(ns: u64, k: usize, inum: &mut u32, id: &mut u64) {
+    let ns = ns as *const u8;
+    let (inum_off, id_off) = (off!(inum[k]), off!(ns_id[k]));
+    if inum_off != NO_FIELD {
+        unsafe { read_into(inum, ns.wrapping_add(inum_off as usize) as *const u32) };
+    }
+    if id_off != NO_FIELD {
+        unsafe { read_into(id, ns.wrapping_add(id_off as usize) as *const u64) };
+    }
 }
 
 /// Like [`read_ns`] for a task whose set was `before` (at pointers
@@ -150,17 +160,18 @@ pub unsafe fn read_ns_since(
     before: &NsSet,
     before_ptrs: &[u64; NS_KINDS],
     out: &mut NsSet,
+    ptrs: &mut [u64; NS_KINDS],
 ) {
+    *out = *before;
+    *ptrs = *before_ptrs;
     if off!(valid) == 0 {
         return;
     }
-    let ptrs = unsafe { ns_ptrs(task) };
+    unsafe { ns_ptrs(task, ptrs) };
     for k in 0..NS_KINDS {
-        (out.inum[k], out.id[k]) = if ptrs[k] == before_ptrs[k] && ptrs[k] != 0 {
-            (before.inum[k], before.id[k])
-        } else {
-            unsafe { ns_ident(ptrs[k], k) }
-        };
+        if ptrs[k] != before_ptrs[k] || ptrs[k] == 0 {
+            unsafe { ns_ident(ptrs[k], k, &mut out.inum[k], &mut out.id[k]) };
+        }
     }
 }
 
@@ -169,20 +180,21 @@ pub unsafe fn read_inums(task: *const u8, out: &mut NsSet) {
     if off!(valid) == 0 {
         return;
     }
-    let ptrs = unsafe { ns_ptrs(task) };
+    let mut ptrs = [0u64; NS_KINDS];
+    unsafe { ns_ptrs(task, &mut ptrs) };
     for k in 0..NS_KINDS {
         out.inum[k] = unsafe { read::<u32>(ptrs[k] as *const u8, off!(inum[k])) };
     }
 }
 
 /// Fills `e.owners` for the kinds in `kinds` (`CLONE_NEW*` bits: the ones
-/// just created): the owning user namespace (for user, its parent); and
-/// `e.pid_parent` when a PID namespace was created.
-pub unsafe fn read_owners(task: *const u8, e: &mut Event, kinds: u64) {
+/// just created), from the task's namespace pointers `ptrs`: the owning user
+/// namespace (for user, its parent); and `e.pid_parent` when a PID namespace
+/// was created.
+pub unsafe fn read_owners(ptrs: &[u64; NS_KINDS], e: &mut Event, kinds: u64) {
     if off!(valid) == 0 {
         return;
     }
-    let ptrs = unsafe { ns_ptrs(task) };
     let user_inum = off!(inum[kind::USER]);
     for k in 0..NS_KINDS {
         if kinds & KIND_FLAGS[k] == 0 {
@@ -200,7 +212,9 @@ pub unsafe fn read_owners(task: *const u8, e: &mut Event, kinds: u64) {
 /// Whether `task` is the init (child reaper) of its PID namespace for children,
 /// which for an init is the namespace it leads.
 pub unsafe fn is_pidns_reaper(task: *const u8) -> bool {
-    let pidns = unsafe { ns_ptrs(task)[kind::PID] as *const u8 };
+    let mut ptrs = [0u64; NS_KINDS];
+    unsafe { ns_ptrs(task, &mut ptrs) };
+    let pidns = ptrs[kind::PID] as *const u8;
     let reaper = unsafe { read_ptr(pidns, off!(pidns_child_reaper)) };
     !reaper.is_null() && reaper == task
 }
