@@ -299,12 +299,15 @@ echo "BOOTED $(uname -r)" > $out
 export NSTRACE_BIN=/bin/nstrace
 "#,
     );
+    // --report-time puts each test's time in out.log: under TCG the
+    // verifier's work at every tracer start is most of a test's time.
     for (test, mode, filters) in PLAN {
         let filters = filters.join(" ");
         let _ = writeln!(
             s,
             "echo '=== BEGIN {mode} {test}' > $out\n\
-             NSTRACE_PROBE_MODE={mode} /t/deps/{test} --test-threads=1 {filters} > $out 2>&1\n\
+             NSTRACE_PROBE_MODE={mode} RUSTC_BOOTSTRAP=1 /t/deps/{test} --test-threads=1 \
+             -Zunstable-options --report-time {filters} > $out 2>&1\n\
              echo \"=== END {mode} {test} rc=$?\" > $out"
         );
     }
