@@ -154,6 +154,9 @@ pub struct Event {
     /// 1 when the actor descends from a process user space asked to follow.
     pub followed: u32,
     pub _pad: u32,
+    /// The actor's cgroup (v2) id: user space resolves a container once per
+    /// cgroup, not once per process.
+    pub cgroup: u64,
 }
 
 /// Key of a namespace in the member-count map: kind index in the high half,

@@ -21,7 +21,9 @@ mod task;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
     macros::{fentry, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, RawTracePointContext, TracePointContext},
@@ -507,6 +509,7 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.vpid = unsafe { task::vpid(task) };
     e.followed = FOLLOW.get_ptr(e.pid).is_some() as u32;
     e._pad = 0;
+    e.cgroup = unsafe { bpf_get_current_cgroup_id() };
 }
 
 /// What each `ns_free_N` program is attached to; written by user space before

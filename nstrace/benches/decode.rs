@@ -61,6 +61,7 @@ fn events() -> Vec<Vec<u8>> {
                 vpid: 10 + i as u32,
                 followed: 0,
                 _pad: 0,
+                cgroup: 0,
             };
             // SAFETY: Event is plain data.
             unsafe {

@@ -6,8 +6,11 @@
 use std::{
     collections::HashMap,
     fs,
+    os::unix::fs::MetadataExt,
     time::{Duration, Instant},
 };
+
+use crate::record::Actor;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Container {
@@ -117,6 +120,12 @@ const ANCESTRY_TTL: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Resolver {
     by_pid: HashMap<u32, Option<Container>>,
+    /// cgroup v2 id -> what its path says; empty unless the host is
+    /// cgroup v2 only (a v1 path is not named by that id).
+    by_cgroup: HashMap<u64, Option<Hit>>,
+    unified: bool,
+    /// The host's mount namespace, 0 if unknown.
+    host_mnt: u32,
     names: HashMap<String, Option<String>>,
     /// pid -> when walked, and the runtime found from it upwards.
     walked: HashMap<u32, (Instant, Option<Hit>)>,
@@ -126,7 +135,100 @@ fn cgroup_of(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
 }
 
+/// Whether /sys/fs/cgroup is the cgroup v2 hierarchy alone.
+fn cgroup_unified() -> bool {
+    let Ok(path) = std::ffi::CString::new("/sys/fs/cgroup") else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed statfs for the kernel to fill.
+    let ok = unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0;
+    // Both are `long` on some targets and not on others.
+    ok && st.f_type as u64 == libc::CGROUP2_SUPER_MAGIC as u64
+}
+
+/// The path in the v2 line of a /proc/PID/cgroup text.
+fn unified_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
 impl Resolver {
+    pub fn new() -> Self {
+        // Init's; where init is not readable (some sandboxes), nstrace's own.
+        let host_mnt = fs::read_link("/proc/1/ns/mnt")
+            .or_else(|_| fs::read_link("/proc/self/ns/mnt"))
+            .ok()
+            .and_then(|l| crate::procfs::parse_ns_link(&l.to_string_lossy()).map(|(_, i)| i))
+            .unwrap_or(0);
+        Self {
+            unified: cgroup_unified(),
+            host_mnt,
+            ..Self::default()
+        }
+    }
+
+    /// The container of the actor of a record, without reading its cgroup
+    /// for every process (that read was half of nstrace's CPU under
+    /// namespace churn): on cgroup v2 the path is read once per cgroup (the
+    /// kernel gives its id); on v1 an actor in the host's mount namespace
+    /// is not looked up by cgroup (every container runtime gives a container
+    /// its own), only by ancestry, which still finds the runtime's
+    /// processes that have not entered the container's namespaces yet.
+    /// Ancestry walks are cached per ancestor. Else [`Self::for_pid`].
+    pub fn for_actor(&mut self, a: &Actor) -> Option<Container> {
+        let (pid, ppid, comm, cgroup) = (a.pid, a.ppid, a.comm.as_str(), a.cgroup);
+        if !self.unified || cgroup == 0 {
+            if a.mnt_ns != 0 && a.mnt_ns == self.host_mnt {
+                let found = self.ancestry(pid, Some((ppid, comm)));
+                return found.map(|(id, runtime)| self.container(id, runtime));
+            }
+            return self.for_pid(pid, ppid, comm);
+        }
+        let verdict = match self.by_cgroup.get(&cgroup) {
+            Some(v) => v.clone(),
+            None => match self.learn_cgroup(pid, cgroup) {
+                Some(v) => v,
+                None => return self.for_pid(pid, ppid, comm),
+            },
+        };
+        let found = verdict.or_else(|| self.ancestry(pid, Some((ppid, comm))));
+        found.map(|(id, runtime)| self.container(id, runtime))
+    }
+
+    /// Reads `pid`'s cgroup path and keeps its verdict under `cgroup`, but
+    /// only when that path still is the cgroup with this id: a process can
+    /// be moved (runc moves the container's init) between the event and
+    /// the read.
+    fn learn_cgroup(&mut self, pid: u32, cgroup: u64) -> Option<Option<Hit>> {
+        let text = cgroup_of(pid)?;
+        let path = unified_path(&text)?;
+        let ino = fs::metadata(format!("/sys/fs/cgroup{path}")).ok()?.ino();
+        if ino != cgroup {
+            return None;
+        }
+        let verdict = from_cgroup(&text);
+        if self.by_cgroup.len() > 8192 {
+            self.by_cgroup.clear();
+        }
+        self.by_cgroup.insert(cgroup, verdict.clone());
+        Some(verdict)
+    }
+
+    fn container(&mut self, id: String, runtime: &'static str) -> Container {
+        let name = self
+            .names
+            .entry(id.clone())
+            .or_insert_with(|| {
+                if runtime == "docker" {
+                    docker_name(&id)
+                } else {
+                    None
+                }
+            })
+            .clone();
+        Container { id, runtime, name }
+    }
+
     /// The container `pid` (child of `ppid`) is part of, or None for a host
     /// process. A process already gone (runc's short-lived children) is
     /// looked up through its parent.
@@ -154,20 +256,7 @@ impl Resolver {
             // Nothing learned; do not cache a miss for a pid that may be reused.
             return None;
         }
-        let c = found.map(|(id, runtime)| {
-            let name = self
-                .names
-                .entry(id.clone())
-                .or_insert_with(|| {
-                    if runtime == "docker" {
-                        docker_name(&id)
-                    } else {
-                        None
-                    }
-                })
-                .clone();
-            Container { id, runtime, name }
-        });
+        let c = found.map(|(id, runtime)| self.container(id, runtime));
         self.by_pid.insert(pid, c.clone());
         c
     }
@@ -258,6 +347,34 @@ mod tests {
         // cgroup v1: one line per hierarchy, the id found in any.
         let v1 = format!("12:pids:/docker/{ID}\n1:name=systemd:/docker/{ID}\n");
         assert_eq!(from_cgroup(&v1), Some((ID.into(), "docker")));
+    }
+
+    #[test]
+    fn finds_the_unified_line_of_a_hybrid_host() {
+        let text = "4:memory:/docker/abc\n1:name=systemd:/docker/abc\n0::/\n";
+        assert_eq!(unified_path(text), Some("/"));
+        assert_eq!(
+            unified_path("0::/system.slice/x.scope\n"),
+            Some("/system.slice/x.scope")
+        );
+        assert_eq!(unified_path("4:memory:/\n"), None);
+    }
+
+    #[test]
+    fn host_mount_namespace_actor_without_runtime_ancestry_is_no_container() {
+        let mut r = Resolver {
+            host_mnt: 7,
+            ..Resolver::default()
+        };
+        let a = Actor {
+            // No such process: nothing to read, no runtime above it.
+            pid: u32::MAX - 1,
+            ppid: 1,
+            comm: "nsload".into(),
+            mnt_ns: 7,
+            ..Actor::default()
+        };
+        assert_eq!(r.for_actor(&a), None);
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
         ppid: e.ppid,
         comm: comm(&e.comm),
         vpid: e.vpid,
+        cgroup: e.cgroup,
+        mnt_ns: e.before.inum[NsKind::Mnt.index()],
     };
     let time_ns = clock.to_unix_ns(e.ts_ns);
     let emptied = NsKind::in_flags(u64::from(e.emptied))
@@ -260,6 +262,7 @@ mod tests {
             vpid: 11,
             followed: 0,
             _pad: 0,
+            cgroup: 0,
         }
     }
 

@@ -171,6 +171,10 @@ pub struct Actor {
     pub comm: String,
     /// The thread's id inside its own PID namespace (equal to `tid` on the host).
     pub vpid: u32,
+    /// Its cgroup v2 id (0: unknown).
+    pub cgroup: u64,
+    /// Inode of its mount namespace (0: unknown).
+    pub mnt_ns: u32,
 }
 
 /// One line of the timeline. Optional fields are absent from JSON when `None`

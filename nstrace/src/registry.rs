@@ -291,6 +291,8 @@ mod tests {
                 ppid: 1,
                 comm: "unshare".into(),
                 vpid: 0,
+                cgroup: 0,
+                ..Actor::default()
             }),
             ..Record::default()
         }

@@ -134,7 +134,7 @@ impl Tracer<'_> {
         self.procfs.event_at(d.time_ns);
         for mut r in d.records {
             if let Some(a) = &r.actor {
-                r.container = self.containers.for_pid(a.pid, a.ppid, &a.comm);
+                r.container = self.containers.for_actor(a);
             }
             if self.collect_caused && r.event == EventType::Create {
                 if let Some(c) = &r.container {
@@ -361,7 +361,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
             kinds: cli.types.clone(),
             events: cli.events.clone(),
         },
-        containers: container::Resolver::default(),
+        containers: container::Resolver::new(),
         collect_caused: command.is_some(),
         procfs: Procfs::new(clock),
     };
