@@ -409,14 +409,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
                 let mut ptrs = [0u64; NS_KINDS];
                 task::read_ns(task, &mut e.before, &mut ptrs);
                 let (emptied, reaper) = leave_all(task, &e.before);
-                fill_header(e, EventKind::Exit, task);
-                e.syscall = Syscall::None as u32;
-                e.flags = 0;
-                e.fd = -1;
-                e.ret = 0;
-                e.after = e.before;
-                e.emptied = emptied;
-                e.reaper = reaper as u32;
+                fill_process(e, EventKind::Exit, task, emptied, reaper as u32);
             }
             entry.submit(0);
             forget_followed(tid);
@@ -472,21 +465,27 @@ fn emit_process(kind: EventKind, emptied: u32, reaper: u32) {
         let e = unsafe { &mut *entry.as_mut_ptr() };
         let task = task::current();
         unsafe {
-            fill_header(e, kind, task);
-            e.syscall = Syscall::None as u32;
-            e.flags = 0;
-            e.fd = -1;
-            e.ret = 0;
             let mut ptrs = [0u64; NS_KINDS];
             task::read_ns(task, &mut e.before, &mut ptrs);
-            e.after = e.before;
-            e.emptied = emptied;
-            e.reaper = reaper;
+            fill_process(e, kind, task, emptied, reaper);
         }
         entry.submit(0);
     } else {
         lost(kind);
     }
+}
+
+/// A process event (exec, exit) whose `before` set is already read: the
+/// header, the set as `after` too, and no syscall.
+unsafe fn fill_process(e: &mut Event, kind: EventKind, task: *const u8, emptied: u32, reaper: u32) {
+    unsafe { fill_header(e, kind, task) };
+    e.syscall = Syscall::None as u32;
+    e.flags = 0;
+    e.fd = -1;
+    e.ret = 0;
+    e.after = e.before;
+    e.emptied = emptied;
+    e.reaper = reaper;
 }
 
 fn track(tid: u32) {

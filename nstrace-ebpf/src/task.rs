@@ -28,10 +28,17 @@ macro_rules! off {
 #[inline(always)]
 unsafe fn read<T: Copy + Default>(base: *const u8, offset: u32) -> T {
     let mut v = T::default();
-    if offset != NO_FIELD {
-        unsafe { read_into(&mut v, base.wrapping_add(offset as usize) as *const T) };
-    }
+    unsafe { read_field_into(&mut v, base, offset) };
     v
+}
+
+/// [`read`] straight into `dst` (map or ring memory: no stack copy);
+/// `dst` is left alone when the kernel has no such field.
+#[inline(always)]
+unsafe fn read_field_into<T>(dst: *mut T, base: *const u8, offset: u32) {
+    if offset != NO_FIELD {
+        unsafe { read_into(dst, base.wrapping_add(offset as usize) as *const T) };
+    }
 }
 
 #[inline(always)]
@@ -144,13 +151,8 @@ pub unsafe fn read_ns(task: *const u8, out: &mut NsSet, ptrs: &mut [u64; NS_KIND
 #[inline(always)]
 unsafe fn ns_ident(ns: u64, k: usize, inum: &mut u32, id: &mut u64) {
     let ns = ns as *const u8;
-    let (inum_off, id_off) = (off!(inum[k]), off!(ns_id[k]));
-    if inum_off != NO_FIELD {
-        unsafe { read_into(inum, ns.wrapping_add(inum_off as usize) as *const u32) };
-    }
-    if id_off != NO_FIELD {
-        unsafe { read_into(id, ns.wrapping_add(id_off as usize) as *const u64) };
-    }
+    unsafe { read_field_into(inum, ns, off!(inum[k])) };
+    unsafe { read_field_into(id, ns, off!(ns_id[k])) };
 }
 
 /// Like [`read_ns`] for a task whose set was `before` (at pointers
@@ -212,9 +214,9 @@ pub unsafe fn read_owners(ptrs: &[u64; NS_KINDS], e: &mut Event, kinds: u64) {
 /// Whether `task` is the init (child reaper) of its PID namespace for children,
 /// which for an init is the namespace it leads.
 pub unsafe fn is_pidns_reaper(task: *const u8) -> bool {
-    let mut ptrs = [0u64; NS_KINDS];
-    unsafe { ns_ptrs(task, &mut ptrs) };
-    let pidns = ptrs[kind::PID] as *const u8;
+    // One pointer, not the whole set of `ns_ptrs`.
+    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
+    let pidns = unsafe { read_ptr(nsproxy, off!(nsproxy[kind::PID])) };
     let reaper = unsafe { read_ptr(pidns, off!(pidns_child_reaper)) };
     !reaper.is_null() && reaper == task
 }

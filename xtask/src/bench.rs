@@ -358,8 +358,44 @@ fn run_workload(cmd: &mut Command) -> Result<(f64, String)> {
     Ok((seconds, text))
 }
 
+/// What one traced run gave: the tracer's kept stdout and stderr lines, and
+/// a sample with wall time, tracer CPU, peak RSS and BPF run time filled in.
+struct Traced {
+    out: Vec<String>,
+    err: Vec<String>,
+    sample: Sample,
+}
+
+/// Runs the workload under a tracer started by `cmd` (ready once a line
+/// contains `ready`; `keep` chooses the stdout lines kept).
+fn under_tracer(
+    bins: &Bins,
+    cmd: &mut Command,
+    ready: &'static str,
+    keep: fn(&str) -> bool,
+    name: &str,
+    n: u64,
+) -> Result<Traced> {
+    let before = prog_run_ns()?;
+    let t = Background::start(cmd, ready, keep)?;
+    let at = prog_run_ns()?;
+    let (seconds, _) = run_workload(&mut workload(bins, name, n))?;
+    let kernel = kernel_seconds(&before, &at, &prog_run_ns()?);
+    let (out, err, cpu, rss_kib) = t.stop()?;
+    Ok(Traced {
+        out,
+        err,
+        sample: Sample {
+            seconds,
+            cpu,
+            kernel,
+            rss_kib,
+            ..Sample::default()
+        },
+    })
+}
+
 fn run_one(bins: &Bins, script: &Path, mode: Mode, name: &str, n: u64) -> Result<Sample> {
-    let nothing = |_: &str| false;
     match mode {
         Mode::Untraced => {
             let (seconds, _) = run_workload(&mut workload(bins, name, n))?;
@@ -369,45 +405,26 @@ fn run_one(bins: &Bins, script: &Path, mode: Mode, name: &str, n: u64) -> Result
             })
         }
         Mode::Nstrace => {
-            let before = prog_run_ns()?;
-            let t = Background::start(
-                Command::new(&bins.nstrace).args(["--json"]),
-                "nstrace: tracing",
-                nothing,
-            )?;
-            let at = prog_run_ns()?;
-            let (seconds, _) = run_workload(&mut workload(bins, name, n))?;
-            let kernel = kernel_seconds(&before, &at, &prog_run_ns()?);
-            let (out, err, cpu, rss_kib) = t.stop()?;
+            let mut cmd = Command::new(&bins.nstrace);
+            cmd.arg("--json");
+            let t = under_tracer(bins, &mut cmd, "nstrace: tracing", |_| false, name, n)?;
             Ok(Sample {
-                seconds,
-                records: out.len() as u64,
-                lost: nstrace_lost(&err)?,
-                cpu,
-                kernel,
-                rss_kib,
-                ..Sample::default()
+                records: t.out.len() as u64,
+                lost: nstrace_lost(&t.err)?,
+                ..t.sample
             })
         }
         Mode::Bpftrace => {
-            let before = prog_run_ns()?;
-            let t = Background::start(Command::new("bpftrace").arg(script), "Attaching", |l| {
-                l.contains("Lost") || l.starts_with("Attaching")
-            })?;
-            let at = prog_run_ns()?;
-            let (seconds, _) = run_workload(&mut workload(bins, name, n))?;
-            let kernel = kernel_seconds(&before, &at, &prog_run_ns()?);
-            let (out, err, cpu, rss_kib) = t.stop()?;
+            let mut cmd = Command::new("bpftrace");
+            cmd.arg(script);
+            let keep = |l: &str| l.contains("Lost") || l.starts_with("Attaching");
+            let t = under_tracer(bins, &mut cmd, "Attaching", keep, name, n)?;
             // Record lines are the ones not kept.
-            let records = out.iter().filter(|l| l.is_empty()).count() as u64;
+            let records = t.out.iter().filter(|l| l.is_empty()).count() as u64;
             Ok(Sample {
-                seconds,
                 records,
-                lost: bpftrace_lost(out.iter().chain(&err)),
-                cpu,
-                kernel,
-                rss_kib,
-                ..Sample::default()
+                lost: bpftrace_lost(t.out.iter().chain(&t.err)),
+                ..t.sample
             })
         }
         Mode::Strace => {
@@ -787,8 +804,8 @@ const WHY_MISSED: &str = "Why, where a target is missed. Fork/exec: nstrace \
 hooks every fork and exit on the host to keep watched namespaces' member counts \
 (one nsproxy read, eight inode reads, eight hash lookups), which the bpftrace \
 script does not; the BPF run time column is that cost, and it is what the \
-2% target can fairly be held to; the rest of the wall-time difference is within \
-the rounds' ranges, the machine's own noise. Churn: nstrace delivers 7 records \
+2% target can fairly be held to; compare the rest of the wall-time difference \
+with the rounds' ranges (the machine's own noise). Churn: nstrace delivers 7 records \
 per child where bpftrace prints 3 (lifecycle: every namespace's end), checks \
 each emptied namespace for pins against /proc (mounts and open fds, one scan \
 per 20 ms batch), and on a 2-core machine its user space (tracer CPU column) \

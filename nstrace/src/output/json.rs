@@ -120,11 +120,6 @@ impl Serialize for RecordJson<'_> {
     }
 }
 
-/// The JSON object for one record (tests and callers that want a value).
-pub fn to_json(r: &Record) -> Value {
-    serde_json::to_value(RecordJson(r)).expect("records serialize")
-}
-
 /// The JSON object for a loss notice: `"event": "lost"`, counts since the
 /// previous notice.
 pub fn loss_to_json(l: &Loss) -> Value {
@@ -163,6 +158,10 @@ impl<W: Write> Sink for JsonSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn to_json(r: &Record) -> Value {
+        serde_json::to_value(RecordJson(r)).expect("records serialize")
+    }
     use crate::record::{Actor, EventType, NsKind, Syscall};
 
     fn record() -> Record {
