@@ -53,6 +53,11 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
 
+    /// Decide ends by inference from /proc even where the kernel can be
+    /// asked (nsfs file handles): for comparing the methods.
+    #[arg(long, hide = true)]
+    pub infer_ends: bool,
+
     /// Only records of this container: an id prefix or a name (docker).
     /// Matches the acting process's container and the container whose runtime
     /// created the namespace (so dockerd joining its network shows too).

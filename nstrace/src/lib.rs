@@ -5,7 +5,8 @@
 //!   and attaching the eBPF programs;
 //! - [`decode`] turns raw ring-buffer events into [`record::Record`]s;
 //! - [`procfs`] reads namespaces from /proc; [`registry`] keeps what is alive;
-//!   [`lifecycle`] decides when a namespace is pinned or gone;
+//!   [`ends`] decides when a namespace is pinned or gone (fentry, nsfs
+//!   handles, or inference, side by side);
 //! - [`listing`] is `nstrace ls`; [`summary`] is the closing summary;
 //! - [`output`] prints records, one layer per format;
 //! - [`session`] ties them together until Ctrl-C.
@@ -14,11 +15,11 @@ pub mod cli;
 pub mod command;
 pub mod container;
 pub mod decode;
+pub mod ends;
 pub mod errno;
 pub mod error;
 pub mod filter;
 pub mod kernel;
-pub mod lifecycle;
 pub mod listing;
 pub mod output;
 pub mod procfs;

@@ -1,5 +1,7 @@
 //! `nstrace ls`: the namespaces alive now, as lsns counts them, as a table, a
 //! tree (user namespaces owning the others; PID namespaces nested), or JSON.
+//! Namespaces with no process are listed too, marked, with what holds them:
+//! "why is this netns still here?" in one command.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -9,7 +11,7 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    procfs::{self, NsKey, NsMeta, Snapshot},
+    procfs::{self, FdHolders, MountPin, NsKey, NsMeta, Snapshot},
     record::NsKind,
 };
 
@@ -25,37 +27,40 @@ pub struct Listed {
     pub uid: Option<u32>,
     pub command: Option<String>,
     pub meta: NsMeta,
-    /// nsfs bind mounts holding it.
-    pub mounts: Vec<String>,
+    /// nsfs bind mounts holding it, in any mount namespace.
+    pub mounts: Vec<MountPin>,
+    /// What holds it besides its processes: mounts, fds, namespaces it owns
+    /// or contains.
+    pub held_by: Vec<String>,
+}
+
+impl Listed {
+    /// No process is in it: something else keeps it alive.
+    pub fn memberless(&self) -> bool {
+        self.nprocs == 0
+    }
 }
 
 /// Reads the namespaces alive now.
 pub fn collect() -> Vec<Listed> {
-    listed(&procfs::scan(), procfs::ns_meta, procfs::ns_meta_at)
+    let snap = procfs::scan();
+    listed(&snap, |k| snap.meta(k), &procfs::home_mount_namespaces())
 }
 
-fn listed(
-    snap: &Snapshot,
-    meta_by_pid: impl Fn(u32, &str) -> NsMeta,
-    meta_by_path: impl Fn(&str) -> NsMeta,
-) -> Vec<Listed> {
-    snap.namespaces()
+fn listed(snap: &Snapshot, meta: impl Fn(NsKey) -> NsMeta, home: &[u32]) -> Vec<Listed> {
+    let mut list: Vec<Listed> = snap
+        .namespaces()
         .into_iter()
         .filter_map(|key @ (kind, inode)| {
             let procs = snap.processes.get(&key);
             let mounts = snap.mounts.get(&key).cloned().unwrap_or_default();
             // Namespaces only a thread or a for-children link is in are not
-            // lsns rows; skip them unless something mounts them.
-            if procs.is_none() && mounts.is_empty() {
+            // lsns rows; skip them unless a mount or fd holds them.
+            if procs.is_none() && mounts.is_empty() && !snap.fds.contains_key(&key) {
                 return None;
             }
             let pid = procs.and_then(|p| p.iter().next().copied());
             let info = pid.and_then(|p| snap.procs.get(&p));
-            let meta = match (pid, mounts.first()) {
-                (Some(p), _) => meta_by_pid(p, procfs::active_link(kind)),
-                (None, Some(m)) => meta_by_path(m),
-                (None, None) => NsMeta::default(),
-            };
             Some(Listed {
                 kind,
                 inode,
@@ -63,10 +68,55 @@ fn listed(
                 pid,
                 uid: info.map(|i| i.uid),
                 command: info.map(|i| i.comm.clone()),
-                meta,
+                meta: meta(key),
+                held_by: holders_of(key, &mounts, &snap.fds, home),
                 mounts,
             })
         })
+        .collect();
+    // What a namespace owns or contains holds it too.
+    let owned: Vec<(NsKey, String)> = list
+        .iter()
+        .flat_map(|l| {
+            let own = l
+                .meta
+                .owner
+                .filter(|&o| !(l.kind == NsKind::User && o == l.inode));
+            let by_owner = own.map(|o| {
+                (
+                    (NsKind::User, o),
+                    format!("owned {} namespace {}", l.kind.name(), l.inode),
+                )
+            });
+            let by_parent = (l.kind == NsKind::Pid)
+                .then_some(l.meta.parent)
+                .flatten()
+                .map(|p| ((NsKind::Pid, p), format!("child pid namespace {}", l.inode)));
+            by_owner.into_iter().chain(by_parent)
+        })
+        .collect();
+    for l in list.iter_mut().filter(|l| l.memberless()) {
+        l.held_by.extend(
+            owned
+                .iter()
+                .filter(|(k, _)| *k == (l.kind, l.inode))
+                .map(|(_, why)| why.clone()),
+        );
+    }
+    list
+}
+
+/// Mounts and fds holding `key`, described for a person.
+fn holders_of(key: NsKey, mounts: &[MountPin], fds: &FdHolders, home: &[u32]) -> Vec<String> {
+    mounts
+        .iter()
+        .map(|m| m.describe(home))
+        .chain(
+            fds.get(&key)
+                .into_iter()
+                .flatten()
+                .map(|(pid, fd, comm)| format!("fd {fd} of {comm} (pid {pid})")),
+        )
         .collect()
 }
 
@@ -97,7 +147,9 @@ pub fn to_json(list: &[Listed]) -> Value {
                 "ns_id": l.meta.ns_id,
                 "owner_user_ns": l.meta.owner,
                 "parent_pid_ns": if l.kind == NsKind::Pid { l.meta.parent } else { None },
-                "mounts": l.mounts,
+                "mounts": l.mounts.iter().map(|m| &m.path).collect::<Vec<_>>(),
+                "memberless": l.memberless(),
+                "held_by": if l.memberless() { Some(&l.held_by) } else { None },
             })
         })
         .collect();
@@ -108,7 +160,7 @@ pub fn write_table(out: &mut dyn Write, list: &[Listed]) -> io::Result<()> {
     let names = user_names();
     writeln!(
         out,
-        "{:<11} {:<6} {:>6} {:>7} {:<10} {:<16} PINNED BY",
+        "{:<11} {:<6} {:>6} {:>7} {:<10} {:<16} HELD BY (no process in it)",
         "NS", "TYPE", "NPROCS", "PID", "USER", "COMMAND"
     )?;
     for l in list {
@@ -125,7 +177,15 @@ pub fn write_table(out: &mut dyn Write, list: &[Listed]) -> io::Result<()> {
             l.pid.map_or("-".into(), |p| p.to_string()),
             user,
             l.command.as_deref().unwrap_or("-"),
-            l.mounts.join(", ")
+            if l.memberless() {
+                if l.held_by.is_empty() {
+                    "? (nothing visible: held inside the kernel)".to_string()
+                } else {
+                    l.held_by.join(", ")
+                }
+            } else {
+                String::new()
+            }
         )?;
     }
     Ok(())
@@ -135,9 +195,9 @@ fn label(l: &Listed) -> String {
     let who = match (&l.command, l.pid) {
         (Some(c), Some(p)) => format!("{c} (pid {p})"),
         _ => l
-            .mounts
+            .held_by
             .first()
-            .map(|m| format!("mounted at {m}"))
+            .map(|h| format!("no process; held by {h}"))
             .unwrap_or_default(),
     };
     format!("{} {}  {} procs  {}", l.kind.name(), l.inode, l.nprocs, who)
@@ -212,41 +272,86 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lists_processes_and_mount_only_namespaces() {
+    fn lists_processes_and_memberless_namespaces_with_their_holders() {
         let mut snap = Snapshot::default();
         snap.processes
             .insert((NsKind::Net, 1), BTreeSet::from([1, 5]));
         snap.processes
             .insert((NsKind::User, 9), BTreeSet::from([1, 5]));
-        snap.mounts
-            .insert((NsKind::Net, 2), vec!["/run/netns/t".into()]);
+        snap.mounts.insert(
+            (NsKind::Net, 2),
+            vec![MountPin {
+                path: "/run/netns/t".into(),
+                mnt_ns: 100,
+                pid: 1,
+            }],
+        );
+        snap.fds
+            .insert((NsKind::Uts, 4), vec![(77, 3, "holder".to_string())]);
         snap.threads.insert((NsKind::Pid, 3), 1); // only a for-children link
-        let owner = |_: u32, _: &str| NsMeta {
+        let meta = |_| NsMeta {
             owner: Some(9),
             ..NsMeta::default()
         };
-        let list = listed(&snap, owner, |_| NsMeta {
-            owner: Some(9),
-            ..NsMeta::default()
-        });
-        let rows: Vec<_> = list.iter().map(|l| (l.kind, l.inode, l.nprocs)).collect();
+        let list = listed(&snap, meta, &[100]);
+        let rows: Vec<_> = list
+            .iter()
+            .map(|l| (l.kind, l.inode, l.nprocs, l.memberless()))
+            .collect();
         assert_eq!(
             rows,
             vec![
-                (NsKind::Net, 1, 2),
-                (NsKind::Net, 2, 0),
-                (NsKind::User, 9, 2)
+                (NsKind::Uts, 4, 0, true),
+                (NsKind::Net, 1, 2, false),
+                (NsKind::Net, 2, 0, true),
+                (NsKind::User, 9, 2, false)
             ]
         );
+        assert_eq!(list[0].held_by, vec!["fd 3 of holder (pid 77)".to_string()]);
         let v = to_json(&list);
-        assert_eq!(v["namespaces"][1]["mounts"][0], "/run/netns/t");
+        assert_eq!(v["namespaces"][2]["mounts"][0], "/run/netns/t");
+        assert_eq!(v["namespaces"][2]["held_by"][0], "mount /run/netns/t");
+        assert_eq!(v["namespaces"][2]["memberless"], true);
+        assert!(v["namespaces"][1]["held_by"].is_null());
+        let mut table = Vec::new();
+        write_table(&mut table, &list).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.contains("fd 3 of holder (pid 77)"), "{table}");
         let mut tree = Vec::new();
         write_tree(&mut tree, &list).unwrap();
         let tree = String::from_utf8(tree).unwrap();
         assert!(tree.contains("  user 9  2 procs"), "{tree}");
         assert!(
-            tree.contains("    net 2  0 procs  mounted at /run/netns/t"),
+            tree.contains("    net 2  0 procs  no process; held by mount /run/netns/t"),
             "{tree}"
+        );
+    }
+
+    #[test]
+    fn a_memberless_user_namespace_is_held_by_what_it_owns() {
+        let mut snap = Snapshot::default();
+        snap.fds
+            .insert((NsKind::User, 9), vec![(77, 3, "holder".to_string())]);
+        snap.mounts.insert(
+            (NsKind::Net, 2),
+            vec![MountPin {
+                path: "/run/netns/t".into(),
+                mnt_ns: 100,
+                pid: 1,
+            }],
+        );
+        let meta = |k: NsKey| NsMeta {
+            owner: (k.0 == NsKind::Net).then_some(9),
+            ..NsMeta::default()
+        };
+        let list = listed(&snap, meta, &[100]);
+        let user = list.iter().find(|l| l.kind == NsKind::User).unwrap();
+        assert_eq!(
+            user.held_by,
+            vec![
+                "fd 3 of holder (pid 77)".to_string(),
+                "owned net namespace 2".to_string()
+            ]
         );
     }
 }

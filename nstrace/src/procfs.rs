@@ -1,6 +1,6 @@
 //! The one place that reads namespaces from /proc: which tasks are in which
-//! namespace, what pins a namespace with no tasks (nsfs bind mounts, open
-//! fds), and the nsfs ioctls for owner, parent and id.
+//! namespace, what holds a namespace with no tasks (nsfs bind mounts in any
+//! mount namespace, open fds), and the nsfs ioctls for owner, parent and id.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -58,8 +58,10 @@ pub struct Snapshot {
     /// Member threads per namespace, counted by the acting links.
     pub threads: HashMap<NsKey, i64>,
     pub procs: HashMap<u32, ProcInfo>,
-    /// nsfs bind mounts: namespace → mount points.
-    pub mounts: BTreeMap<NsKey, Vec<String>>,
+    /// nsfs bind mounts, in every mount namespace a process is in.
+    pub mounts: BTreeMap<NsKey, Vec<MountPin>>,
+    /// Open nsfs fds, by any process.
+    pub fds: FdHolders,
 }
 
 impl Snapshot {
@@ -69,6 +71,33 @@ impl Snapshot {
             .keys()
             .chain(self.threads.keys())
             .chain(self.mounts.keys())
+            .chain(self.fds.keys())
+            .copied()
+            .collect()
+    }
+
+    /// Owner, parent and id of a namespace seen in this scan, through a
+    /// process in it, a mount of it (seen from that mount's namespace) or an
+    /// fd on it.
+    pub fn meta(&self, key: NsKey) -> NsMeta {
+        if let Some(&pid) = self.processes.get(&key).and_then(|p| p.first()) {
+            return ns_meta(pid, active_link(key.0));
+        }
+        if let Some(m) = self.mounts.get(&key).and_then(|m| m.first()) {
+            return ns_meta_at(&format!("/proc/{}/root{}", m.pid, m.path));
+        }
+        if let Some((pid, fd, _)) = self.fds.get(&key).and_then(|f| f.first()) {
+            return ns_meta_at(&format!("/proc/{pid}/fd/{fd}"));
+        }
+        NsMeta::default()
+    }
+
+    /// Namespaces no task is in but a mount or fd holds.
+    pub fn memberless(&self) -> BTreeSet<NsKey> {
+        self.mounts
+            .keys()
+            .chain(self.fds.keys())
+            .filter(|k| !self.threads.contains_key(k) && !self.processes.contains_key(k))
             .copied()
             .collect()
     }
@@ -131,6 +160,7 @@ pub fn scan() -> Snapshot {
         }
     }
     snap.mounts = nsfs_mounts();
+    snap.fds = ns_fd_holders();
     snap
 }
 
@@ -170,31 +200,82 @@ pub fn ppid(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// Threads currently in `key` (by the acting links): a ground-truth check
-/// before an end is reported.
-pub fn count_threads(key: NsKey) -> i64 {
-    let (kind, inode) = key;
-    let mut n = 0;
+/// Threads currently in each of `keys` (by the acting links), in one pass
+/// over /proc: a ground-truth check of member counts seeded by a racy scan.
+pub fn count_threads(keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
+    let mut out: BTreeMap<NsKey, i64> = keys.iter().map(|k| (*k, 0)).collect();
+    if keys.is_empty() {
+        return out;
+    }
+    let kinds: BTreeSet<NsKind> = keys.iter().map(|k| k.0).collect();
     for pid in pids() {
         for tid in tids(pid) {
-            let path = format!("/proc/{pid}/task/{tid}/ns/{}", acting_link(kind));
-            if read_link_inode(Path::new(&path)) == Some(inode) {
-                n += 1;
+            for &kind in &kinds {
+                let path = format!("/proc/{pid}/task/{tid}/ns/{}", acting_link(kind));
+                if let Some(n) =
+                    read_link_inode(Path::new(&path)).and_then(|i| out.get_mut(&(kind, i)))
+                {
+                    *n += 1;
+                }
             }
         }
     }
-    n
+    out
 }
 
-/// nsfs bind mounts in our mount namespace and PID 1's (`ip netns add` style).
-pub fn nsfs_mounts() -> BTreeMap<NsKey, Vec<String>> {
-    let mut out: BTreeMap<NsKey, Vec<String>> = BTreeMap::new();
-    for table in ["/proc/self/mountinfo", "/proc/1/mountinfo"] {
-        let text = fs::read_to_string(table).unwrap_or_default();
-        for (key, point) in parse_nsfs_mounts(&text) {
-            let points = out.entry(key).or_default();
-            if !points.contains(&point) {
-                points.push(point);
+/// An nsfs bind mount (`ip netns add` style) and the mount namespace whose
+/// table holds it, with one process in that namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountPin {
+    pub path: String,
+    pub mnt_ns: u32,
+    pub pid: u32,
+}
+
+impl MountPin {
+    /// `mount PATH`, naming the mount namespace unless it is the host's
+    /// (PID 1's) or nstrace's own.
+    pub fn describe(&self, ours: &[u32]) -> String {
+        if ours.contains(&self.mnt_ns) {
+            format!("mount {}", self.path)
+        } else {
+            format!(
+                "mount {} in mnt namespace {} (pid {})",
+                self.path, self.mnt_ns, self.pid
+            )
+        }
+    }
+}
+
+/// Inodes of PID 1's and our own mount namespace: mounts there are named by path alone.
+pub fn home_mount_namespaces() -> Vec<u32> {
+    ["/proc/1/ns/mnt", "/proc/self/ns/mnt"]
+        .iter()
+        .filter_map(|p| read_link_inode(Path::new(p)))
+        .collect()
+}
+
+/// nsfs bind mounts in every mount namespace some process is in (a pin can
+/// live in a container's, a sandbox's or rootless podman's table), PID 1's
+/// and ours first. Each table is read once, through its first process.
+pub fn nsfs_mounts() -> BTreeMap<NsKey, Vec<MountPin>> {
+    let mut out: BTreeMap<NsKey, Vec<MountPin>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    let me = std::process::id();
+    for pid in [1, me].into_iter().chain(pids()) {
+        let Some(mnt_ns) = read_link_inode(Path::new(&format!("/proc/{pid}/ns/mnt"))) else {
+            continue;
+        };
+        if !seen.insert(mnt_ns) {
+            continue;
+        }
+        let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        for (key, path) in parse_nsfs_mounts(&text) {
+            let pins = out.entry(key).or_default();
+            // A mount copied into a new mount namespace (unshare -m) is a
+            // second pin at the same path: the first one names it.
+            if !pins.iter().any(|p| p.path == path) {
+                pins.push(MountPin { path, mnt_ns, pid });
             }
         }
     }
@@ -220,23 +301,15 @@ pub fn parse_nsfs_mounts(mountinfo: &str) -> Vec<(NsKey, String)> {
         .collect()
 }
 
-/// Open nsfs fds per namespace: `(pid, fd, comm)` of each holder.
 /// Namespaces held open through fds: (pid, fd, comm) of each holder.
 pub type FdHolders = BTreeMap<NsKey, Vec<(u32, u32, String)>>;
 
-pub fn fd_holders(wanted: &BTreeSet<NsKey>) -> FdHolders {
-    if wanted.is_empty() {
-        return BTreeMap::new();
-    }
-    let mut all = ns_fd_holders();
-    all.retain(|k, _| wanted.contains(k));
-    all
-}
-
 /// Every namespace held open through an fd, by any process: (pid, fd, comm).
+/// nstrace's own short-lived fds (nsfs ioctls, handle checks) are not pins.
 pub fn ns_fd_holders() -> FdHolders {
     let mut out = FdHolders::new();
-    for pid in pids() {
+    let me = std::process::id();
+    for pid in pids().into_iter().filter(|&p| p != me) {
         let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };

@@ -134,6 +134,27 @@ impl EndCause {
     }
 }
 
+/// Who established an end (JSON `end_by`): how strong the claim is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndMethod {
+    /// The kernel's free path ran (fentry).
+    Fentry,
+    /// The kernel refused to open it by its nsfs file handle (ESTALE).
+    NsfsHandle,
+    /// No member and nothing in /proc holds it (best effort).
+    Inference,
+}
+
+impl EndMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            EndMethod::Fentry => "fentry",
+            EndMethod::NsfsHandle => "nsfs-handle",
+            EndMethod::Inference => "inference",
+        }
+    }
+}
+
 /// What the registry knows of a namespace's birth.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Birth {
@@ -209,8 +230,10 @@ pub struct Record {
     pub parent_inode: Option<u32>,
     /// Joins, pinned and destroy: the namespace's birth, when it was seen.
     pub born: Option<Birth>,
-    /// Destroy: how the end was established.
+    /// Destroy: how the end came about.
     pub end: Option<EndCause>,
+    /// Destroy: who established it.
+    pub end_by: Option<EndMethod>,
     /// Destroy of a PID namespace whose init exited: that init's host pid.
     pub init_pid: Option<u32>,
     /// Pinned: what holds the namespace.

@@ -15,13 +15,13 @@ use tokio::{
 use crate::{
     cli::{Cli, Command, ProbeMode},
     command, container, decode,
+    ends::{self, Ends, Method, handles::Handles},
     error::hinted,
     filter::Filter,
     kernel::{
         offsets, preflight,
         probes::{Losses, Probes},
     },
-    lifecycle::{self, Lifecycle, Procfs},
     listing,
     output::{self, Sink},
     procfs::{self, NsKey},
@@ -69,50 +69,102 @@ struct Tracer<'a> {
     sink: Box<dyn Sink + 'a>,
     probes: Probes,
     registry: Registry,
-    lifecycle: Lifecycle,
+    ends: Ends,
     totals: Totals,
     filter: Filter,
     containers: container::Resolver,
     /// Command mode while the command runs: containers created now are its.
     collect_caused: bool,
-    procfs: Procfs,
+    /// An event read past a drain's limit, handled first by the next drain.
+    held: Option<decode::Decoded>,
 }
 
 /// Drains are at least this far apart: each then handles a batch, and the
-/// /proc scans that pin checks need are shared by the batch (see
-/// [`Procfs`]), instead of one per wakeup. Records wait this long at most.
+/// checks of namespaces it emptied are asked together, instead of once per
+/// wakeup. Records wait this long at most.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 impl Tracer<'_> {
-    /// Prints the events waiting in the ring, up to the first one stamped
-    /// after the drain began (later ones wait for the next drain, so a
-    /// steady stream cannot keep one drain going, and its pin checks
-    /// rescanning /proc). Returns whether events were left in the ring;
+    /// Handles the events waiting in the ring that are stamped up to
+    /// `until`; the first later one is held for the next drain (so a steady
+    /// stream cannot keep one drain going, and verdicts read at `until` come
+    /// after every event before it). Returns whether events were left;
     /// errors only when output is gone.
-    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> io::Result<bool> {
-        let began = self.clock.now_as_event_ns();
+    fn drain(
+        &mut self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        until: i128,
+    ) -> io::Result<bool> {
         let mut more = false;
-        while let Some(item) = ring.next() {
-            self.totals.events += 1;
-            let decoded = decode::parse(&item).and_then(|e| decode::decode(&e, self.clock));
-            drop(item);
-            match decoded {
-                Ok(d) => {
-                    let newer = d.time_ns > began;
-                    self.handle(d)?;
-                    if newer {
-                        more = true;
+        loop {
+            let d = match self.held.take() {
+                Some(d) => d,
+                None => {
+                    let Some(item) = ring.next() else {
                         break;
+                    };
+                    self.totals.events += 1;
+                    let decoded = decode::parse(&item).and_then(|e| decode::decode(&e, self.clock));
+                    drop(item);
+                    match decoded {
+                        Ok(d) => d,
+                        Err(e) => {
+                            self.totals.undecodable += 1;
+                            eprintln!("nstrace: warning: skipped an undecodable kernel event: {e}");
+                            continue;
+                        }
                     }
                 }
-                Err(e) => {
-                    self.totals.undecodable += 1;
-                    eprintln!("nstrace: warning: skipped an undecodable kernel event: {e}");
-                }
+            };
+            if d.time_ns > until {
+                self.held = Some(d);
+                more = true;
+                break;
             }
+            self.handle(d)?;
         }
         self.sink.flush()?;
         Ok(more)
+    }
+
+    /// Asks about the namespaces whose check is due, then handles every event
+    /// stamped before the answer, then reports what the answer means.
+    /// Returns whether events were left in the ring.
+    fn check_ends(
+        &mut self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    ) -> io::Result<bool> {
+        let now = self.clock.now_as_event_ns();
+        if !self.ends.due(now) {
+            return Ok(false);
+        }
+        let verdicts = self
+            .ends
+            .check(now, &self.registry, &self.probes, &mut ends::Procfs);
+        let more = self.drain(ring, now)?;
+        for r in self
+            .ends
+            .apply(verdicts, now, &mut self.registry, &self.probes)
+        {
+            self.emit(&r)?;
+        }
+        self.sink.flush()?;
+        Ok(more)
+    }
+
+    /// When the loop must wake without a ring wakeup: the next check due,
+    /// or soon when an event is held back from the last drain.
+    fn next_wake(&self) -> Option<Duration> {
+        let now = self.clock.now_as_event_ns();
+        let held = self
+            .held
+            .as_ref()
+            .map(|_| now + DRAIN_INTERVAL.as_nanos() as i128);
+        let at = match (self.ends.next_due(), held) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(Duration::from_nanos((at - now).max(0) as u64))
     }
 
     /// A `lost` notice in the stream for anything dropped since `reported`;
@@ -131,7 +183,6 @@ impl Tracer<'_> {
     }
 
     fn handle(&mut self, d: decode::Decoded) -> io::Result<()> {
-        self.procfs.event_at(d.time_ns);
         for mut r in d.records {
             if let Some(a) = &r.actor {
                 r.container = self.containers.for_actor(a);
@@ -147,6 +198,7 @@ impl Tracer<'_> {
                 // The kernel reused the inode of a namespace whose end we did
                 // not see: it has certainly ended. Say so, late, then the create.
                 let time = r.time_ns;
+                self.ends.forget(stale.key());
                 let end = self.registry.end_replaced(stale, time);
                 self.emit(&end)?;
             }
@@ -158,30 +210,12 @@ impl Tracer<'_> {
             }
         }
         if let Some(n) = d.freed {
-            let key = (n.kind, n.inode);
-            if let Some(e) = self.registry.get_mut(key) {
-                if e.ns_id.is_none() {
-                    e.ns_id = n.ns_id;
-                }
-            }
-            self.lifecycle.forget(key);
-            let r = self
-                .registry
-                .end(key, crate::record::EndCause::KernelFreed, d.time_ns, None);
+            let r = self.ends.on_freed(n, d.time_ns, &mut self.registry);
             self.emit(&r)?;
         }
         if !d.emptied.is_empty() {
-            let ends = self.lifecycle.on_emptied(
-                &d.emptied,
-                d.actor.as_ref(),
-                d.time_ns,
-                &mut self.registry,
-                &mut self.probes,
-                &mut self.procfs,
-            );
-            for r in &ends {
-                self.emit(r)?;
-            }
+            self.ends
+                .on_emptied(&d.emptied, d.actor.as_ref(), d.time_ns, &mut self.registry);
         }
         if let (true, Some(a)) = (d.exited, &d.actor) {
             if a.pid == a.tid {
@@ -189,21 +223,6 @@ impl Tracer<'_> {
             }
         }
         Ok(())
-    }
-
-    fn poll_pinned(&mut self) -> io::Result<()> {
-        if self.lifecycle.pinned().is_empty() {
-            return Ok(());
-        }
-        let now = Clock::now_unix_ns();
-        self.procfs.refresh();
-        let ends = self
-            .lifecycle
-            .poll(now, &mut self.registry, &mut self.probes, &mut self.procfs);
-        for r in &ends {
-            self.emit(r)?;
-        }
-        self.sink.flush()
     }
 
     fn emit(&mut self, r: &crate::record::Record) -> io::Result<()> {
@@ -266,20 +285,30 @@ async fn trace(cli: &Cli) -> Result<i32> {
                 })
         })
         .collect();
-    let watched = lifecycle::seed_counts(&snap, &host_ns, &mut probes);
-    let registry = Registry::from_snapshot(&snap, |key| {
-        match snap.processes.get(&key).and_then(|p| p.first()) {
-            Some(&pid) => procfs::ns_meta(pid, procfs::active_link(key.0)),
-            None => snap
-                .mounts
-                .get(&key)
-                .and_then(|m| m.first())
-                .map(|m| procfs::ns_meta_at(m))
-                .unwrap_or_default(),
+    let watched = ends::seed_counts(&snap, &host_ns, &mut probes);
+    let registry = Registry::from_snapshot(&snap, |key| snap.meta(key));
+    // How ends are decided: the kernel's free path, else the kernel's answer
+    // through nsfs file handles, else inference from /proc.
+    let mut ends_note = None;
+    let method = if exact_ends {
+        Method::Fentry
+    } else if cli.infer_ends {
+        ends_note = Some("inference forced by --infer-ends".to_string());
+        Method::Inference
+    } else if !layout.has_ns_id {
+        ends_note = Some("no namespace ids on this kernel (6.18+ has them)".to_string());
+        Method::Inference
+    } else {
+        match Handles::open() {
+            Ok(h) => Method::Handles(Box::new(h)),
+            Err(why) => {
+                ends_note = Some(format!("nsfs file handles unusable: {why}"));
+                Method::Inference
+            }
         }
-    });
-    let mut lifecycle = Lifecycle::new(exact_ends);
-    lifecycle.seed_pinned(&snap);
+    };
+    let mut ends = Ends::new(method);
+    ends.seed(&snap, &host_ns, clock.now_as_event_ns());
 
     if let Some(pid) = cli.pid {
         let tree = procfs::descendants(pid);
@@ -305,18 +334,30 @@ async fn trace(cli: &Cli) -> Result<i32> {
             .context("watching the ring buffer")?;
 
     if !cli.quiet {
-        let mut notes = vec![if exact_ends {
-            let funcs: Vec<&str> = layout
-                .free_targets
-                .iter()
-                .map(|(f, _)| f.as_str())
-                .collect();
-            format!("ends from fentry on {}", funcs.join(", "))
-        } else {
-            format!("ends by member counting, {watched} namespaces watched")
+        let mut notes = vec![match ends.method() {
+            Method::Fentry => {
+                let funcs: Vec<&str> = layout
+                    .free_targets
+                    .iter()
+                    .map(|(f, _)| f.as_str())
+                    .collect();
+                format!(
+                    "ends from the kernel's free path: fentry on {}",
+                    funcs.join(", ")
+                )
+            }
+            Method::Handles(_) => format!(
+                "ends confirmed by the kernel through nsfs file handles, {watched} namespaces watched"
+            ),
+            Method::Inference => format!(
+                "ends inferred from member counts and /proc, best effort, {watched} namespaces watched"
+            ),
         }];
         if let Some(why) = &fentry_note {
             notes.push(format!("fentry unavailable: {why}"));
+        }
+        if let Some(why) = &ends_note {
+            notes.push(why.clone());
         }
         if host.mounted_tracefs {
             notes.push(format!("mounted tracefs at {}", host.tracefs.display()));
@@ -351,7 +392,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         sink: output::sink(cli.json, io::BufWriter::new(stdout.lock())),
         probes,
         registry,
-        lifecycle,
+        ends,
         totals: Totals::default(),
         filter: Filter {
             container: cli.container.clone(),
@@ -363,7 +404,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         },
         containers: container::Resolver::new(),
         collect_caused: command.is_some(),
-        procfs: Procfs::new(clock),
+        held: None,
     };
     let mut exit_code = 0;
     // Command mode: when the command ended, and until when its namespaces'
@@ -373,10 +414,13 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let mut output_closed = false;
 
     loop {
+        let wake = t.next_wake();
         tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                match t.drain(guard.get_inner_mut()) {
+                let began = t.clock.now_as_event_ns();
+                let ring = guard.get_inner_mut();
+                match t.drain(ring, began).and_then(|more| Ok(t.check_ends(ring)? || more)) {
                     Err(_) => {
                         output_closed = true;
                         break;
@@ -389,8 +433,16 @@ async fn trace(cli: &Cli) -> Result<i32> {
                 drop(guard);
                 tokio::time::sleep(DRAIN_INTERVAL).await;
             }
+            _ = tokio::time::sleep(wake.unwrap_or_default()), if wake.is_some() => {
+                let now = t.clock.now_as_event_ns();
+                let ring = events.get_mut();
+                if t.drain(ring, now).and_then(|_| t.check_ends(ring)).is_err() {
+                    output_closed = true;
+                    break;
+                }
+            }
             _ = tick.tick() => {
-                if t.report_losses(&mut reported_losses).is_err() || t.poll_pinned().is_err() {
+                if t.report_losses(&mut reported_losses).is_err() {
                     output_closed = true;
                     break;
                 }
@@ -412,7 +464,8 @@ async fn trace(cli: &Cli) -> Result<i32> {
     }
     // Records already in the ring when the signal came are still the user's.
     if !output_closed {
-        while let Ok(true) = t.drain(events.get_mut()) {}
+        while let Ok(true) = t.drain(events.get_mut(), i128::MAX) {}
+        let _ = t.check_ends(events.get_mut());
         let _ = t.report_losses(&mut reported_losses);
     }
     let losses = t.probes.losses();

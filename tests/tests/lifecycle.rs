@@ -42,7 +42,13 @@ fn create_then_destroy(flags: &[&str], kind: &str, link: &str) {
     let ends = tracer.wait_for(1, |r| is(r, "destroy", kind, inode));
     assert!(killed.elapsed() < Duration::from_secs(5));
     let d = &ends[0];
-    assert_eq!(d["end"], expected_end("last-member-left"), "{d}");
+    // A zombie not yet reaped (or its credentials) can hold it a moment
+    // longer: then it was reported pinned, and ends when that goes.
+    let end = d["end"].as_str().unwrap();
+    assert!(
+        end == expected_end("last-member-left") || end == expected_end("pin-released"),
+        "{d}"
+    );
     assert!(d["lifetime_ns"].as_i64().unwrap() >= 300_000_000, "{d}");
     assert_eq!(d["ns_created"]["comm"], "unshare");
     assert!(d["syscall"].is_null());

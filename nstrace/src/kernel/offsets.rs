@@ -123,7 +123,12 @@ const FREE_CANDIDATES: &[(NsKind, &str, Arg, bool)] = &[
     // inlined); __put_net can be inlined into nsfs's put in the same file.
     (NsKind::Net, "net_ns_net_exit", Arg::Ns, false),
     (NsKind::Net, "__put_net", Arg::Ns, false),
-    // The work function (called through a pointer) before the put helper.
+    // free_user_ns (a work function) frees a whole parent chain in one call
+    // on 6.1/6.12: these two run once per namespace inside its loop, before
+    // the memory goes (CONFIG_SYSCTL, CONFIG_KEYS); free_user_ns and the put
+    // helper only where they are absent.
+    (NsKind::User, "retire_userns_sysctls", Arg::Ns, false),
+    (NsKind::User, "key_free_user_ns", Arg::Ns, false),
     (NsKind::User, "free_user_ns", Arg::Member("work"), false),
     (NsKind::User, "__put_user_ns", Arg::Ns, false),
     (NsKind::Cgroup, "free_cgroup_ns", Arg::Ns, false),

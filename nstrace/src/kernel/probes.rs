@@ -13,7 +13,7 @@ use nstrace_common::{
 };
 
 use super::offsets::Layout;
-use crate::{error::hinted, lifecycle::MemberCounts, procfs::NsKey, record::Loss};
+use crate::{ends::MemberCounts, error::hinted, procfs::NsKey, record::Loss};
 
 /// (program, category, tracepoint)
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
@@ -246,10 +246,9 @@ impl MemberCounts for Probes {
         let _ = self.members.insert(key(k), members, 0);
     }
 
-    fn remove(&mut self, _: NsKey) {
-        // Never from user space: by now the kernel may have given the inode to
-        // a new namespace, whose entry this would delete. The map is an LRU.
-    }
+    // Entries are never removed from user space: by the time an end is known
+    // the kernel may have given the inode to a new namespace, whose entry
+    // that would delete. The map is an LRU.
 }
 
 /// The verifier's log is long; keep it for NSTRACE_DEBUG=1 and say what to do.

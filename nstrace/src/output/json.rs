@@ -107,6 +107,9 @@ impl Serialize for RecordJson<'_> {
             if let Some(e) = r.end {
                 m.serialize_entry("end", e.name())?;
             }
+            if let Some(b) = r.end_by {
+                m.serialize_entry("end_by", b.name())?;
+            }
             let lifetime = r.born.as_ref().map(|b| (r.time_ns - b.time_ns) as i64);
             m.serialize_entry("lifetime_ns", &lifetime)?;
             if let Some(v) = r.init_pid {

@@ -1,0 +1,900 @@
+//! Deciding that a namespace ended: the one place that does, with its three
+//! methods side by side, one chosen per kernel at start-up.
+//!
+//! - **fentry**: the kernel's own free path reports each end
+//!   ([`Ends::on_freed`]); here only `pinned` is decided.
+//! - **nsfs handles** (tracepoints only, Linux 6.18+): when a namespace loses
+//!   its last member, the kernel is asked whether it still exists
+//!   ([`handles`]); gone is `destroy`, alive is `pinned`, re-asked a few times
+//!   a second until it goes. The kernel's answer is the whole truth.
+//! - **inference** (tracepoints only, older kernels): gone when it has no
+//!   member and nothing in /proc holds it (nsfs mounts in every mount
+//!   namespace, fds of every process, namespaces it owns or contains), seen so
+//!   twice, [`GRACE_NS`] apart. Best effort: a socket or a zombie's credentials
+//!   hold a namespace where /proc does not show it.
+//!
+//! Every answer is read at a time S, after the event that emptied the
+//! namespace; its record is emitted only once every event stamped before S
+//! has been (the session drains up to S between [`Ends::check`] and
+//! [`Ends::apply`]). So a verdict never goes back in time: what the kernel
+//! said at S is reported after the joins and exits before S, never before.
+
+pub mod handles;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{
+    decode::NsRef,
+    procfs::{self, FdHolders, MountPin, NsKey, Snapshot},
+    record::{Actor, EndCause, EndMethod, NsKind, Record},
+    registry::Registry,
+};
+use handles::Answer;
+
+/// The kernel's member counts, as user space sees them.
+pub trait MemberCounts {
+    fn get(&self, key: NsKey) -> Option<i64>;
+    fn set(&mut self, key: NsKey, members: i64);
+}
+
+/// What /proc says holds namespaces, and who is in them.
+pub trait Holders {
+    fn mounts(&mut self) -> BTreeMap<NsKey, Vec<MountPin>>;
+    fn fds(&mut self) -> FdHolders;
+    /// Member threads of each key, counted from /proc.
+    fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64>;
+}
+
+/// The real /proc.
+pub struct Procfs;
+
+impl Holders for Procfs {
+    fn mounts(&mut self) -> BTreeMap<NsKey, Vec<MountPin>> {
+        procfs::nsfs_mounts()
+    }
+    fn fds(&mut self) -> FdHolders {
+        procfs::ns_fd_holders()
+    }
+    fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
+        procfs::count_threads(keys)
+    }
+}
+
+/// Whether a namespace exists, from the kernel itself.
+pub trait Ask {
+    fn ask(&self, kind: NsKind, inode: u32, ns_id: u64) -> std::io::Result<Answer>;
+}
+
+impl Ask for handles::Handles {
+    fn ask(&self, kind: NsKind, inode: u32, ns_id: u64) -> std::io::Result<Answer> {
+        handles::Handles::ask(self, kind, inode, ns_id)
+    }
+}
+
+pub enum Method {
+    Fentry,
+    Handles(Box<dyn Ask>),
+    Inference,
+}
+
+impl Method {
+    pub fn end_by(&self) -> EndMethod {
+        match self {
+            Method::Fentry => EndMethod::Fentry,
+            Method::Handles(_) => EndMethod::NsfsHandle,
+            Method::Inference => EndMethod::Inference,
+        }
+    }
+}
+
+const MS: i128 = 1_000_000;
+/// After a namespace empties, a live answer is asked again at these delays
+/// (frees are deferred: RCU for pid, a workqueue for net, a zombie's
+/// credentials for user) before it is called held by nothing visible.
+const SETTLE_NS: [i128; 5] = [10 * MS, 20 * MS, 40 * MS, 80 * MS, 160 * MS];
+/// Pinned namespaces are asked again this often (one syscall each)...
+const POLL_HANDLES_NS: i128 = 200 * MS;
+/// ...or, by inference, re-scanned (reads every process's fds).
+const POLL_INFERENCE_NS: i128 = 500 * MS;
+/// Inference: nothing visible holds it, seen twice this far apart, so that
+/// the kernel's own deferred free has run before the destroy is reported.
+pub const GRACE_NS: i128 = 100 * MS;
+
+const HELD_INSIDE: &str = "held inside the kernel: no mount, fd or owned namespace found";
+
+/// A namespace with no member that is not known to be gone.
+#[derive(Clone, Debug)]
+struct Watch {
+    /// The last member that left, for the destroy record.
+    last: Option<Actor>,
+    /// Answers asked since it emptied.
+    checks: usize,
+    /// When to ask next (event-scale ns).
+    next: i128,
+    /// A `pinned` record stands for it.
+    pinned: bool,
+    /// Inference: when a check first found nothing holding it.
+    looks_gone_at: Option<i128>,
+}
+
+/// Which namespace a verdict is about: a verdict is dropped if, by the time
+/// it is applied, the key names another namespace (inode reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ident {
+    born: Option<i128>,
+    ns_id: Option<u64>,
+}
+
+#[derive(Debug)]
+pub enum Verdict {
+    Gone {
+        key: NsKey,
+        ident: Ident,
+        at: i128,
+    },
+    Pinned {
+        key: NsKey,
+        ident: Ident,
+        by: Vec<String>,
+        at: i128,
+    },
+}
+
+pub struct Ends {
+    method: Method,
+    watch: BTreeMap<NsKey, Watch>,
+    /// Mount namespaces whose mounts are named by path alone.
+    home_mntns: Vec<u32>,
+}
+
+fn ident(reg: &Registry, key: NsKey) -> Option<Ident> {
+    reg.get(key).map(|e| Ident {
+        born: e.born.as_ref().map(|b| b.time_ns),
+        ns_id: e.ns_id,
+    })
+}
+
+/// Namespaces of PID 1 are the host's: they never end, so they are not watched.
+pub fn seed_counts(
+    snap: &Snapshot,
+    host: &BTreeSet<NsKey>,
+    counts: &mut dyn MemberCounts,
+) -> usize {
+    let mut n = 0;
+    for (&key, &threads) in &snap.threads {
+        if !host.contains(&key) {
+            counts.set(key, threads);
+            n += 1;
+        }
+    }
+    // Namespaces held only by mounts or fds have no member but are alive.
+    for key in snap.memberless() {
+        if !host.contains(&key) {
+            counts.set(key, 0);
+            n += 1;
+        }
+    }
+    n
+}
+
+impl Ends {
+    pub fn new(method: Method) -> Self {
+        Ends {
+            method,
+            watch: BTreeMap::new(),
+            home_mntns: procfs::home_mount_namespaces(),
+        }
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// Namespaces alive at start with no member (held by a mount or an fd)
+    /// are watched as pinned from the first poll.
+    pub fn seed(&mut self, snap: &Snapshot, host: &BTreeSet<NsKey>, now: i128) {
+        for key in snap.memberless() {
+            if host.contains(&key) {
+                continue;
+            }
+            self.watch.insert(
+                key,
+                Watch {
+                    last: None,
+                    checks: SETTLE_NS.len(),
+                    next: now,
+                    pinned: true,
+                    looks_gone_at: None,
+                },
+            );
+        }
+    }
+
+    /// Namespaces with no member that are not known to be gone.
+    pub fn watched(&self) -> impl Iterator<Item = &NsKey> {
+        self.watch.keys()
+    }
+
+    /// The kernel side said these lost their last member: ask at the next check.
+    pub fn on_emptied(
+        &mut self,
+        emptied: &[NsRef],
+        last: Option<&Actor>,
+        now: i128,
+        reg: &mut Registry,
+    ) {
+        for n in emptied {
+            let key = (n.kind, n.inode);
+            if let Some(e) = reg.get_mut(key) {
+                if e.ns_id.is_none() {
+                    e.ns_id = n.ns_id;
+                }
+            }
+            let w = self.watch.entry(key).or_insert(Watch {
+                last: None,
+                checks: 0,
+                next: now,
+                pinned: false,
+                looks_gone_at: None,
+            });
+            w.last = last.cloned();
+            w.checks = 0;
+            w.next = now;
+            w.looks_gone_at = None;
+            // A pinned namespace that was joined and left again is pinned anew.
+            w.pinned = w.pinned
+                && matches!(
+                    reg.get(key).map(|e| &e.state),
+                    Some(crate::registry::State::Pinned(_))
+                );
+        }
+    }
+
+    /// fentry: the kernel freed it.
+    pub fn on_freed(&mut self, n: NsRef, time_ns: i128, reg: &mut Registry) -> Record {
+        let key = (n.kind, n.inode);
+        if let Some(e) = reg.get_mut(key) {
+            if e.ns_id.is_none() {
+                e.ns_id = n.ns_id;
+            }
+        }
+        self.watch.remove(&key);
+        let mut r = reg.end(key, EndCause::KernelFreed, time_ns, None);
+        r.end_by = Some(EndMethod::Fentry);
+        r
+    }
+
+    /// The key now names another namespace (its inode was reused).
+    pub fn forget(&mut self, key: NsKey) {
+        self.watch.remove(&key);
+    }
+
+    /// When the next check is due.
+    pub fn next_due(&self) -> Option<i128> {
+        self.watch.values().map(|w| w.next).min()
+    }
+
+    /// Whether a check is due by `now`.
+    pub fn due(&self, now: i128) -> bool {
+        self.watch.values().any(|w| w.next <= now)
+    }
+
+    /// Asks about every namespace whose check is due, at `now`. Reads only:
+    /// the verdicts take effect in [`Ends::apply`].
+    pub fn check(
+        &mut self,
+        now: i128,
+        reg: &Registry,
+        counts: &dyn MemberCounts,
+        src: &mut dyn Holders,
+    ) -> Vec<Verdict> {
+        let due: Vec<NsKey> = self
+            .watch
+            .iter()
+            .filter(|(_, w)| w.next <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        if due.is_empty() {
+            return Vec::new();
+        }
+        // Members again (joined since it emptied): alive, nothing to say.
+        let mut due: Vec<NsKey> = due
+            .into_iter()
+            .filter(|k| {
+                let members = counts.get(*k).unwrap_or(0) > 0;
+                if members {
+                    self.watch.remove(k);
+                }
+                !members
+            })
+            .collect();
+        // Counts of namespaces alive at start came from a scan that can race
+        // with forks: a zero is confirmed against /proc (never a destroy or
+        // a pin while a member task lives).
+        let preexisting: BTreeSet<NsKey> = due
+            .iter()
+            .filter(|k| reg.get(**k).is_none_or(|e| e.preexisting))
+            .filter(|k| !self.watch[*k].pinned)
+            .copied()
+            .collect();
+        if !preexisting.is_empty() {
+            let live = src.threads(&preexisting);
+            due.retain(|k| match live.get(k) {
+                Some(&n) if n > 0 => {
+                    self.watch.remove(k);
+                    false
+                }
+                _ => true,
+            });
+        }
+        let answers: Vec<(NsKey, std::io::Result<Answer>)> = match &self.method {
+            // Not freed yet: the free event removes the watch.
+            Method::Fentry => due.into_iter().map(|k| (k, Ok(Answer::Alive))).collect(),
+            Method::Handles(ask) => due
+                .into_iter()
+                .map(|k| {
+                    let answer = match reg.get(k).and_then(|e| e.ns_id) {
+                        Some(id) => ask.ask(k.0, k.1, id),
+                        // Ended already (not in the registry), or no id to ask by.
+                        None => Ok(Answer::Gone),
+                    };
+                    (k, answer)
+                })
+                .collect(),
+            Method::Inference => return self.infer(due, now, reg, src),
+        };
+        let mut out = Vec::new();
+        let mut explain = Vec::new();
+        for (key, answer) in answers {
+            match answer {
+                Ok(Answer::Gone) => {
+                    // Still watched until applied: the verdict needs its last member.
+                    match ident(reg, key) {
+                        Some(ident) => out.push(Verdict::Gone {
+                            key,
+                            ident,
+                            at: now,
+                        }),
+                        None => {
+                            self.watch.remove(&key);
+                        }
+                    }
+                }
+                Ok(Answer::Alive) => self.alive(key, &mut explain, POLL_HANDLES_NS, now),
+                Err(e) => {
+                    // Neither answer: ask again later, say nothing.
+                    eprintln!(
+                        "nstrace: warning: asking the kernel about {} {}: {e}",
+                        key.0.name(),
+                        key.1
+                    );
+                    if let Some(w) = self.watch.get_mut(&key) {
+                        w.next = now + POLL_HANDLES_NS;
+                    }
+                }
+            }
+        }
+        if !explain.is_empty() {
+            out.extend(self.explain(explain, now, reg, src));
+        }
+        out
+    }
+
+    /// Inference: nothing in /proc holds it and it has no member, seen twice
+    /// [`GRACE_NS`] apart; held by something visible, pinned at once.
+    fn infer(
+        &mut self,
+        due: Vec<NsKey>,
+        now: i128,
+        reg: &Registry,
+        src: &mut dyn Holders,
+    ) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        let mounts = src.mounts();
+        let need_fds = due
+            .iter()
+            .any(|k| !mounts.contains_key(k) && reg.dependents(*k).is_empty());
+        let fds = if need_fds {
+            src.fds()
+        } else {
+            FdHolders::new()
+        };
+        for key in due {
+            let pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
+            let Some(w) = self.watch.get_mut(&key) else {
+                continue;
+            };
+            if !pins.is_empty() {
+                w.looks_gone_at = None;
+                w.next = now + POLL_INFERENCE_NS;
+                if !w.pinned {
+                    w.pinned = true;
+                    if let Some(ident) = ident(reg, key) {
+                        out.push(Verdict::Pinned {
+                            key,
+                            ident,
+                            by: pins,
+                            at: now,
+                        });
+                    }
+                }
+                continue;
+            }
+            match w.looks_gone_at {
+                Some(t) if now - t >= GRACE_NS => match ident(reg, key) {
+                    Some(ident) => {
+                        w.next = i128::MAX;
+                        out.push(Verdict::Gone {
+                            key,
+                            ident,
+                            at: now,
+                        });
+                    }
+                    None => {
+                        self.watch.remove(&key);
+                    }
+                },
+                Some(t) => w.next = t + GRACE_NS,
+                None => {
+                    w.looks_gone_at = Some(now);
+                    w.next = now + GRACE_NS;
+                }
+            }
+        }
+        out
+    }
+
+    /// The kernel says `key` is alive (or has not freed it): ask again soon
+    /// while it may be on its way out; once settled, or at once when a
+    /// holder is to be seen, it is pinned.
+    fn alive(&mut self, key: NsKey, explain: &mut Vec<(NsKey, bool)>, poll: i128, now: i128) {
+        let Some(w) = self.watch.get_mut(&key) else {
+            return;
+        };
+        if w.pinned {
+            w.next = now + poll;
+            return;
+        }
+        let settled = w.checks >= SETTLE_NS.len();
+        w.next = now + if settled { poll } else { SETTLE_NS[w.checks] };
+        w.checks += 1;
+        // Look for a holder on the first live answer (a mount or fd is then
+        // reported at once) and once settled (anything else: the kernel's).
+        if w.checks == 1 || settled {
+            explain.push((key, settled));
+        }
+    }
+
+    /// Pinned verdicts for live namespaces, naming what holds them; one
+    /// /proc scan for all. Before the settle delays are over, a namespace
+    /// nothing visible holds is left to be asked again.
+    fn explain(
+        &mut self,
+        keys: Vec<(NsKey, bool)>,
+        now: i128,
+        reg: &Registry,
+        src: &mut dyn Holders,
+    ) -> Vec<Verdict> {
+        let mounts = src.mounts();
+        let fds = src.fds();
+        let mut out = Vec::new();
+        for (key, settled) in keys {
+            let mut pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
+            if pins.is_empty() {
+                if !settled {
+                    continue;
+                }
+                pins.push(HELD_INSIDE.to_string());
+            }
+            let fentry = matches!(self.method, Method::Fentry);
+            let Some(w) = self.watch.get_mut(&key) else {
+                continue;
+            };
+            w.pinned = true;
+            if fentry {
+                // The free event will tell the end: no polling.
+                self.watch.remove(&key);
+            }
+            if let Some(ident) = ident(reg, key) {
+                out.push(Verdict::Pinned {
+                    key,
+                    ident,
+                    by: pins,
+                    at: now,
+                });
+            }
+        }
+        out
+    }
+
+    /// Turns verdicts read at their time into records, now that every event
+    /// before that time has been handled.
+    pub fn apply(
+        &mut self,
+        verdicts: Vec<Verdict>,
+        now: i128,
+        reg: &mut Registry,
+        counts: &dyn MemberCounts,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        for v in verdicts {
+            match v {
+                Verdict::Gone { key, ident: id, at } => {
+                    let w = self.watch.remove(&key);
+                    if ident(reg, key) != Some(id) {
+                        continue;
+                    }
+                    let was_pinned = w.as_ref().is_some_and(|w| w.pinned)
+                        || matches!(
+                            reg.get(key).map(|e| &e.state),
+                            Some(crate::registry::State::Pinned(_))
+                        );
+                    let (cause, last) = if was_pinned {
+                        (EndCause::PinReleased, None)
+                    } else {
+                        (EndCause::LastMemberLeft, w.and_then(|w| w.last))
+                    };
+                    let (owner, parent) = reg
+                        .get(key)
+                        .map(|e| (e.owner, e.parent))
+                        .unwrap_or_default();
+                    let mut r = reg.end(key, cause, at, last);
+                    r.end_by = Some(self.method.end_by());
+                    out.push(r);
+                    // Its owner or parent may have been waiting only for it:
+                    // ask again now rather than at the next poll.
+                    for up in [
+                        owner.map(|o| (NsKind::User, o)),
+                        (key.0 == NsKind::Pid)
+                            .then_some(parent)
+                            .flatten()
+                            .map(|p| (NsKind::Pid, p)),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        if counts.get(up).unwrap_or(0) <= 0 {
+                            if let Some(w) = self.watch.get_mut(&up) {
+                                w.next = w.next.min(now);
+                            }
+                        }
+                    }
+                }
+                Verdict::Pinned {
+                    key,
+                    ident: id,
+                    by,
+                    at,
+                } => {
+                    if ident(reg, key) != Some(id) {
+                        continue;
+                    }
+                    if let Some(r) = reg.pin(key, by, at) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What visibly holds `key`: nsfs mounts in any mount namespace, fds of any
+/// process, namespaces it owns (user) or contains (pid).
+fn pins_of(
+    key: NsKey,
+    mounts: &BTreeMap<NsKey, Vec<MountPin>>,
+    fds: &FdHolders,
+    reg: &Registry,
+    home: &[u32],
+) -> Vec<String> {
+    let mut pins: Vec<String> = mounts
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .map(|m| m.describe(home))
+        .collect();
+    pins.extend(
+        fds.get(&key)
+            .into_iter()
+            .flatten()
+            .map(|(pid, fd, comm)| format!("fd {fd} of {comm} (pid {pid})")),
+    );
+    pins.extend(reg.dependents(key).into_iter().map(|(k, i)| match key.0 {
+        NsKind::Pid => format!("child pid namespace {i}"),
+        _ => format!("owned {} namespace {i}", k.name()),
+    }));
+    pins
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, collections::HashMap};
+
+    use super::*;
+    use crate::record::{EventType, Syscall};
+
+    #[derive(Default)]
+    struct Counts(HashMap<NsKey, i64>);
+
+    impl MemberCounts for Counts {
+        fn get(&self, key: NsKey) -> Option<i64> {
+            self.0.get(&key).copied()
+        }
+        fn set(&mut self, key: NsKey, members: i64) {
+            self.0.insert(key, members);
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeProc {
+        mounts: BTreeMap<NsKey, Vec<MountPin>>,
+        threads: HashMap<NsKey, i64>,
+    }
+
+    impl Holders for FakeProc {
+        fn mounts(&mut self) -> BTreeMap<NsKey, Vec<MountPin>> {
+            self.mounts.clone()
+        }
+        fn fds(&mut self) -> FdHolders {
+            BTreeMap::new()
+        }
+        fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
+            keys.iter()
+                .map(|k| (*k, self.threads.get(k).copied().unwrap_or(0)))
+                .collect()
+        }
+    }
+
+    /// A kernel whose answers the test sets.
+    #[derive(Clone, Default)]
+    struct Kernel(std::rc::Rc<RefCell<BTreeSet<NsKey>>>);
+
+    impl Ask for Kernel {
+        fn ask(&self, kind: NsKind, inode: u32, _: u64) -> std::io::Result<Answer> {
+            Ok(if self.0.borrow().contains(&(kind, inode)) {
+                Answer::Alive
+            } else {
+                Answer::Gone
+            })
+        }
+    }
+
+    const NET: NsKey = (NsKind::Net, 4026532300);
+
+    fn mount(path: &str) -> Vec<MountPin> {
+        vec![MountPin {
+            path: path.into(),
+            mnt_ns: 1,
+            pid: 1,
+        }]
+    }
+
+    fn ends(method: Method) -> Ends {
+        Ends {
+            method,
+            watch: BTreeMap::new(),
+            home_mntns: vec![1],
+        }
+    }
+
+    fn registry_with_created(key: NsKey, owner: Option<u32>) -> Registry {
+        let mut reg = Registry::default();
+        let mut r = Record {
+            event: EventType::Create,
+            kind: Some(key.0),
+            inode: Some(key.1),
+            ns_id: Some(77),
+            owner_inode: owner,
+            syscall: Some(Syscall::Unshare),
+            actor: Some(Actor::default()),
+            time_ns: 10,
+            ..Record::default()
+        };
+        reg.observe(&mut r);
+        reg
+    }
+
+    fn emptied(key: NsKey) -> Vec<NsRef> {
+        vec![NsRef {
+            kind: key.0,
+            inode: key.1,
+            ns_id: Some(77),
+        }]
+    }
+
+    /// check then apply at `now`, as the session does.
+    fn round(
+        e: &mut Ends,
+        now: i128,
+        reg: &mut Registry,
+        counts: &Counts,
+        src: &mut FakeProc,
+    ) -> Vec<Record> {
+        let v = e.check(now, reg, counts, src);
+        e.apply(v, now, reg, counts)
+    }
+
+    #[test]
+    fn inference_ends_after_the_grace_with_nothing_holding_it() {
+        let mut reg = registry_with_created(NET, None);
+        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let mut e = ends(Method::Inference);
+        e.on_emptied(&emptied(NET), None, 100, &mut reg);
+        assert!(round(&mut e, 100, &mut reg, &counts, &mut src).is_empty());
+        assert!(!e.due(100 + GRACE_NS - 1));
+        let out = round(&mut e, 100 + GRACE_NS, &mut reg, &counts, &mut src);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event, EventType::Destroy);
+        assert_eq!(out[0].end, Some(EndCause::LastMemberLeft));
+        assert_eq!(out[0].end_by, Some(EndMethod::Inference));
+        assert_eq!(out[0].time_ns, 100 + GRACE_NS);
+    }
+
+    #[test]
+    fn a_mount_anywhere_pins_and_its_removal_ends() {
+        let mut reg = registry_with_created(NET, None);
+        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let mut e = ends(Method::Inference);
+        src.mounts.insert(
+            NET,
+            vec![MountPin {
+                path: "/tmp/pin".into(),
+                mnt_ns: 9,
+                pid: 42,
+            }],
+        );
+        e.on_emptied(&emptied(NET), None, 100, &mut reg);
+        let out = round(&mut e, 100, &mut reg, &counts, &mut src);
+        assert_eq!(out[0].event, EventType::Pinned);
+        assert_eq!(
+            out[0].pinned_by,
+            vec!["mount /tmp/pin in mnt namespace 9 (pid 42)".to_string()]
+        );
+        src.mounts.clear();
+        let t = 100 + POLL_INFERENCE_NS;
+        assert!(round(&mut e, t, &mut reg, &counts, &mut src).is_empty());
+        let out = round(&mut e, t + GRACE_NS, &mut reg, &counts, &mut src);
+        assert_eq!(out[0].event, EventType::Destroy);
+        assert_eq!(out[0].end, Some(EndCause::PinReleased));
+    }
+
+    #[test]
+    fn handles_destroy_only_when_the_kernel_says_gone() {
+        let mut reg = registry_with_created(NET, None);
+        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let kernel = Kernel::default();
+        kernel.0.borrow_mut().insert(NET);
+        let mut e = ends(Method::Handles(Box::new(kernel.clone())));
+        e.on_emptied(&emptied(NET), None, 0, &mut reg);
+        // Alive, nothing visible: asked again through the settle delays...
+        let mut t = 0;
+        for step in SETTLE_NS {
+            assert!(round(&mut e, t, &mut reg, &counts, &mut src).is_empty());
+            t += step;
+        }
+        // ...then pinned by something the kernel holds.
+        let out = round(&mut e, t, &mut reg, &counts, &mut src);
+        assert_eq!(out[0].event, EventType::Pinned);
+        assert_eq!(out[0].pinned_by, vec![HELD_INSIDE.to_string()]);
+        kernel.0.borrow_mut().clear();
+        let out = round(&mut e, t + POLL_HANDLES_NS, &mut reg, &counts, &mut src);
+        assert_eq!(out[0].event, EventType::Destroy);
+        assert_eq!(out[0].end, Some(EndCause::PinReleased));
+        assert_eq!(out[0].end_by, Some(EndMethod::NsfsHandle));
+        assert!(e.watched().next().is_none());
+    }
+
+    #[test]
+    fn handles_report_a_visible_pin_at_once() {
+        let mut reg = registry_with_created(NET, None);
+        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let kernel = Kernel::default();
+        kernel.0.borrow_mut().insert(NET);
+        src.mounts.insert(NET, mount("/run/netns/t"));
+        let mut e = ends(Method::Handles(Box::new(kernel)));
+        e.on_emptied(&emptied(NET), None, 0, &mut reg);
+        let out = round(&mut e, 0, &mut reg, &counts, &mut src);
+        assert_eq!(out[0].pinned_by, vec!["mount /run/netns/t".to_string()]);
+    }
+
+    #[test]
+    fn a_verdict_for_a_reused_inode_is_dropped() {
+        let mut reg = registry_with_created(NET, None);
+        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let mut e = ends(Method::Handles(Box::new(Kernel::default())));
+        e.on_emptied(&emptied(NET), None, 0, &mut reg);
+        let v = e.check(5, &reg, &counts, &mut src);
+        // Meanwhile (before 5) the inode went to a new namespace.
+        let mut again = Record {
+            event: EventType::Create,
+            kind: Some(NET.0),
+            inode: Some(NET.1),
+            syscall: Some(Syscall::Unshare),
+            actor: Some(Actor::default()),
+            time_ns: 4,
+            ..Record::default()
+        };
+        reg.observe(&mut again);
+        assert!(e.apply(v, 5, &mut reg, &counts).is_empty());
+    }
+
+    #[test]
+    fn with_fentry_only_pins_are_reported() {
+        let mut reg = registry_with_created(NET, None);
+        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let mut e = ends(Method::Fentry);
+        src.mounts.insert(NET, mount("/run/netns/t"));
+        e.on_emptied(&emptied(NET), None, 0, &mut reg);
+        let out = round(&mut e, 0, &mut reg, &counts, &mut src);
+        assert_eq!(out[0].event, EventType::Pinned);
+        assert!(e.watched().next().is_none(), "the free event ends it");
+        let r = e.on_freed(emptied(NET)[0], 50, &mut reg);
+        assert_eq!(r.end, Some(EndCause::KernelFreed));
+    }
+
+    #[test]
+    fn preexisting_namespace_with_live_members_is_left_alone() {
+        let mut reg = Registry::default();
+        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        src.threads.insert(NET, 3);
+        let mut e = ends(Method::Inference);
+        e.on_emptied(&emptied(NET), None, 0, &mut reg);
+        assert!(round(&mut e, GRACE_NS * 3, &mut reg, &counts, &mut src).is_empty());
+        assert!(e.watched().next().is_none());
+    }
+
+    #[test]
+    fn a_rejoined_namespace_is_no_longer_watched() {
+        let mut reg = registry_with_created(NET, None);
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
+        let mut e = ends(Method::Inference);
+        e.on_emptied(&emptied(NET), None, 0, &mut reg);
+        counts.set(NET, 1);
+        assert!(round(&mut e, 0, &mut reg, &counts, &mut src).is_empty());
+        assert!(e.watched().next().is_none());
+    }
+
+    #[test]
+    fn user_namespace_waits_for_what_it_owns() {
+        let user: NsKey = (NsKind::User, 4026532400);
+        let mut reg = registry_with_created(user, None);
+        let mut net = Record {
+            event: EventType::Create,
+            kind: Some(NET.0),
+            inode: Some(NET.1),
+            owner_inode: Some(user.1),
+            ..Record::default()
+        };
+        reg.observe(&mut net);
+        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let mut e = ends(Method::Inference);
+        src.mounts.insert(NET, mount("/run/netns/t"));
+        e.on_emptied(&[emptied(user)[0], emptied(NET)[0]], None, 0, &mut reg);
+        let out = round(&mut e, 0, &mut reg, &counts, &mut src);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|r| r.event == EventType::Pinned));
+        assert_eq!(
+            out[1].pinned_by,
+            vec![format!("owned net namespace {}", NET.1)]
+        );
+        src.mounts.clear();
+        let mut t = POLL_INFERENCE_NS;
+        let mut ended = Vec::new();
+        while ended.len() < 2 && t < 10 * POLL_INFERENCE_NS {
+            ended.extend(
+                round(&mut e, t, &mut reg, &counts, &mut src)
+                    .into_iter()
+                    .map(|r| (r.event, r.kind)),
+            );
+            t += 10 * MS;
+        }
+        assert_eq!(
+            ended,
+            vec![
+                (EventType::Destroy, Some(NsKind::Net)),
+                (EventType::Destroy, Some(NsKind::User))
+            ]
+        );
+    }
+}
