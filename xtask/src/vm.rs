@@ -45,12 +45,17 @@ const KERNELS: &[KernelSpec] = &[
 ];
 
 /// (test binary, probe mode, test-name filters): what each guest runs.
-/// Tracepoint mode runs the core and lifecycle scenarios; fentry mode the
-/// lifecycle ones (fentry only changes how ends are found).
+/// Tracepoint mode runs the core, lifecycle and end scenarios; fentry mode
+/// the lifecycle and end ones (fentry only changes how ends are found);
+/// "both" runs the end scenarios under both modes at once and compares them
+/// (fentry's kernel-freed is the judge where the kernel has no nsfs handles).
 const PLAN: &[(&str, &str, &[&str])] = &[
     ("core", "tracepoint", &[]),
     ("lifecycle", "tracepoint", &[]),
+    ("ends", "tracepoint", &[]),
     ("lifecycle", "fentry", &[]),
+    ("ends", "fentry", &[]),
+    ("ends", "both", &["both_modes_agree"]),
     (
         "lifecycle_of_tracer",
         "fentry",
@@ -247,8 +252,8 @@ fn build_initramfs(bins: &Binaries, out: &Path) -> Result<()> {
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .context("static busybox (busybox-static)")?;
     for applet in [
-        "sh", "mount", "mkdir", "poweroff", "cat", "echo", "ls", "grep", "stty", "sync", "uname",
-        "date", "mknod", "true", "false", "env", "id",
+        "sh", "mount", "umount", "mkdir", "poweroff", "cat", "echo", "ls", "grep", "stty", "sync",
+        "uname", "date", "mknod", "true", "false", "env", "id", "seq", "rm",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
@@ -303,10 +308,14 @@ export NSTRACE_BIN=/bin/nstrace
     // verifier's work at every tracer start is most of a test's time.
     for (test, mode, filters) in PLAN {
         let filters = filters.join(" ");
+        let env = match *mode {
+            "both" => "NSTRACE_BOTH_MODES=1 NSTRACE_PROBE_MODE=auto".to_string(),
+            m => format!("NSTRACE_PROBE_MODE={m}"),
+        };
         let _ = writeln!(
             s,
             "echo '=== BEGIN {mode} {test}' > $out\n\
-             NSTRACE_PROBE_MODE={mode} RUSTC_BOOTSTRAP=1 /t/deps/{test} --test-threads=1 \
+             {env} RUSTC_BOOTSTRAP=1 /t/deps/{test} --test-threads=1 \
              -Zunstable-options --report-time {filters} > $out 2>&1\n\
              echo \"=== END {mode} {test} rc=$?\" > $out"
         );
