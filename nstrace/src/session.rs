@@ -140,7 +140,7 @@ impl Tracer<'_> {
         }
         let verdicts = self
             .ends
-            .check(now, &self.registry, &self.probes, &mut ends::Procfs);
+            .check(now, &self.registry, &mut self.probes, &mut ends::Procfs);
         let more = self.drain(ring, now)?;
         for r in self
             .ends

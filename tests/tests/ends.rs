@@ -485,3 +485,48 @@ fn the_kernel_judge_answers() {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A namespace alive before the trace, held only by another process's fd:
+/// `nstrace ls` says what holds it, and its end is reported when the fd goes.
+#[test]
+fn a_namespace_held_only_by_an_fd_before_start_ends_when_closed() {
+    if !privileged() {
+        return;
+    }
+    let target = Group::spawn(&["unshare", "-u", "sleep", "60"]);
+    let inode = wait_ns_changed(target.pid(), "uts");
+    let mut holder = Group::spawn(&[
+        "sh",
+        "-c",
+        &format!(
+            "exec 7</proc/{}/ns/uts; echo open; exec sleep 60",
+            target.pid()
+        ),
+    ]);
+    assert_eq!(holder.read_line(), "open");
+    drop(target);
+    let ls = Command::new(nstrace_bin())
+        .args(["ls", "--json"])
+        .output()
+        .unwrap();
+    let ls: Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let row = ls["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == "uts" && n["ns"] == inode)
+        .unwrap_or_else(|| panic!("uts {inode} not listed: {ls:#}"))
+        .clone();
+    assert_eq!(row["memberless"], true, "{row}");
+    assert_eq!(
+        row["held_by"][0],
+        format!("fd 7 of sleep (pid {})", holder.pid()),
+        "{row}"
+    );
+    let tracer = Tracer::start(&[]);
+    assert_no_destroy(&tracer, "uts", inode, Duration::from_millis(600));
+    drop(holder);
+    let d = tracer.wait_for(1, |r| is(r, "destroy", "uts", inode));
+    assert_eq!(d[0]["end"], expected_end("pin-released"), "{}", d[0]);
+    assert!(tracer.stop().0.success());
+}

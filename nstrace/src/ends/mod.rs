@@ -285,7 +285,7 @@ impl Ends {
         &mut self,
         now: i128,
         reg: &Registry,
-        counts: &dyn MemberCounts,
+        counts: &mut dyn MemberCounts,
         src: &mut dyn Holders,
     ) -> Vec<Verdict> {
         let due: Vec<NsKey> = self
@@ -322,28 +322,45 @@ impl Ends {
             due.retain(|k| match live.get(k) {
                 Some(&n) if n > 0 => {
                     self.watch.remove(k);
+                    counts.set(*k, n);
                     false
                 }
                 _ => true,
             });
         }
+        let mut inferred = Vec::new();
         let answers: Vec<(NsKey, std::io::Result<Answer>)> = match &self.method {
             // Not freed yet: the free event removes the watch.
             Method::Fentry => due.into_iter().map(|k| (k, Ok(Answer::Alive))).collect(),
-            Method::Handles(ask) => due
-                .into_iter()
-                .map(|k| {
-                    let answer = match reg.get(k).and_then(|e| e.ns_id) {
-                        Some(id) => ask.ask(k.0, k.1, id),
-                        // Ended already (not in the registry), or no id to ask by.
-                        None => Ok(Answer::Gone),
-                    };
-                    (k, answer)
-                })
-                .collect(),
+            Method::Handles(ask) => {
+                // Ended already (out of the registry): nothing to ask or say.
+                due.retain(|k| {
+                    let known = reg.get(*k).is_some();
+                    if !known {
+                        self.watch.remove(k);
+                    }
+                    known
+                });
+                // A namespace whose id was never seen cannot be asked by
+                // handle: inferred, never guessed gone.
+                let (asked, unnamed): (Vec<NsKey>, Vec<NsKey>) = due
+                    .into_iter()
+                    .partition(|k| reg.get(*k).and_then(|e| e.ns_id).is_some());
+                let answers = asked
+                    .into_iter()
+                    .map(|k| {
+                        let id = reg.get(k).and_then(|e| e.ns_id).expect("partitioned");
+                        (k, ask.ask(k.0, k.1, id))
+                    })
+                    .collect();
+                if !unnamed.is_empty() {
+                    inferred = self.infer(unnamed, now, reg, src);
+                }
+                answers
+            }
             Method::Inference => return self.infer(due, now, reg, src),
         };
-        let mut out = Vec::new();
+        let mut out = inferred;
         let mut explain = Vec::new();
         for (key, answer) in answers {
             match answer {
@@ -708,7 +725,7 @@ mod tests {
         e: &mut Ends,
         now: i128,
         reg: &mut Registry,
-        counts: &Counts,
+        counts: &mut Counts,
         src: &mut FakeProc,
     ) -> Vec<Record> {
         let v = e.check(now, reg, counts, src);
@@ -718,12 +735,12 @@ mod tests {
     #[test]
     fn inference_ends_after_the_grace_with_nothing_holding_it() {
         let mut reg = registry_with_created(NET, None);
-        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let mut e = ends(Method::Inference);
         e.on_emptied(&emptied(NET), None, 100, &mut reg);
-        assert!(round(&mut e, 100, &mut reg, &counts, &mut src).is_empty());
+        assert!(round(&mut e, 100, &mut reg, &mut counts, &mut src).is_empty());
         assert!(!e.due(100 + GRACE_NS - 1));
-        let out = round(&mut e, 100 + GRACE_NS, &mut reg, &counts, &mut src);
+        let out = round(&mut e, 100 + GRACE_NS, &mut reg, &mut counts, &mut src);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].event, EventType::Destroy);
         assert_eq!(out[0].end, Some(EndCause::LastMemberLeft));
@@ -734,7 +751,7 @@ mod tests {
     #[test]
     fn a_mount_anywhere_pins_and_its_removal_ends() {
         let mut reg = registry_with_created(NET, None);
-        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let mut e = ends(Method::Inference);
         src.mounts.insert(
             NET,
@@ -745,7 +762,7 @@ mod tests {
             }],
         );
         e.on_emptied(&emptied(NET), None, 100, &mut reg);
-        let out = round(&mut e, 100, &mut reg, &counts, &mut src);
+        let out = round(&mut e, 100, &mut reg, &mut counts, &mut src);
         assert_eq!(out[0].event, EventType::Pinned);
         assert_eq!(
             out[0].pinned_by,
@@ -753,8 +770,8 @@ mod tests {
         );
         src.mounts.clear();
         let t = 100 + POLL_INFERENCE_NS;
-        assert!(round(&mut e, t, &mut reg, &counts, &mut src).is_empty());
-        let out = round(&mut e, t + GRACE_NS, &mut reg, &counts, &mut src);
+        assert!(round(&mut e, t, &mut reg, &mut counts, &mut src).is_empty());
+        let out = round(&mut e, t + GRACE_NS, &mut reg, &mut counts, &mut src);
         assert_eq!(out[0].event, EventType::Destroy);
         assert_eq!(out[0].end, Some(EndCause::PinReleased));
     }
@@ -762,7 +779,7 @@ mod tests {
     #[test]
     fn handles_destroy_only_when_the_kernel_says_gone() {
         let mut reg = registry_with_created(NET, None);
-        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let kernel = Kernel::default();
         kernel.0.borrow_mut().insert(NET);
         let mut e = ends(Method::Handles(Box::new(kernel.clone())));
@@ -770,15 +787,15 @@ mod tests {
         // Alive, nothing visible: asked again through the settle delays...
         let mut t = 0;
         for step in SETTLE_NS {
-            assert!(round(&mut e, t, &mut reg, &counts, &mut src).is_empty());
+            assert!(round(&mut e, t, &mut reg, &mut counts, &mut src).is_empty());
             t += step;
         }
         // ...then pinned by something the kernel holds.
-        let out = round(&mut e, t, &mut reg, &counts, &mut src);
+        let out = round(&mut e, t, &mut reg, &mut counts, &mut src);
         assert_eq!(out[0].event, EventType::Pinned);
         assert_eq!(out[0].pinned_by, vec![HELD_INSIDE.to_string()]);
         kernel.0.borrow_mut().clear();
-        let out = round(&mut e, t + POLL_HANDLES_NS, &mut reg, &counts, &mut src);
+        let out = round(&mut e, t + POLL_HANDLES_NS, &mut reg, &mut counts, &mut src);
         assert_eq!(out[0].event, EventType::Destroy);
         assert_eq!(out[0].end, Some(EndCause::PinReleased));
         assert_eq!(out[0].end_by, Some(EndMethod::NsfsHandle));
@@ -788,23 +805,23 @@ mod tests {
     #[test]
     fn handles_report_a_visible_pin_at_once() {
         let mut reg = registry_with_created(NET, None);
-        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let kernel = Kernel::default();
         kernel.0.borrow_mut().insert(NET);
         src.mounts.insert(NET, mount("/run/netns/t"));
         let mut e = ends(Method::Handles(Box::new(kernel)));
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
-        let out = round(&mut e, 0, &mut reg, &counts, &mut src);
+        let out = round(&mut e, 0, &mut reg, &mut counts, &mut src);
         assert_eq!(out[0].pinned_by, vec!["mount /run/netns/t".to_string()]);
     }
 
     #[test]
     fn a_verdict_for_a_reused_inode_is_dropped() {
         let mut reg = registry_with_created(NET, None);
-        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let mut e = ends(Method::Handles(Box::new(Kernel::default())));
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
-        let v = e.check(5, &reg, &counts, &mut src);
+        let v = e.check(5, &reg, &mut counts, &mut src);
         // Meanwhile (before 5) the inode went to a new namespace.
         let mut again = Record {
             event: EventType::Create,
@@ -822,11 +839,11 @@ mod tests {
     #[test]
     fn with_fentry_only_pins_are_reported() {
         let mut reg = registry_with_created(NET, None);
-        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let mut e = ends(Method::Fentry);
         src.mounts.insert(NET, mount("/run/netns/t"));
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
-        let out = round(&mut e, 0, &mut reg, &counts, &mut src);
+        let out = round(&mut e, 0, &mut reg, &mut counts, &mut src);
         assert_eq!(out[0].event, EventType::Pinned);
         assert!(e.watched().next().is_none(), "the free event ends it");
         let r = e.on_freed(emptied(NET)[0], 50, &mut reg);
@@ -836,11 +853,11 @@ mod tests {
     #[test]
     fn preexisting_namespace_with_live_members_is_left_alone() {
         let mut reg = Registry::default();
-        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         src.threads.insert(NET, 3);
         let mut e = ends(Method::Inference);
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
-        assert!(round(&mut e, GRACE_NS * 3, &mut reg, &counts, &mut src).is_empty());
+        assert!(round(&mut e, GRACE_NS * 3, &mut reg, &mut counts, &mut src).is_empty());
         assert!(e.watched().next().is_none());
     }
 
@@ -851,7 +868,7 @@ mod tests {
         let mut e = ends(Method::Inference);
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
         counts.set(NET, 1);
-        assert!(round(&mut e, 0, &mut reg, &counts, &mut src).is_empty());
+        assert!(round(&mut e, 0, &mut reg, &mut counts, &mut src).is_empty());
         assert!(e.watched().next().is_none());
     }
 
@@ -867,11 +884,11 @@ mod tests {
             ..Record::default()
         };
         reg.observe(&mut net);
-        let (counts, mut src) = (Counts::default(), FakeProc::default());
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let mut e = ends(Method::Inference);
         src.mounts.insert(NET, mount("/run/netns/t"));
         e.on_emptied(&[emptied(user)[0], emptied(NET)[0]], None, 0, &mut reg);
-        let out = round(&mut e, 0, &mut reg, &counts, &mut src);
+        let out = round(&mut e, 0, &mut reg, &mut counts, &mut src);
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|r| r.event == EventType::Pinned));
         assert_eq!(
@@ -883,7 +900,7 @@ mod tests {
         let mut ended = Vec::new();
         while ended.len() < 2 && t < 10 * POLL_INFERENCE_NS {
             ended.extend(
-                round(&mut e, t, &mut reg, &counts, &mut src)
+                round(&mut e, t, &mut reg, &mut counts, &mut src)
                     .into_iter()
                     .map(|r| (r.event, r.kind)),
             );
