@@ -19,6 +19,9 @@ fn is(r: &Value, event: &str, kind: &str, inode: u64) -> bool {
     r["event"] == event && r["ns_type"] == kind && r["ns_inode"] == inode
 }
 
+/// iproute2's ip by path: in the guests, busybox's sh prefers its own applets.
+const IP: &str = "/bin/ip";
+
 fn sh(script: &str) {
     let st = Command::new("sh").arg("-c").arg(script).status().unwrap();
     assert!(st.success(), "sh -c {script:?}: {st}");
@@ -52,13 +55,13 @@ fn pin_file(tag: &str) -> String {
 fn ip_netns_cycles(tracer: &Tracer, cycles: usize) {
     let me = std::process::id();
     let keep = format!("nstrace-keep-{me}");
-    let _ = Command::new("ip").args(["netns", "delete", &keep]).output();
-    sh(&format!("ip netns add {keep}"));
+    let _ = Command::new(IP).args(["netns", "delete", &keep]).output();
+    sh(&format!("{IP} netns add {keep}"));
     let mut inodes = Vec::new();
     for i in 0..cycles {
         let name = format!("nstrace-c{i}-{me}");
         sh(&format!(
-            "ip netns add {name} && stat -L -c %i /run/netns/{name} > /tmp/{name} && ip netns exec {name} true && ip netns delete {name}"
+            "{IP} netns add {name} && stat -L -c %i /run/netns/{name} > /tmp/{name} && {IP} netns exec {name} true && {IP} netns delete {name}"
         ));
         let inode: u64 = std::fs::read_to_string(format!("/tmp/{name}"))
             .unwrap()
@@ -68,7 +71,7 @@ fn ip_netns_cycles(tracer: &Tracer, cycles: usize) {
         let _ = std::fs::remove_file(format!("/tmp/{name}"));
         inodes.push(inode);
     }
-    sh(&format!("ip netns delete {keep}"));
+    sh(&format!("{IP} netns delete {keep}"));
     for (i, inode) in inodes.iter().enumerate() {
         // Inodes come back: the i-th cycle's create is the i-th of its inode.
         let nth = inodes[..=i].iter().filter(|x| *x == inode).count();
@@ -317,7 +320,7 @@ fn a_thousand_cycles_with_pins_interleaved() {
     let me = std::process::id();
     sh(&format!(
         "for i in $(seq 1000); do unshare -u true; \
-         if [ $((i % 100)) = 0 ]; then ip netns add nstrace-k$i-{me}; ip netns exec nstrace-k$i-{me} true; ip netns delete nstrace-k$i-{me}; fi; done"
+         if [ $((i % 100)) = 0 ]; then {IP} netns add nstrace-k$i-{me}; {IP} netns exec nstrace-k$i-{me} true; {IP} netns delete nstrace-k$i-{me}; fi; done"
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
