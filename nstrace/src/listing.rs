@@ -11,7 +11,7 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    procfs::{self, FdHolders, MountPin, NsKey, NsMeta, Snapshot},
+    procfs::{self, MountPin, NsKey, NsMeta, Snapshot},
     record::NsKind,
 };
 
@@ -69,7 +69,7 @@ fn listed(snap: &Snapshot, meta: impl Fn(NsKey) -> NsMeta, home: &[u32]) -> Vec<
                 uid: info.map(|i| i.uid),
                 command: info.map(|i| i.comm.clone()),
                 meta: meta(key),
-                held_by: holders_of(key, &mounts, &snap.fds, home),
+                held_by: procfs::describe_holders(key, &snap.mounts, &snap.fds, home),
                 mounts,
             })
         })
@@ -104,20 +104,6 @@ fn listed(snap: &Snapshot, meta: impl Fn(NsKey) -> NsMeta, home: &[u32]) -> Vec<
         );
     }
     list
-}
-
-/// Mounts and fds holding `key`, described for a person.
-fn holders_of(key: NsKey, mounts: &[MountPin], fds: &FdHolders, home: &[u32]) -> Vec<String> {
-    mounts
-        .iter()
-        .map(|m| m.describe(home))
-        .chain(
-            fds.get(&key)
-                .into_iter()
-                .flatten()
-                .map(|(pid, fd, comm)| format!("fd {fd} of {comm} (pid {pid})")),
-        )
-        .collect()
 }
 
 fn user_names() -> HashMap<u32, String> {

@@ -247,6 +247,28 @@ impl MountPin {
     }
 }
 
+/// The mounts and fds holding `key`, described for a person (`pinned_by`,
+/// `nstrace ls`).
+pub fn describe_holders(
+    key: NsKey,
+    mounts: &BTreeMap<NsKey, Vec<MountPin>>,
+    fds: &FdHolders,
+    home: &[u32],
+) -> Vec<String> {
+    mounts
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .map(|m| m.describe(home))
+        .chain(
+            fds.get(&key)
+                .into_iter()
+                .flatten()
+                .map(|(pid, fd, comm)| format!("fd {fd} of {comm} (pid {pid})")),
+        )
+        .collect()
+}
+
 /// Inodes of PID 1's and our own mount namespace: mounts there are named by path alone.
 pub fn home_mount_namespaces() -> Vec<u32> {
     ["/proc/1/ns/mnt", "/proc/self/ns/mnt"]

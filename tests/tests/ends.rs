@@ -42,6 +42,17 @@ fn assert_no_destroy(tracer: &Tracer, kind: &str, inode: u64, quiet: Duration) {
     );
 }
 
+/// A process holding fd 7 open on `pid`'s namespace of `kind`.
+fn fd_holder(pid: u32, kind: &str) -> Group {
+    let mut g = Group::spawn(&[
+        "sh",
+        "-c",
+        &format!("exec 7</proc/{pid}/ns/{kind}; echo open; exec sleep 60"),
+    ]);
+    assert_eq!(g.read_line(), "open");
+    g
+}
+
 /// A file to bind-mount a namespace onto.
 fn pin_file(tag: &str) -> String {
     let p = format!("/tmp/nstrace-pin-{tag}-{}", std::process::id());
@@ -160,15 +171,7 @@ fn an_fd_held_by_another_process_holds() {
     let tracer = Tracer::start(&[]);
     let target = Group::spawn(&["unshare", "-i", "sleep", "60"]);
     let inode = wait_ns_changed(target.pid(), "ipc");
-    let mut holder = Group::spawn(&[
-        "sh",
-        "-c",
-        &format!(
-            "exec 7</proc/{}/ns/ipc; echo open; exec sleep 60",
-            target.pid()
-        ),
-    ]);
-    assert_eq!(holder.read_line(), "open");
+    let holder = fd_holder(target.pid(), "ipc");
     drop(target);
     let pinned = tracer.wait_for(1, |r| is(r, "pinned", "ipc", inode));
     let by = pinned[0]["pinned_by"].to_string();
@@ -379,15 +382,7 @@ fn both_modes_agree() {
     // An fd held by another process; nested user namespaces; no-fork pid.
     let target = Group::spawn(&["unshare", "-i", "sleep", "60"]);
     wait_ns_changed(target.pid(), "ipc");
-    let mut holder = Group::spawn(&[
-        "sh",
-        "-c",
-        &format!(
-            "exec 7</proc/{}/ns/ipc; echo open; exec sleep 60",
-            target.pid()
-        ),
-    ]);
-    assert_eq!(holder.read_line(), "open");
+    let holder = fd_holder(target.pid(), "ipc");
     drop(target);
     let nested = Group::spawn(&[
         "unshare", "-U", "-r", "unshare", "-U", "-r", "unshare", "-U", "-p", "sleep", "60",
@@ -498,15 +493,7 @@ fn a_namespace_held_only_by_an_fd_before_start_ends_when_closed() {
     }
     let target = Group::spawn(&["unshare", "-u", "sleep", "60"]);
     let inode = wait_ns_changed(target.pid(), "uts");
-    let mut holder = Group::spawn(&[
-        "sh",
-        "-c",
-        &format!(
-            "exec 7</proc/{}/ns/uts; echo open; exec sleep 60",
-            target.pid()
-        ),
-    ]);
-    assert_eq!(holder.read_line(), "open");
+    let holder = fd_holder(target.pid(), "uts");
     drop(target);
     let ls = Command::new(nstrace_bin())
         .args(["ls", "--json"])

@@ -605,18 +605,7 @@ fn pins_of(
     reg: &Registry,
     home: &[u32],
 ) -> Vec<String> {
-    let mut pins: Vec<String> = mounts
-        .get(&key)
-        .into_iter()
-        .flatten()
-        .map(|m| m.describe(home))
-        .collect();
-    pins.extend(
-        fds.get(&key)
-            .into_iter()
-            .flatten()
-            .map(|(pid, fd, comm)| format!("fd {fd} of {comm} (pid {pid})")),
-    );
+    let mut pins = procfs::describe_holders(key, mounts, fds, home);
     pins.extend(reg.dependents(key).into_iter().map(|(k, i)| match key.0 {
         NsKind::Pid => format!("child pid namespace {i}"),
         _ => format!("owned {} namespace {i}", k.name()),
