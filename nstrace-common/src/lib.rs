@@ -201,6 +201,12 @@ pub struct Offsets {
     pub nscommon_inum: u32,
     pub nscommon_id: u32,
     pub nscommon_type: u32,
+    /// Kernel addresses at or above this are the kernel image's own data.
+    /// The initial namespaces (`init_nsproxy`, `init_user_ns`, `init_net`,
+    /// …) live there: never freed, never watched, so a task whose nsproxy and
+    /// user namespace are both there costs the hot path two comparisons.
+    /// `u64::MAX` where the boundary is not known (no shortcut).
+    pub static_floor: u64,
 }
 
 impl Offsets {
@@ -225,6 +231,7 @@ impl Offsets {
         nscommon_inum: NO_FIELD,
         nscommon_id: NO_FIELD,
         nscommon_type: NO_FIELD,
+        static_floor: u64::MAX,
     };
 }
 

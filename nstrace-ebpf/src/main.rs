@@ -21,6 +21,7 @@ mod task;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
@@ -31,7 +32,7 @@ use aya_ebpf::{
 use nstrace_common::{
     CLONE_NEW_MASK, COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL,
     COUNTERS, Event, EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE, NO_FIELD,
-    NS_KINDS, NsSet, Syscall, member_key,
+    NS_KINDS, NsSet, Syscall, kind, member_key,
 };
 
 /// Resized by user space (`--buffer-size`) before load.
@@ -90,11 +91,41 @@ fn scratch() -> Option<*mut u32> {
 #[map]
 static MEMBERS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(65536, 0);
 
+/// Non-zero when user space follows pids (`--pid`, command mode): otherwise
+/// no fork or exit touches [`FOLLOW`]. Set before load.
+#[unsafe(no_mangle)]
+static FOLLOWING: u32 = 0;
+
+/// Entries in [`PENDING`]: while none is in flight (nearly always), a clone's
+/// two returns skip the lookup. A thread's own insert is counted before its
+/// own exit reads this, so it can never read 0 with its entry present.
+static mut IN_FLIGHT: i64 = 0;
+
+fn following() -> bool {
+    unsafe { core::ptr::read_volatile(&raw const FOLLOWING) != 0 }
+}
+
+fn in_flight(delta: i64) {
+    unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut IN_FLIGHT, delta) };
+}
+
 // Syscall tracepoint records: 8 bytes of common header, the syscall number,
 // padding, then one 8-byte slot per argument; exit records carry `ret` at 16.
+const NR: usize = 8;
 const ARG0: usize = 16;
 const ARG1: usize = 24;
 const RET: usize = 16;
+
+/// A field of the tracepoint's record, loaded straight from the context (a
+/// tracepoint program may read its record directly; a probe read would cost
+/// a helper call on every clone in the machine).
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+// x86_64 syscall numbers: a clone's return in the child is not namespace work.
+const NR_CLONE: i32 = 56;
+const NR_CLONE3: i32 = 435;
 
 fn count(index: u32) {
     if let Some(c) = COUNTS.get_ptr_mut(index) {
@@ -112,19 +143,29 @@ fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-/// Adds `delta` to a watched namespace's member count; true when it reached
-/// zero. Namespaces not in the map (e.g. the host's) are not watched.
-fn adjust(kind: usize, inum: u32, delta: i64) -> bool {
+/// [`adjust`]'s answer: the namespace is watched.
+const WATCHED: u32 = 1;
+/// [`adjust`]'s answer: its count reached zero.
+const EMPTIED: u32 = 2;
+
+/// Adds `delta` to a watched namespace's member count: [`WATCHED`], plus
+/// [`EMPTIED`] when it reached zero. Namespaces not in the map (e.g. the
+/// host's) are not watched.
+fn adjust(kind: usize, inum: u32, delta: i64) -> u32 {
     if inum == 0 {
-        return false;
+        return 0;
     }
     let Some(p) = MEMBERS.get_ptr_mut(member_key(kind, inum)) else {
-        return false;
+        return 0;
     };
     // Not fetch_add's result: fetching atomics need Linux 5.12; a racing
     // update is caught in user space, which re-checks before reporting an end.
     unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, delta) };
-    delta < 0 && unsafe { core::ptr::read_volatile(p) } <= 0
+    if delta < 0 && unsafe { core::ptr::read_volatile(p) } <= 0 {
+        WATCHED | EMPTIED
+    } else {
+        WATCHED
+    }
 }
 
 /// A namespace just created with its first member.
@@ -146,7 +187,7 @@ fn move_member(before: &NsSet, after: &NsSet, created: u64) -> u32 {
         if before.inum[k] == after.inum[k] {
             continue;
         }
-        if adjust(k, before.inum[k], -1) {
+        if adjust(k, before.inum[k], -1) & EMPTIED != 0 {
             unsafe { *emptied |= KIND_FLAGS[k] as u32 };
         }
         if created & KIND_FLAGS[k] != 0 {
@@ -177,13 +218,15 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
         };
         if PENDING.insert(tid, &*p, 0).is_err() {
             count(COUNTER_PENDING_FULL);
+        } else {
+            in_flight(1);
         }
     }
 }
 
 #[tracepoint]
 pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
-    let flags: u64 = unsafe { ctx.read_at(ARG0) }.unwrap_or(0);
+    let flags: u64 = field(&ctx, ARG0);
     if flags & CLONE_NEW_MASK != 0 {
         enter(Syscall::Unshare, flags, -1);
     }
@@ -192,15 +235,15 @@ pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_setns(ctx: TracePointContext) -> u32 {
-    let fd: u64 = unsafe { ctx.read_at(ARG0) }.unwrap_or(0);
-    let nstype: u64 = unsafe { ctx.read_at(ARG1) }.unwrap_or(0);
+    let fd: u64 = field(&ctx, ARG0);
+    let nstype: u64 = field(&ctx, ARG1);
     enter(Syscall::Setns, nstype as u32 as u64, fd as i32);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
-    let flags: u64 = unsafe { ctx.read_at(ARG0) }.unwrap_or(0);
+    let flags: u64 = field(&ctx, ARG0);
     if flags & CLONE_NEW_MASK != 0 {
         enter(Syscall::Clone, flags, -1);
     }
@@ -209,7 +252,7 @@ pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
-    let uargs: u64 = unsafe { ctx.read_at(ARG0) }.unwrap_or(0);
+    let uargs: u64 = field(&ctx, ARG0);
     // `struct clone_args` starts with `__u64 flags`; a bad pointer reads as 0
     // and the call will fail with EFAULT, which is not namespace work.
     let flags: u64 =
@@ -223,11 +266,18 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
 /// Common exit path: unshare/setns report the switch, clone only its failure
 /// (success was reported from `sched_process_fork`, where the child is visible).
 fn exit(ctx: &TracePointContext) {
+    if unsafe { core::ptr::read_volatile(&raw const IN_FLIGHT) } <= 0 {
+        return;
+    }
+    let ret: i64 = field(ctx, RET);
+    let nr: i32 = field(ctx, NR);
+    if ret == 0 && (nr == NR_CLONE || nr == NR_CLONE3) {
+        return;
+    }
     let tid = current_tid();
     let Some(p) = PENDING.get_ptr(tid) else {
         return;
     };
-    let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(0);
     let syscall = unsafe { (*p).syscall };
     let is_clone = syscall == Syscall::Clone as u32 || syscall == Syscall::Clone3 as u32;
     if ret < 0 || !is_clone {
@@ -279,32 +329,18 @@ fn exit(ctx: &TracePointContext) {
             lost(kind);
         }
         if ret >= 0 {
-            track(tid);
+            track(tid, task);
         }
     }
-    let _ = PENDING.remove(tid);
+    if PENDING.remove(tid).is_ok() {
+        in_flight(-1);
+    }
 }
 
+/// One program for the four exit tracepoints (the same record layout; the
+/// syscall is in the pending entry): verified once, attached four times.
 #[tracepoint]
-pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
-    exit(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_setns(ctx: TracePointContext) -> u32 {
-    exit(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_clone(ctx: TracePointContext) -> u32 {
-    exit(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
+pub fn sys_exit_ns(ctx: TracePointContext) -> u32 {
     exit(&ctx);
     0
 }
@@ -317,23 +353,24 @@ pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "task_newtask")]
 pub fn task_newtask(ctx: RawTracePointContext) -> i32 {
     let child: *const u8 = ctx.arg::<u64>(0) as *const u8;
-    let tid = current_tid();
-    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if FOLLOW.get_ptr(parent_tgid).is_some() {
+    let clone_flags: u64 = ctx.arg::<u64>(1);
+    if following() && FOLLOW.get_ptr(current_tgid()).is_some() {
         let _ = FOLLOW.insert(unsafe { task::tgid_of(child) }, 1, 0);
     }
-    match PENDING.get_ptr_mut(tid) {
-        Some(p) => clone_created(p, child),
-        None => {
-            // Any fork or new thread: one more member wherever the child is.
-            let mut set = NsSet {
-                inum: [0; NS_KINDS],
-                id: [0; NS_KINDS],
-            };
-            unsafe { task::read_inums(child, &mut set) };
-            for k in 0..NS_KINDS {
-                adjust(k, set.inum[k], 1);
-            }
+    // Only a clone asking for new namespaces can have a pending entry.
+    if clone_flags & CLONE_NEW_MASK != 0 {
+        if let Some(p) = PENDING.get_ptr_mut(current_tid()) {
+            clone_created(p, child);
+            return 0;
+        }
+    }
+    // Any fork or new thread: one more member wherever the child is.
+    let mut ptrs = [0u64; NS_KINDS];
+    if unsafe { task::ns_ptrs_unless_initial(child, &mut ptrs) } {
+        let mut inums = [0u32; NS_KINDS];
+        unsafe { task::watchable_inums(&ptrs, &mut inums) };
+        for k in 0..NS_KINDS {
+            adjust(k, inums[k], 1);
         }
     }
     0
@@ -349,7 +386,7 @@ fn clone_created(p: *mut Pending, child: *const u8) {
         unsafe {
             // The pending entry's spare pointer array, not the stack.
             task::read_ns(child, &mut e.after, &mut (*p).after_ptrs);
-            count_child(flags, &e.after);
+            count_child(flags, &e.after, &(*p).after_ptrs);
             fill_header(e, EventKind::Clone, task::current());
             e.syscall = (*p).syscall;
             e.flags = flags;
@@ -364,94 +401,101 @@ fn clone_created(p: *mut Pending, child: *const u8) {
             inum: [0; NS_KINDS],
             id: [0; NS_KINDS],
         };
-        unsafe { task::read_inums(child, &mut set) };
-        count_child(flags, &set);
+        let mut ptrs = [0u64; NS_KINDS];
+        unsafe { task::ns_ptrs(child, &mut ptrs) };
+        unsafe { task::watchable_inums(&ptrs, &mut set.inum) };
+        count_child(flags, &set, &ptrs);
         lost(EventKind::Clone);
     }
-    track(tid);
-    track(unsafe { task::tid_of(child) });
+    track(tid, task::current());
+    track(unsafe { task::tid_of(child) }, child);
 }
 
-/// One more member in each of a new child's namespaces; those in `flags`
-/// are new and start being watched.
-fn count_child(flags: u64, set: &NsSet) {
+/// One more member in each of a new child's namespaces (at `ptrs`; the
+/// initial ones are not counted); those in `flags` are new and start being
+/// watched.
+fn count_child(flags: u64, set: &NsSet, ptrs: &[u64; NS_KINDS]) {
     for k in 0..NS_KINDS {
         if flags & KIND_FLAGS[k] != 0 {
             watch_new(k, set.inum[k]);
         } else {
-            adjust(k, set.inum[k], 1);
+            adjust(k, set.inum[k] & task::watchable_mask(ptrs[k]) as u32, 1);
         }
     }
-}
-
-#[tracepoint(category = "sched", name = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    let tid = current_tid();
-    if unsafe { TRACKED.get(tid) }.is_some() {
-        emit_process(EventKind::Exec, 0, 0);
-    }
-    0
 }
 
 /// Runs before the kernel drops the task's namespaces (`exit_task_namespaces`).
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let tid = current_tid();
-    let _ = PENDING.remove(tid);
+    forget_followed(tid);
     let task = task::current();
-    let tracked = unsafe { TRACKED.get(tid) }.is_some();
-    if tracked {
+    // Tasks in the initial namespaces are never tracked (see `track`): most
+    // exits on a machine end here, after three reads and no map.
+    let mut ptrs = [0u64; NS_KINDS];
+    if !unsafe { task::ns_ptrs_unless_initial(task, &mut ptrs) } {
+        return 0;
+    }
+    if unsafe { TRACKED.get(tid) }.is_some() {
         let _ = TRACKED.remove(tid);
         // Its exit is reported anyway: read the set once, into the record.
         if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
             let e = unsafe { &mut *entry.as_mut_ptr() };
             unsafe {
-                let mut ptrs = [0u64; NS_KINDS];
                 task::read_ns(task, &mut e.before, &mut ptrs);
-                let (emptied, reaper) = leave_all(task, &e.before);
+                let mut inums = [0u32; NS_KINDS];
+                task::watchable_inums(&ptrs, &mut inums);
+                let (emptied, reaper) = leave_all(task, &inums, ptrs[kind::PID]);
                 fill_process(e, EventKind::Exit, task, emptied, reaper as u32);
             }
             entry.submit(0);
-            forget_followed(tid);
-            return 0;
+        } else if !leave_and_report(task, &ptrs) {
+            lost(EventKind::Exit);
         }
+        return 0;
     }
-    let mut set = NsSet {
-        inum: [0; NS_KINDS],
-        id: [0; NS_KINDS],
-    };
-    unsafe { task::read_inums(task, &mut set) };
-    let (emptied, reaper) = leave_all(task, &set);
-    if tracked || emptied != 0 || reaper {
-        emit_process(EventKind::Exit, emptied, reaper as u32);
-    }
-    forget_followed(tid);
+    leave_and_report(task, &ptrs);
     0
 }
 
-/// An exiting task leaves each of its namespaces: returns the kinds that lost
-/// their last member, and whether it is the init of a watched PID namespace.
-fn leave_all(task: *const u8, set: &NsSet) -> (u32, bool) {
+/// An untracked task's exit: counts kept, reported only when it emptied a
+/// namespace or was the init of a watched PID namespace (true: reported,
+/// or counted as lost).
+fn leave_and_report(task: *const u8, ptrs: &[u64; NS_KINDS]) -> bool {
+    let mut inums = [0u32; NS_KINDS];
+    unsafe { task::watchable_inums(ptrs, &mut inums) };
+    let (emptied, reaper) = leave_all(task, &inums, ptrs[kind::PID]);
+    if emptied != 0 || reaper {
+        emit_process(EventKind::Exit, emptied, reaper as u32);
+        return true;
+    }
+    false
+}
+
+/// An exiting task leaves each of its watchable namespaces (`inums`, 0 for
+/// the rest): returns the kinds that lost their last member, and whether it
+/// is the init of a watched PID namespace (`pidns`: its struct).
+fn leave_all(task: *const u8, inums: &[u32; NS_KINDS], pidns: u64) -> (u32, bool) {
     let Some(bits) = scratch() else {
         return (0, false);
     };
     unsafe { *bits = 0 };
+    let mut pid_watched = 0;
     for k in 0..NS_KINDS {
-        if adjust(k, set.inum[k], -1) {
+        let r = adjust(k, inums[k], -1);
+        if r & EMPTIED != 0 {
             unsafe { *bits |= KIND_FLAGS[k] as u32 };
         }
+        if k == kind::PID {
+            pid_watched = r & WATCHED;
+        }
     }
-    let pid_kind = nstrace_common::kind::PID;
-    let watched_pidns = set.inum[pid_kind] != 0
-        && MEMBERS
-            .get_ptr(member_key(pid_kind, set.inum[pid_kind]))
-            .is_some();
-    let reaper = watched_pidns && unsafe { task::is_pidns_reaper(task) };
+    let reaper = pid_watched != 0 && unsafe { task::is_pidns_reaper(task, pidns) };
     (unsafe { *bits }, reaper)
 }
 
 fn forget_followed(tid: u32) {
-    if current_tgid() == tid {
+    if following() && current_tgid() == tid {
         let _ = FOLLOW.remove(tid);
     }
 }
@@ -488,8 +532,14 @@ unsafe fn fill_process(e: &mut Event, kind: EventKind, task: *const u8, emptied:
     e.reaper = reaper;
 }
 
-fn track(tid: u32) {
-    let _ = TRACKED.insert(tid, 1, 0);
+/// Marks a thread whose exit is worth a record. Not one entirely in the
+/// initial namespaces (a runtime that cloned a container, say): its exit
+/// can end nothing, and the hot path for those exits never looks here.
+fn track(tid: u32, task: *const u8) {
+    let mut ptrs = [0u64; NS_KINDS];
+    if unsafe { task::ns_ptrs_unless_initial(task, &mut ptrs) } {
+        let _ = TRACKED.insert(tid, 1, 0);
+    }
 }
 
 /// Sets every field but the call-specific ones; zeroes the create-only ones.
@@ -506,7 +556,7 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.owners = [0; NS_KINDS];
     e.pid_parent = 0;
     e.vpid = unsafe { task::vpid(task) };
-    e.followed = FOLLOW.get_ptr(e.pid).is_some() as u32;
+    e.followed = (following() && FOLLOW.get_ptr(e.pid).is_some()) as u32;
     e._pad = 0;
     e.cgroup = unsafe { bpf_get_current_cgroup_id() };
 }

@@ -104,18 +104,64 @@ pub unsafe fn parent_tgid(task: *const u8) -> u32 {
 /// runs on: read whole, in one helper call instead of one per kind.
 const NSPROXY_WORDS: usize = 9;
 
+/// Whether `ns` (a namespace struct) is one of the kernel image's static
+/// initial namespaces, which are never freed and never watched.
+#[inline(always)]
+pub fn is_initial(ns: u64) -> bool {
+    ns >= off!(static_floor)
+}
+
+/// All ones for a namespace struct that can be watched, 0 for an initial
+/// one (or null), without a branch: a branch per kind would let the values
+/// read after it differ by path, and the verifier would walk 2^8 paths.
+#[inline(always)]
+pub fn watchable_mask(ns: u64) -> u64 {
+    // Top bit of (floor - 1 - ns): 1 when ns >= floor (or ns is 0).
+    let initial = off!(static_floor).wrapping_sub(1).wrapping_sub(ns) >> 63;
+    initial.wrapping_sub(1)
+}
+
+/// `task`'s nsproxy and the user namespace of its credentials.
+#[inline(always)]
+unsafe fn roots(task: *const u8) -> (*const u8, u64) {
+    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
+    let cred = unsafe { read_ptr(task, off!(task_real_cred)) };
+    (nsproxy, unsafe { read_ptr(cred, off!(cred_user_ns)) }
+        as u64)
+}
+
 /// Pointers to `task`'s namespace structs, per kind: from the nsproxy (pid
 /// and time: the "for children" ones), and the user namespace of its
 /// credentials. Null where unreadable.
 #[inline(always)]
 pub unsafe fn ns_ptrs(task: *const u8, out: &mut [u64; NS_KINDS]) {
-    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
+    let (nsproxy, user) = unsafe { roots(task) };
+    unsafe { ptrs_from(nsproxy, user, out) };
+}
+
+/// Like [`ns_ptrs`], but false (and `out` untouched) for a task entirely in
+/// the initial namespaces: the host's processes, most forks and exits on a
+/// machine, leave after three reads.
+#[inline(always)]
+pub unsafe fn ns_ptrs_unless_initial(task: *const u8, out: &mut [u64; NS_KINDS]) -> bool {
+    if off!(valid) == 0 {
+        return false;
+    }
+    let (nsproxy, user) = unsafe { roots(task) };
+    if is_initial(nsproxy as u64) && is_initial(user) {
+        return false;
+    }
+    unsafe { ptrs_from(nsproxy, user, out) };
+    true
+}
+
+#[inline(always)]
+unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: &mut [u64; NS_KINDS]) {
     let mut block = [0u64; NSPROXY_WORDS];
     unsafe { read_into(&mut block, nsproxy as *const [u64; NSPROXY_WORDS]) };
     for (k, slot) in out.iter_mut().enumerate() {
         if k == kind::USER {
-            let cred = unsafe { read_ptr(task, off!(task_real_cred)) };
-            *slot = unsafe { read_ptr(cred, off!(cred_user_ns)) } as u64;
+            *slot = user;
             continue;
         }
         let off = off!(nsproxy[k]);
@@ -125,6 +171,17 @@ pub unsafe fn ns_ptrs(task: *const u8, out: &mut [u64; NS_KINDS]) {
         } else {
             unsafe { read_ptr(nsproxy, off) as u64 }
         };
+    }
+}
+
+/// Inodes of the namespaces at `ptrs` that can be watched (0 for the
+/// initial ones and unreadable kinds): what member counts are kept by.
+#[inline(always)]
+pub unsafe fn watchable_inums(ptrs: &[u64; NS_KINDS], out: &mut [u32; NS_KINDS]) {
+    for k in 0..NS_KINDS {
+        // An initial one reads from null: 0, as a failed read.
+        let ns = ptrs[k] & watchable_mask(ptrs[k]);
+        out[k] = unsafe { read::<u32>(ns as *const u8, off!(inum[k])) };
     }
 }
 
@@ -177,18 +234,6 @@ pub unsafe fn read_ns_since(
     }
 }
 
-/// Like [`read_ns`], inodes only: the cheap form for every fork and exit.
-pub unsafe fn read_inums(task: *const u8, out: &mut NsSet) {
-    if off!(valid) == 0 {
-        return;
-    }
-    let mut ptrs = [0u64; NS_KINDS];
-    unsafe { ns_ptrs(task, &mut ptrs) };
-    for k in 0..NS_KINDS {
-        out.inum[k] = unsafe { read::<u32>(ptrs[k] as *const u8, off!(inum[k])) };
-    }
-}
-
 /// Fills `e.owners` for the kinds in `kinds` (`CLONE_NEW*` bits: the ones
 /// just created), from the task's namespace pointers `ptrs`: the owning user
 /// namespace (for user, its parent); and `e.pid_parent` when a PID namespace
@@ -211,12 +256,9 @@ pub unsafe fn read_owners(ptrs: &[u64; NS_KINDS], e: &mut Event, kinds: u64) {
     }
 }
 
-/// Whether `task` is the init (child reaper) of its PID namespace for children,
-/// which for an init is the namespace it leads.
-pub unsafe fn is_pidns_reaper(task: *const u8) -> bool {
-    // One pointer, not the whole set of `ns_ptrs`.
-    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
-    let pidns = unsafe { read_ptr(nsproxy, off!(nsproxy[kind::PID])) };
-    let reaper = unsafe { read_ptr(pidns, off!(pidns_child_reaper)) };
+/// Whether `task` is the init (child reaper) of the PID namespace at
+/// `pidns` (its namespace for children, which for an init is the one it leads).
+pub unsafe fn is_pidns_reaper(task: *const u8, pidns: u64) -> bool {
+    let reaper = unsafe { read_ptr(pidns as *const u8, off!(pidns_child_reaper)) };
     !reaper.is_null() && reaper == task
 }

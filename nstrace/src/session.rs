@@ -247,6 +247,7 @@ impl Tracer<'_> {
 }
 
 async fn trace(cli: &Cli) -> Result<i32> {
+    let loader = crate::kernel::probes::prepare_loader();
     let host = preflight::check()?;
     let layout = offsets::from_running_kernel().map_err(|e| {
         hinted(
@@ -257,15 +258,20 @@ async fn trace(cli: &Cli) -> Result<i32> {
     Probes::release_freed_memory();
     let ring = cli.buffer_size * 1024 * 1024;
     // fentry where the kernel allows it (exact ends), else tracepoints alone.
-    let (mut probes, exact_ends, fentry_note) = match cli.probe_mode {
-        ProbeMode::Tracepoint => (Probes::load(&layout, ring, false)?, false, None),
-        ProbeMode::Fentry => (Probes::load(&layout, ring, true)?, true, None),
-        ProbeMode::Auto => match Probes::load(&layout, ring, true) {
-            Ok(p) => (p, true, None),
+    let follow = cli.pid.is_some() || !cli.cmd.is_empty();
+    let mut probes = Probes::load(loader, &layout, ring, follow)?;
+    let (exact_ends, fentry_note) = match cli.probe_mode {
+        ProbeMode::Tracepoint => (false, None),
+        ProbeMode::Fentry => {
+            probes.attach_fentry(&layout)?;
+            (true, None)
+        }
+        ProbeMode::Auto => match probes.attach_fentry(&layout) {
+            Ok(()) => (true, None),
             Err(e) => {
                 let why =
                     crate::error::hint_of(&e).map_or_else(|| format!("{e:#}"), |_| format!("{e}"));
-                (Probes::load(&layout, ring, false)?, false, Some(why))
+                (false, Some(why))
             }
         },
     };
@@ -333,6 +339,11 @@ async fn trace(cli: &Cli) -> Result<i32> {
         unsafe { AsyncFd::register_with_interest(probes.take_events(), Interest::READABLE) }
             .context("watching the ring buffer")?;
 
+    // Before the start-up line: a script that signals as soon as it reads
+    // the line must get the closing summary, not the default action.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     if !cli.quiet {
         let mut notes = vec![match ends.method() {
             Method::Fentry => {
@@ -381,9 +392,6 @@ async fn trace(cli: &Cli) -> Result<i32> {
         );
     }
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
 
     let stdout = io::stdout();

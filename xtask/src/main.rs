@@ -50,6 +50,13 @@ enum Task {
         /// 6.1, 6.12, 7, or all.
         #[arg(long, default_value = "all")]
         kernel: String,
+        /// Only these parts of the plan, as MODE:TEST (e.g. both:ends);
+        /// repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Run each selected part this many times (to chase a flaky one).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// Measure overhead, throughput and loss against bpftrace and strace
     /// (as root; installs bpftrace and strace), and write docs/performance.md.
@@ -81,7 +88,11 @@ fn main() {
             .and_then(|()| build())
             .and_then(|()| run(&args)),
         Task::Test { no_lint, no_vm } => setup::run().and_then(|()| test(!no_lint, !no_vm)),
-        Task::VmTest { kernel } => setup::run().and_then(|()| vm::run(&kernel)),
+        Task::VmTest {
+            kernel,
+            only,
+            repeat,
+        } => setup::run().and_then(|()| vm::run(&kernel, &vm::Selection { only, repeat })),
         Task::Bench {
             rounds,
             churn,
@@ -174,7 +185,7 @@ fn test(lint: bool, vm: bool) -> Result<()> {
         bail!("no test ran");
     }
     if vm {
-        vm::run("all")?;
+        vm::run("all", &vm::Selection::all())?;
     }
     Ok(())
 }

@@ -49,7 +49,9 @@ const KERNELS: &[KernelSpec] = &[
 /// the lifecycle and end ones (fentry only changes how ends are found);
 /// "both" runs the end scenarios under both modes at once and compares them
 /// (fentry's kernel-freed is the judge where the kernel has no nsfs handles).
-const PLAN: &[(&str, &str, &[&str])] = &[
+type PlanEntry = (&'static str, &'static str, &'static [&'static str]);
+
+const PLAN: &[PlanEntry] = &[
     ("core", "tracepoint", &[]),
     ("lifecycle", "tracepoint", &[]),
     ("ends", "tracepoint", &[]),
@@ -63,7 +65,41 @@ const PLAN: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-pub fn run(kernel: &str) -> Result<()> {
+/// Which parts of [`PLAN`] a guest runs, and how many times over.
+pub struct Selection {
+    /// `MODE:TEST` entries (e.g. `both:ends`); empty means the whole plan.
+    pub only: Vec<String>,
+    /// Runs of each selected entry (to catch a flaky scenario).
+    pub repeat: usize,
+}
+
+impl Selection {
+    pub fn all() -> Self {
+        Selection {
+            only: Vec::new(),
+            repeat: 1,
+        }
+    }
+
+    fn plan(&self) -> Result<Vec<PlanEntry>> {
+        for o in &self.only {
+            if !PLAN.iter().any(|(t, m, _)| o == &format!("{m}:{t}")) {
+                let names: Vec<String> = PLAN.iter().map(|(t, m, _)| format!("{m}:{t}")).collect();
+                bail!("no {o:?} in the VM plan; one of {}", names.join(", "));
+            }
+        }
+        let chosen = PLAN
+            .iter()
+            .filter(|(t, m, _)| self.only.is_empty() || self.only.contains(&format!("{m}:{t}")))
+            .copied();
+        Ok(chosen
+            .flat_map(|e| std::iter::repeat_n(e, self.repeat.max(1)))
+            .collect())
+    }
+}
+
+pub fn run(kernel: &str, selection: &Selection) -> Result<()> {
+    let plan = selection.plan()?;
     let specs: Vec<&KernelSpec> = KERNELS
         .iter()
         .filter(|k| kernel == "all" || k.name == kernel)
@@ -79,7 +115,7 @@ pub fn run(kernel: &str) -> Result<()> {
     let out_dir = workspace_root().join("target/vm");
     std::fs::create_dir_all(&out_dir)?;
     let initrd = out_dir.join("initrd.gz");
-    build_initramfs(&bins, &initrd)?;
+    build_initramfs(&bins, &plan, &initrd)?;
     let mut failures = Vec::new();
     let mut summary = String::new();
     // Fetch first (apt is not to be run twice at once), then boot two guests
@@ -133,6 +169,12 @@ pub fn run(kernel: &str) -> Result<()> {
             let _ = writeln!(summary, "{line}");
             if !r.ok() {
                 failures.push(format!("{version} {} {}", r.mode, r.test));
+                eprintln!(
+                    "--- {version} {} {}: what the guest printed\n{}--- end",
+                    r.mode,
+                    r.test,
+                    failure_part(&r.output)
+                );
             }
         }
         if results.is_empty() {
@@ -243,7 +285,7 @@ fn copy_with_libs(root: &Path, src: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn build_initramfs(bins: &Binaries, out: &Path) -> Result<()> {
+fn build_initramfs(bins: &Binaries, plan: &[PlanEntry], out: &Path) -> Result<()> {
     let root = out.with_extension("root");
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "dev", "proc", "sys", "tmp", "run", "etc", "t/deps"] {
@@ -264,7 +306,7 @@ fn build_initramfs(bins: &Binaries, out: &Path) -> Result<()> {
     // The harness finds nshelper beside the test binaries' directory.
     copy_with_libs(&root, &bins.nshelper, Path::new("/t/nshelper"))?;
     for (name, exe) in &bins.tests {
-        if PLAN.iter().any(|(t, _, _)| t == name) {
+        if plan.iter().any(|(t, _, _)| t == name) {
             copy_with_libs(&root, exe, &Path::new("/t/deps").join(name))?;
         }
     }
@@ -273,7 +315,7 @@ fn build_initramfs(bins: &Binaries, out: &Path) -> Result<()> {
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
     )?;
     let init = root.join("init");
-    std::fs::write(&init, init_script())?;
+    std::fs::write(&init, init_script(plan))?;
     sh(Command::new("chmod").arg("755").arg(&init))?;
     let status = Command::new("sh")
         .arg("-c")
@@ -291,7 +333,7 @@ fn build_initramfs(bins: &Binaries, out: &Path) -> Result<()> {
 
 /// The guest's /init: mount what nstrace needs, run the plan, power off.
 /// Everything structured goes to /dev/ttyS1 (the host's out.log).
-fn init_script() -> String {
+fn init_script(plan: &[PlanEntry]) -> String {
     let mut s = String::from(
         r#"#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/
@@ -306,7 +348,7 @@ export NSTRACE_BIN=/bin/nstrace
     );
     // --report-time puts each test's time in out.log: under TCG the
     // verifier's work at every tracer start is most of a test's time.
-    for (test, mode, filters) in PLAN {
+    for (test, mode, filters) in plan {
         let filters = filters.join(" ");
         let env = match *mode {
             "both" => "NSTRACE_BOTH_MODES=1 NSTRACE_PROBE_MODE=auto".to_string(),
@@ -346,6 +388,8 @@ struct TestResult {
     passed: u64,
     failed: u64,
     rc: Option<i32>,
+    /// The section's output, shown when it failed (CI keeps no guest logs).
+    output: String,
 }
 
 impl TestResult {
@@ -367,8 +411,11 @@ fn parse_results(out: &str) -> Vec<TestResult> {
                 passed: 0,
                 failed: 0,
                 rc: None,
+                output: String::new(),
             });
-        } else if let Some(rest) = line.strip_prefix("test result: ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("test result: ") {
             if let Some(r) = results.last_mut() {
                 let num = |label: &str| {
                     rest.split(';')
@@ -379,7 +426,12 @@ fn parse_results(out: &str) -> Vec<TestResult> {
                 r.passed += num("passed");
                 r.failed += num("failed");
             }
-        } else if let Some(rest) = line.strip_prefix("=== END ") {
+        }
+        if let Some(r) = results.last_mut() {
+            r.output.push_str(line);
+            r.output.push('\n');
+        }
+        if let Some(rest) = line.strip_prefix("=== END ") {
             if let Some(r) = results.last_mut() {
                 r.rc = rest
                     .rsplit("rc=")
@@ -389,6 +441,17 @@ fn parse_results(out: &str) -> Vec<TestResult> {
         }
     }
     results
+}
+
+/// The part of a failed section worth reading: from libtest's `failures:`
+/// on, or its last 80 lines.
+fn failure_part(output: &str) -> String {
+    if let Some(at) = output.find("\nfailures:\n") {
+        return output[at + 1..].to_string();
+    }
+    let lines: Vec<&str> = output.lines().collect();
+    let from = lines.len().saturating_sub(80);
+    lines[from..].iter().map(|l| format!("{l}\n")).collect()
 }
 
 fn boot_with_retry(vmlinuz: &Path, initrd: &Path, dir: &Path) -> Result<Vec<TestResult>> {

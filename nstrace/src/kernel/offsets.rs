@@ -32,7 +32,19 @@ pub struct Layout {
     pub missing_kinds: Vec<NsKind>,
     /// Whether `ns_common` carries the 64-bit `ns_id`.
     pub has_ns_id: bool,
+    /// BTF id of the first free function: asking the kernel whether it
+    /// allows fentry there costs one small load, not a second BTF parse.
+    pub fentry_probe: Option<u32>,
 }
+
+/// Where the kernel image is mapped: x86_64 keeps it (and modules) in the top
+/// 2 GiB, above the direct map, vmalloc and vmemmap, with or without KASLR,
+/// so a namespace struct there is one of the static initial namespaces, not
+/// an allocation that could be freed and reused. Elsewhere: no shortcut.
+#[cfg(target_arch = "x86_64")]
+const STATIC_FLOOR: u64 = 0xffff_ffff_8000_0000;
+#[cfg(not(target_arch = "x86_64"))]
+const STATIC_FLOOR: u64 = u64::MAX;
 
 /// Reads the running kernel's BTF and computes every offset the eBPF side uses.
 pub fn from_running_kernel() -> Result<Layout> {
@@ -91,13 +103,20 @@ pub fn from_btf(btf: &Btf) -> Result<Layout> {
     o.nscommon_inum = field(btf, "ns_common", &["inum"])?;
     o.nscommon_id = optional_field(btf, "ns_common", &["ns_id"])?.unwrap_or(NO_FIELD);
     o.nscommon_type = optional_field(btf, "ns_common", &["ns_type"])?.unwrap_or(NO_FIELD);
+    o.static_floor = STATIC_FLOOR;
     o.valid = 1;
     let free_targets = free_targets(btf, &o, &missing_kinds)?;
+    let fentry_probe = free_targets.first().and_then(|(func, _)| {
+        btf.by_name(func)
+            .find(|t| t.kind == Kind::Func)
+            .map(|t| t.id)
+    });
     Ok(Layout {
         offsets: o,
         free_targets,
         missing_kinds,
         has_ns_id,
+        fentry_probe,
     })
 }
 

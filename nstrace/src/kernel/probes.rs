@@ -1,11 +1,11 @@
 //! Loads nstrace's eBPF object, gives it this kernel's offsets, attaches it.
 //! Dropping [`Probes`] detaches and unloads everything.
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, RawTracePoint, TracePoint},
+    programs::{FEntry, Program, RawTracePoint, TracePoint},
 };
 use nstrace_common::{
     COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, EVENT_KINDS,
@@ -15,18 +15,19 @@ use nstrace_common::{
 use super::offsets::Layout;
 use crate::{ends::MemberCounts, error::hinted, procfs::NsKey, record::Loss};
 
-/// (program, category, tracepoint)
+/// (program, category, tracepoint), in attach order: the exits before the
+/// entries, so no syscall can be entered under nstrace and leave unseen
+/// (its in-flight entry would linger).
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_unshare", "syscalls", "sys_enter_unshare"),
-    ("sys_exit_unshare", "syscalls", "sys_exit_unshare"),
-    ("sys_enter_setns", "syscalls", "sys_enter_setns"),
-    ("sys_exit_setns", "syscalls", "sys_exit_setns"),
-    ("sys_enter_clone", "syscalls", "sys_enter_clone"),
-    ("sys_exit_clone", "syscalls", "sys_exit_clone"),
-    ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
-    ("sys_exit_clone3", "syscalls", "sys_exit_clone3"),
-    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sys_exit_ns", "syscalls", "sys_exit_unshare"),
+    ("sys_exit_ns", "syscalls", "sys_exit_setns"),
+    ("sys_exit_ns", "syscalls", "sys_exit_clone"),
+    ("sys_exit_ns", "syscalls", "sys_exit_clone3"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sys_enter_unshare", "syscalls", "sys_enter_unshare"),
+    ("sys_enter_setns", "syscalls", "sys_enter_setns"),
+    ("sys_enter_clone", "syscalls", "sys_enter_clone"),
+    ("sys_enter_clone3", "syscalls", "sys_enter_clone3"),
 ];
 
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[("task_newtask", "task_newtask")];
@@ -35,7 +36,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ns
 
 pub struct Probes {
     // Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     events: Option<RingBuf<MapData>>,
     counts: PerCpuArray<MapData, u64>,
     members: HashMap<MapData, u64, i64>,
@@ -92,40 +93,46 @@ fn lost_kind_name(kind: EventKind) -> &'static str {
     }
 }
 
+/// Starts parsing the kernel's BTF for aya's loader (it always does, in
+/// `EbpfLoader::new`) on another core while nstrace reads its own offsets.
+pub fn prepare_loader() -> std::thread::JoinHandle<EbpfLoader<'static>> {
+    std::thread::spawn(EbpfLoader::new)
+}
+
 impl Probes {
-    /// Loads and attaches the tracepoint programs; with `fentry`, also hooks
-    /// the kernel's namespace free functions (an error if the kernel refuses).
-    pub fn load(layout: &Layout, ring_bytes: u32, fentry: bool) -> Result<Self> {
+    /// Loads and attaches the tracepoint programs, verifying them in
+    /// parallel (the verifier runs in the loading thread). `follow`: pids
+    /// will be followed (`--pid`, command mode).
+    pub fn load(
+        loader: std::thread::JoinHandle<EbpfLoader<'static>>,
+        layout: &Layout,
+        ring_bytes: u32,
+        follow: bool,
+    ) -> Result<Self> {
         raise_memlock();
-        let mut targets = [FreeTarget::UNUSED; FREE_SLOTS];
-        for (slot, (_, t)) in targets.iter_mut().zip(&layout.free_targets) {
-            *slot = *t;
-        }
-        // The loader parses the kernel's BTF in `new()` (~25 MB at peak); it is
-        // not needed (offsets come from `Layout`, no CO-RE relocations), so
-        // it is dropped at once and its heap handed back before the ring
-        // buffer is mapped.
-        let mut ebpf = EbpfLoader::new()
+        let targets = free_targets(layout);
+        let following = u32::from(follow);
+        let mut loader = loader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading the kernel's BTF failed"))?;
+        // Offsets come from `Layout` and there are no CO-RE relocations: the
+        // parsed BTF is not needed past this point.
+        let mut ebpf = loader
             .btf(None)
             .override_global("OFFSETS", &layout.offsets, true)
             .override_global("FREE_TARGETS", &targets, true)
+            .override_global("FOLLOWING", &following, true)
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
             .map_err(|e| load_error(e.into()))?;
+        drop(loader);
         Self::release_freed_memory();
-        if fentry {
-            let attached = attach_fentry(&mut ebpf, layout);
-            Self::release_freed_memory();
-            attached?;
-        }
+        load_in_parallel(&mut ebpf)?;
         for &(prog, category, name) in TRACEPOINTS {
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the eBPF object"))?
                 .try_into()?;
-            p.load()
-                .map_err(|e| load_error(e.into()))
-                .with_context(|| format!("loading {prog}"))?;
             p.attach(category, name)
                 .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
         }
@@ -134,9 +141,6 @@ impl Probes {
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the eBPF object"))?
                 .try_into()?;
-            p.load()
-                .map_err(|e| load_error(e.into()))
-                .with_context(|| format!("loading {prog}"))?;
             p.attach(name)
                 .with_context(|| format!("attaching to raw tracepoint {name}"))?;
         }
@@ -145,12 +149,35 @@ impl Probes {
         let members = HashMap::try_from(ebpf.take_map("MEMBERS").context("map MEMBERS missing")?)?;
         let follow = HashMap::try_from(ebpf.take_map("FOLLOW").context("map FOLLOW missing")?)?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             events: Some(events),
             counts,
             members,
             follow,
         })
+    }
+
+    /// Hooks the kernel's namespace free functions with fentry: an error
+    /// (with a hint) where the kernel refuses. Asked first with one tiny
+    /// program, so that a refusing kernel costs no second BTF parse.
+    pub fn attach_fentry(&mut self, layout: &Layout) -> Result<()> {
+        if let (Some(id), Some((func, _))) = (layout.fentry_probe, layout.free_targets.first()) {
+            if let Err(why) = fentry_allowed(id) {
+                return Err(refused(func, &why.to_string()));
+            }
+        }
+        let attached = attach_fentry(&mut self.ebpf, layout);
+        Self::release_freed_memory();
+        if attached.is_err() {
+            // None half-attached: ends then come from one method only.
+            for slot in 0..FREE_SLOTS {
+                if let Some(Program::FEntry(p)) = self.ebpf.program_mut(&format!("ns_free_{slot}"))
+                {
+                    let _ = p.unload();
+                }
+            }
+        }
+        attached
     }
 
     /// Hands the heap freed by a BTF parse back to the kernel, so that it does
@@ -218,10 +245,7 @@ fn attach_fentry(ebpf: &mut Ebpf, layout: &Layout) -> Result<()> {
                 aya::programs::ProgramError::LoadError { io_error, .. } => io_error.to_string(),
                 other => other.to_string(),
             };
-            hinted(
-                format!("the kernel refused fentry on {func}: {why}"),
-                "this kernel (or its security policy) does not allow fentry; use --probe-mode tracepoint",
-            )
+            refused(func, &why)
         })?;
         p.attach().map_err(|e| {
             hinted(
@@ -230,6 +254,93 @@ fn attach_fentry(ebpf: &mut Ebpf, layout: &Layout) -> Result<()> {
             )
         })?;
     }
+    Ok(())
+}
+
+fn refused(func: &str, why: &str) -> anyhow::Error {
+    hinted(
+        format!("the kernel refused fentry on {func}: {why}"),
+        "this kernel (or its security policy) does not allow fentry; use --probe-mode tracepoint",
+    )
+}
+
+/// Where each `ns_free_N` program will point.
+fn free_targets(layout: &Layout) -> [FreeTarget; FREE_SLOTS] {
+    let mut targets = [FreeTarget::UNUSED; FREE_SLOTS];
+    for (slot, (_, t)) in targets.iter_mut().zip(&layout.free_targets) {
+        *slot = *t;
+    }
+    targets
+}
+
+/// Verifies every tracepoint program at once, one thread each: the kernel
+/// verifies in the calling thread, so on N cores loading takes about the
+/// time of the slowest program rather than the sum.
+fn load_in_parallel(ebpf: &mut Ebpf) -> Result<()> {
+    let wanted: Vec<&str> = TRACEPOINTS
+        .iter()
+        .map(|t| t.0)
+        .chain(RAW_TRACEPOINTS.iter().map(|t| t.0))
+        .collect();
+    let programs: Vec<(&str, &mut Program)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| wanted.contains(name))
+        .collect();
+    std::thread::scope(|scope| {
+        let loading: Vec<_> = programs
+            .into_iter()
+            .map(|(name, program)| {
+                scope.spawn(move || -> Result<()> {
+                    let loaded = match program {
+                        Program::TracePoint(p) => p.load(),
+                        Program::RawTracePoint(p) => p.load(),
+                        _ => return Ok(()),
+                    };
+                    loaded
+                        .map_err(|e| load_error(e.into()))
+                        .with_context(|| format!("loading {name}"))
+                })
+            })
+            .collect();
+        loading.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| bail!("a loading thread panicked"))
+        })
+    })
+}
+
+/// Whether the kernel lets a fentry program attach to BTF function `btf_id`:
+/// loads `r0 = 0; exit` as one (the load is where the policy answers).
+fn fentry_allowed(btf_id: u32) -> std::io::Result<()> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_TRACING: u32 = 26;
+    const BPF_TRACE_FENTRY: u32 = 24;
+    // mov r0, 0; exit
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    // union bpf_attr, BPF_PROG_LOAD part (include/uapi/linux/bpf.h).
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_TRACING.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[68..72].copy_from_slice(&BPF_TRACE_FENTRY.to_ne_bytes());
+    attr[108..112].copy_from_slice(&btf_id.to_ne_bytes());
+    // SAFETY: attr, insns and license outlive the call; the kernel reads
+    // only the first `attr.len()` bytes.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is the program the call above returned, ours to close.
+    unsafe { libc::close(fd as i32) };
     Ok(())
 }
 

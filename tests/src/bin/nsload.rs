@@ -6,6 +6,8 @@
 //!   turn) with CLONE_NEWUTS|CLONE_NEWIPC; each child unshares a new UTS
 //!   namespace, setns back into its parent's, and exits.
 //! - `forkexec N`: N fork + exec of /bin/true, no namespace work at all.
+//! - `forkexit N`: N fork + _exit: the hot path every process on a machine
+//!   takes (run it in new namespaces for a container's).
 //! - `burst N`: N setns round trips between two UTS namespaces (2N joins),
 //!   as fast as one thread can.
 //! - `hold N`: N children alive at once, each in new UTS and IPC namespaces;
@@ -126,6 +128,20 @@ fn forkexec(n: u64) {
                 libc::execv(prog.as_ptr(), argv.as_ptr());
                 libc::_exit(127);
             }
+        }
+        check(pid as i64, "fork");
+        reap(pid as i64);
+    }
+    report(start, n, "iterations");
+}
+
+fn forkexit(n: u64) {
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: fork then only _exit in the child.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe { libc::_exit(0) };
         }
         check(pid as i64, "fork");
         reap(pid as i64);
@@ -267,6 +283,7 @@ fn main() {
     match action.as_str() {
         "churn" => churn(count()),
         "forkexec" => forkexec(count()),
+        "forkexit" => forkexit(count()),
         "burst" => burst(count()),
         "hold" => hold(count()),
         other => malformed(other),
