@@ -215,6 +215,10 @@ impl Resolver {
     }
 
     fn container(&mut self, id: String, runtime: &'static str) -> Container {
+        if self.names.len() > 8192 {
+            // Containers come and go all day on a node: a cache, not a history.
+            self.names.clear();
+        }
         let name = self
             .names
             .entry(id.clone())

@@ -4,7 +4,7 @@
 //! ended namespace leaves the live map and a later one with the same inode is
 //! a new entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::{
     procfs::{NsKey, Snapshot},
@@ -79,10 +79,17 @@ pub struct KindTotals {
     pub destroyed: u64,
 }
 
+/// Ends kept for inspection: a window, not a history, so that a tracer left
+/// running for weeks holds no more than a fresh one.
+pub const RECENT_ENDS: usize = 256;
+
 #[derive(Debug, Default)]
 pub struct Registry {
     alive: HashMap<NsKey, Entry>,
-    ended: Vec<Entry>,
+    /// The most recent ends, oldest first, at most [`RECENT_ENDS`].
+    recent_ends: VecDeque<Entry>,
+    /// The longest-lived namespace of all that ended (for the summary).
+    longest_ended: Option<Entry>,
     totals: BTreeMap<NsKind, KindTotals>,
 }
 
@@ -114,8 +121,29 @@ impl Registry {
         self.alive.values()
     }
 
-    pub fn ended(&self) -> &[Entry] {
-        &self.ended
+    /// The most recent ends, oldest first (a bounded window).
+    pub fn recent_ends(&self) -> impl Iterator<Item = &Entry> {
+        self.recent_ends.iter()
+    }
+
+    /// The longest-lived of every namespace that ended while tracing.
+    pub fn longest_ended(&self) -> Option<&Entry> {
+        self.longest_ended.as_ref()
+    }
+
+    fn keep_ended(&mut self, e: Entry) {
+        if e.lifetime_ns().is_some_and(|l| {
+            self.longest_ended
+                .as_ref()
+                .and_then(Entry::lifetime_ns)
+                .is_none_or(|best| l > best)
+        }) {
+            self.longest_ended = Some(e.clone());
+        }
+        if self.recent_ends.len() == RECENT_ENDS {
+            self.recent_ends.pop_front();
+        }
+        self.recent_ends.push_back(e);
     }
 
     pub fn totals(&self) -> &BTreeMap<NsKind, KindTotals> {
@@ -222,7 +250,7 @@ impl Registry {
             followed: e.followed,
             ..Record::default()
         };
-        self.ended.push(e);
+        self.keep_ended(e);
         r
     }
 
@@ -244,7 +272,7 @@ impl Registry {
             followed: e.followed,
             ..Record::default()
         };
-        self.ended.push(e);
+        self.keep_ended(e);
         r
     }
 
@@ -333,8 +361,8 @@ mod tests {
         assert_eq!(d.event, EventType::Destroy);
         assert_eq!(d.born.as_ref().unwrap().time_ns, 100);
         reg.observe(&mut create(NsKind::Uts, 9, 500));
-        assert_eq!(reg.ended().len(), 1);
-        assert_eq!(reg.ended()[0].lifetime_ns(), Some(200));
+        assert_eq!(reg.recent_ends().count(), 1);
+        assert_eq!(reg.longest_ended().unwrap().lifetime_ns(), Some(200));
         assert_eq!(
             reg.get((NsKind::Uts, 9))
                 .unwrap()
@@ -365,6 +393,21 @@ mod tests {
         reg.observe(&mut net);
         assert_eq!(reg.dependents((NsKind::User, 10)), vec![(NsKind::Net, 11)]);
         assert!(reg.dependents((NsKind::Net, 11)).is_empty());
+    }
+
+    #[test]
+    fn ends_are_kept_as_a_window_and_the_longest() {
+        let mut reg = Registry::default();
+        for i in 0..(RECENT_ENDS as u32 * 4) {
+            reg.observe(&mut create(NsKind::Uts, i, 0));
+            // The 7th lives longest.
+            let end = if i == 7 { 1_000 } else { 10 };
+            reg.end((NsKind::Uts, i), EndCause::LastMemberLeft, end, None);
+        }
+        assert_eq!(reg.recent_ends().count(), RECENT_ENDS);
+        assert_eq!(reg.longest_ended().unwrap().inode, 7);
+        assert_eq!(reg.totals()[&NsKind::Uts].destroyed, RECENT_ENDS as u64 * 4);
+        assert_eq!(reg.alive().count(), 0);
     }
 
     #[test]

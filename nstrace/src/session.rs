@@ -142,10 +142,7 @@ impl Tracer<'_> {
             .ends
             .check(now, &self.registry, &mut self.probes, &mut ends::Procfs);
         let more = self.drain(ring, now)?;
-        for r in self
-            .ends
-            .apply(verdicts, now, &mut self.registry, &self.probes)
-        {
+        for r in self.ends.apply(verdicts, now, &mut self.registry) {
             self.emit(&r)?;
         }
         self.sink.flush()?;
@@ -201,6 +198,11 @@ impl Tracer<'_> {
                 self.ends.forget(stale.key());
                 let end = self.registry.end_replaced(stale, time);
                 self.emit(&end)?;
+            }
+            if r.event == EventType::Join {
+                if let (Some(k), Some(i)) = (r.kind, r.inode) {
+                    self.ends.on_joined((k, i));
+                }
             }
             self.emit(&r)?;
         }

@@ -66,12 +66,7 @@ pub fn render(reg: &Registry, now_ns: i128) -> String {
             );
         }
     }
-    if let Some(e) = reg
-        .ended()
-        .iter()
-        .filter(|e| e.lifetime_ns().is_some())
-        .max_by_key(|e| e.lifetime_ns())
-    {
+    if let Some(e) = reg.longest_ended() {
         let _ = writeln!(
             s,
             "  longest-lived of those that ended: {} {}, {} {}",

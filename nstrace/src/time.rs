@@ -96,28 +96,108 @@ fn split(unix_ns: i128) -> (i64, u32, u32) {
     (days, sod, nanos)
 }
 
+/// A formatted time, built on the stack: every record carries one, and
+/// `format!` made it the largest cost per record in user space.
+#[derive(Clone, Copy)]
+pub struct Stamp {
+    buf: [u8; 30],
+    len: u8,
+}
+
+impl Stamp {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+
+    fn new() -> Self {
+        Stamp {
+            buf: [0; 30],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len as usize] = b;
+        self.len += 1;
+    }
+
+    /// `v` in exactly `width` decimal digits (zero-padded, high digits cut).
+    fn digits(&mut self, mut v: u64, width: usize) {
+        let at = self.len as usize;
+        for i in (0..width).rev() {
+            self.buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        self.len += width as u8;
+    }
+}
+
+impl std::ops::Deref for Stamp {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for Stamp {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// `2026-11-22T20:31:05.123456789Z`
-pub fn rfc3339(unix_ns: i128) -> String {
+pub fn rfc3339(unix_ns: i128) -> Stamp {
     let (days, sod, nanos) = split(unix_ns);
     let (y, mo, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
+    let mut s = Stamp::new();
+    s.digits(y.clamp(0, 9999) as u64, 4);
+    s.push(b'-');
+    s.digits(mo.into(), 2);
+    s.push(b'-');
+    s.digits(d.into(), 2);
+    s.push(b'T');
+    clock(&mut s, sod);
+    s.push(b'.');
+    s.digits(nanos.into(), 9);
+    s.push(b'Z');
+    s
 }
 
 /// `20:31:05.123456` (UTC), for the text timeline.
-pub fn time_of_day(unix_ns: i128) -> String {
+pub fn time_of_day(unix_ns: i128) -> Stamp {
     let (_, sod, nanos) = split(unix_ns);
-    format!(
-        "{:02}:{:02}:{:02}.{:06}",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60,
-        nanos / 1000
-    )
+    let mut s = Stamp::new();
+    clock(&mut s, sod);
+    s.push(b'.');
+    s.digits((nanos / 1000).into(), 6);
+    s
+}
+
+fn clock(s: &mut Stamp, sod: u32) {
+    s.digits((sod / 3600).into(), 2);
+    s.push(b':');
+    s.digits((sod / 60 % 60).into(), 2);
+    s.push(b':');
+    s.digits((sod % 60).into(), 2);
 }
 
 #[cfg(test)]

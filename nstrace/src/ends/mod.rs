@@ -115,6 +115,10 @@ struct Watch {
     pinned: bool,
     /// Inference: when a check first found nothing holding it.
     looks_gone_at: Option<i128>,
+    /// A join of it was seen since it emptied. Only `setns` can bring a
+    /// member back to a namespace with none (nothing can fork into it), so
+    /// only then is the kernel's member count worth a syscall.
+    rejoined: bool,
 }
 
 /// Which namespace a verdict is about: a verdict is dropped if, by the time
@@ -205,6 +209,7 @@ impl Ends {
                     next: now,
                     pinned: true,
                     looks_gone_at: None,
+                    rejoined: false,
                 },
             );
         }
@@ -236,6 +241,7 @@ impl Ends {
                 next: now,
                 pinned: false,
                 looks_gone_at: None,
+                rejoined: false,
             });
             w.last = last.cloned();
             w.checks = 0;
@@ -247,6 +253,14 @@ impl Ends {
                     reg.get(key).map(|e| &e.state),
                     Some(crate::registry::State::Pinned(_))
                 );
+        }
+    }
+
+    /// A join of `key` was seen: if it was watched, its member count is read
+    /// at the next check.
+    pub fn on_joined(&mut self, key: NsKey) {
+        if let Some(w) = self.watch.get_mut(&key) {
+            w.rejoined = true;
         }
     }
 
@@ -301,6 +315,10 @@ impl Ends {
         let mut due: Vec<NsKey> = due
             .into_iter()
             .filter(|k| {
+                let w = self.watch.get_mut(k).expect("due keys are watched");
+                if !std::mem::take(&mut w.rejoined) {
+                    return true;
+                }
                 let members = counts.get(*k).unwrap_or(0) > 0;
                 if members {
                     self.watch.remove(k);
@@ -526,13 +544,7 @@ impl Ends {
 
     /// Turns verdicts read at their time into records, now that every event
     /// before that time has been handled.
-    pub fn apply(
-        &mut self,
-        verdicts: Vec<Verdict>,
-        now: i128,
-        reg: &mut Registry,
-        counts: &dyn MemberCounts,
-    ) -> Vec<Record> {
+    pub fn apply(&mut self, verdicts: Vec<Verdict>, now: i128, reg: &mut Registry) -> Vec<Record> {
         let mut out = Vec::new();
         for v in verdicts {
             match v {
@@ -570,10 +582,10 @@ impl Ends {
                     .into_iter()
                     .flatten()
                     {
-                        if counts.get(up).unwrap_or(0) <= 0 {
-                            if let Some(w) = self.watch.get_mut(&up) {
-                                w.next = w.next.min(now);
-                            }
+                        // Watched means memberless (or rejoined, which the
+                        // check reads).
+                        if let Some(w) = self.watch.get_mut(&up) {
+                            w.next = w.next.min(now);
                         }
                     }
                 }
@@ -584,6 +596,11 @@ impl Ends {
                     at,
                 } => {
                     if ident(reg, key) != Some(id) {
+                        continue;
+                    }
+                    // Joined in the events drained after the check: the
+                    // next check reads its member count instead.
+                    if self.watch.get(&key).is_some_and(|w| w.rejoined) {
                         continue;
                     }
                     if let Some(r) = reg.pin(key, by, at) {
@@ -718,7 +735,7 @@ mod tests {
         src: &mut FakeProc,
     ) -> Vec<Record> {
         let v = e.check(now, reg, counts, src);
-        e.apply(v, now, reg, counts)
+        e.apply(v, now, reg)
     }
 
     #[test]
@@ -822,7 +839,7 @@ mod tests {
             ..Record::default()
         };
         reg.observe(&mut again);
-        assert!(e.apply(v, 5, &mut reg, &counts).is_empty());
+        assert!(e.apply(v, 5, &mut reg).is_empty());
     }
 
     #[test]
@@ -856,7 +873,9 @@ mod tests {
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let mut e = ends(Method::Inference);
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
+        // Joined (setns): the count is read at the next check.
         counts.set(NET, 1);
+        e.on_joined(NET);
         assert!(round(&mut e, 0, &mut reg, &mut counts, &mut src).is_empty());
         assert!(e.watched().next().is_none());
     }

@@ -40,7 +40,7 @@ fn container(c: Option<&Container>) -> Option<ContainerJson<'_>> {
 
 #[derive(Serialize)]
 struct BirthJson<'a> {
-    time: String,
+    time: crate::time::Stamp,
     pid: u32,
     comm: &'a str,
     syscall: &'static str,

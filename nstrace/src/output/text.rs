@@ -1,6 +1,9 @@
 //! The human timeline: a header, then one aligned line per record.
 
-use std::io::{self, Write};
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+};
 
 use super::Sink;
 use crate::{
@@ -12,6 +15,8 @@ use crate::{
 pub struct TextSink<W: Write> {
     out: W,
     header_done: bool,
+    /// The line being built, reused.
+    line: String,
 }
 
 impl<W: Write> TextSink<W> {
@@ -19,126 +24,190 @@ impl<W: Write> TextSink<W> {
         Self {
             out,
             header_done: false,
+            line: String::with_capacity(256),
         }
     }
 }
 
 pub const HEADER: &str = "TIME(UTC)        PID/TID          COMM             CONTAINER    EVENT   NS     INODE       DETAILS";
 
+// Lines are written into one reused buffer with `write!`: under namespace
+// churn the `format!` per column was most of nstrace's own CPU per record.
+// (Writing to a String cannot fail, hence the ignored results.)
+
 /// `unshare(CLONE_NEWUTS|CLONE_NEWNET)`, `setns(fd 3, CLONE_NEWNET)`, ...
-fn call(r: &Record, syscall: Syscall) -> String {
-    let names = flag_names(r.flags);
-    let flags = if r.flags == 0 {
-        "0".to_string()
-    } else if names.is_empty() {
-        format!("{:#x}", r.flags)
-    } else {
-        names.join("|")
-    };
+fn call(out: &mut String, r: &Record, syscall: Syscall) {
     match (syscall, r.fd) {
-        (Syscall::Setns, Some(fd)) => format!("setns(fd {fd}, {flags})"),
-        (s, _) => format!("{}({flags})", s.name()),
+        (Syscall::Setns, Some(fd)) => {
+            let _ = write!(out, "setns(fd {fd}, ");
+        }
+        (s, _) => {
+            out.push_str(s.name());
+            out.push('(');
+        }
     }
+    let names = flag_names(r.flags);
+    if r.flags == 0 {
+        out.push('0');
+    } else if names.is_empty() {
+        let _ = write!(out, "{:#x}", r.flags);
+    } else {
+        for (i, n) in names.iter().enumerate() {
+            if i > 0 {
+                out.push('|');
+            }
+            out.push_str(n);
+        }
+    }
+    out.push(')');
 }
 
 /// `1.002s`, `850ms`, `3m12s`
 pub fn human_duration(ns: i128) -> String {
-    let ms = ns / 1_000_000;
-    if ms < 1_000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.3}s", ms as f64 / 1000.0)
-    } else {
-        let s = ms / 1000;
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
+    let mut s = String::new();
+    duration(&mut s, ns);
+    s
 }
 
-fn birth(b: &Birth, now_ns: i128) -> String {
-    format!(
-        "created {} ago by {} (pid {}, {})",
-        human_duration(now_ns - b.time_ns),
-        b.comm,
-        b.pid,
-        b.syscall.name()
-    )
+fn duration(out: &mut String, ns: i128) {
+    let ms = ns / 1_000_000;
+    let _ = if ms < 1_000 {
+        write!(out, "{ms}ms")
+    } else if ms < 60_000 {
+        write!(out, "{}.{:03}s", ms / 1000, ms % 1000)
+    } else {
+        let s = ms / 1000;
+        write!(out, "{}m{:02}s", s / 60, s % 60)
+    };
+}
+
+/// `by COMM (pid N, SYSCALL)`
+fn creator(out: &mut String, b: &Birth) {
+    let _ = write!(out, "{} (pid {}, {})", b.comm, b.pid, b.syscall.name());
 }
 
 /// The DETAILS column.
-fn details(r: &Record) -> String {
+fn details(out: &mut String, r: &Record) {
     match r.event {
-        EventType::Pinned => format!("no member left; held by {}", r.pinned_by.join(", ")),
+        EventType::Pinned => {
+            out.push_str("no member left; held by ");
+            for (i, p) in r.pinned_by.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(p);
+            }
+        }
         EventType::Destroy => {
-            let mut d = match r.end {
-                Some(EndCause::PinReleased) => "ended: its last pin went".to_string(),
-                Some(EndCause::InodeReused) => "ended earlier: its inode was reused".to_string(),
-                Some(EndCause::KernelFreed) => "freed by the kernel".to_string(),
-                _ => "ended: its last member left".to_string(),
-            };
+            out.push_str(match r.end {
+                Some(EndCause::PinReleased) => "ended: its last pin went",
+                Some(EndCause::InodeReused) => "ended earlier: its inode was reused",
+                Some(EndCause::KernelFreed) => "freed by the kernel",
+                _ => "ended: its last member left",
+            });
             if let Some(init) = r.init_pid {
-                d.push_str(&format!(", with its init (pid {init})"));
+                let _ = write!(out, ", with its init (pid {init})");
             }
             if let Some(b) = &r.born {
-                d.push_str(&format!(
-                    "; lived {}, created by {} (pid {}, {})",
-                    human_duration(r.time_ns - b.time_ns),
-                    b.comm,
-                    b.pid,
-                    b.syscall.name()
-                ));
+                out.push_str("; lived ");
+                duration(out, r.time_ns - b.time_ns);
+                out.push_str(", created by ");
+                creator(out, b);
             }
-            d
         }
         _ => {
             let Some(syscall) = r.syscall else {
-                return String::new();
+                return;
             };
-            let mut d = call(r, syscall);
+            call(out, r, syscall);
             if r.event == EventType::Error {
-                d.push_str(&format!(" = -1 {}", errno::name(r.errno.unwrap_or(0))));
-                return d;
+                let _ = write!(out, " = -1 {}", errno::name(r.errno.unwrap_or(0)));
+                return;
             }
             if let Some(child) = r.child_pid {
-                d.push_str(&format!(" -> child {child}"));
+                let _ = write!(out, " -> child {child}");
             }
             if let Some(prev) = r.prev_inode {
                 if Some(prev) == r.inode {
-                    d.push_str("  (already a member)");
+                    out.push_str("  (already a member)");
                 } else {
-                    d.push_str(&format!("  (was {prev})"));
+                    let _ = write!(out, "  (was {prev})");
                 }
             }
             if let (EventType::Join, Some(b)) = (r.event, &r.born) {
-                d.push_str(&format!("; {}", birth(b, r.time_ns)));
+                out.push_str("; created ");
+                duration(out, r.time_ns - b.time_ns);
+                out.push_str(" ago by ");
+                creator(out, b);
             }
-            d
         }
     }
+}
+
+/// Pads what was written since `from` to `width` characters, then a space.
+fn pad_from(out: &mut String, from: usize, width: usize) {
+    let written = out[from..].chars().count();
+    for _ in written..width {
+        out.push(' ');
+    }
+    out.push(' ');
 }
 
 /// One timeline line, without the newline.
 pub fn line(r: &Record) -> String {
-    let (pid, comm) = match &r.actor {
+    let mut s = String::new();
+    line_into(&mut s, r);
+    s
+}
+
+/// [`line`], appended to `out`.
+pub fn line_into(out: &mut String, r: &Record) {
+    let at = out.len();
+    out.push_str(&time_of_day(r.time_ns));
+    pad_from(out, at, 16);
+    let at = out.len();
+    let comm = match &r.actor {
         // The pid inside the actor's own PID namespace, where it differs.
         Some(a) if a.vpid != 0 && a.vpid != a.tid => {
-            (format!("{}/{}({})", a.pid, a.tid, a.vpid), a.comm.as_str())
+            let _ = write!(out, "{}/{}({})", a.pid, a.tid, a.vpid);
+            a.comm.as_str()
         }
-        Some(a) => (format!("{}/{}", a.pid, a.tid), a.comm.as_str()),
-        None => ("-".to_string(), "-"),
+        Some(a) => {
+            let _ = write!(out, "{}/{}", a.pid, a.tid);
+            a.comm.as_str()
+        }
+        None => {
+            out.push('-');
+            "-"
+        }
     };
-    let container = r
-        .container
-        .as_ref()
-        .or(r.ns_container.as_ref())
-        .map_or("-", |c| c.short_id());
-    let kind = r.kind.map_or("-", |k| k.name());
-    let inode = r.inode.map_or_else(|| "-".to_string(), |i| i.to_string());
-    format!(
-        "{:<16} {pid:<16} {comm:<16} {container:<12} {:<7} {kind:<6} {inode:<11} {}",
-        time_of_day(r.time_ns),
-        r.event.name(),
-        details(r),
-    )
+    pad_from(out, at, 16);
+    let at = out.len();
+    out.push_str(comm);
+    pad_from(out, at, 16);
+    let at = out.len();
+    out.push_str(
+        r.container
+            .as_ref()
+            .or(r.ns_container.as_ref())
+            .map_or("-", |c| c.short_id()),
+    );
+    pad_from(out, at, 12);
+    let at = out.len();
+    out.push_str(r.event.name());
+    pad_from(out, at, 7);
+    let at = out.len();
+    out.push_str(r.kind.map_or("-", |k| k.name()));
+    pad_from(out, at, 6);
+    let at = out.len();
+    match r.inode {
+        Some(i) => {
+            let _ = write!(out, "{i}");
+        }
+        None => out.push('-'),
+    }
+    pad_from(out, at, 11);
+    details(out, r);
 }
 
 /// What a loss notice says, in words.
@@ -196,7 +265,10 @@ impl<W: Write> TextSink<W> {
 impl<W: Write> Sink for TextSink<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         self.header()?;
-        writeln!(self.out, "{}", line(r))
+        self.line.clear();
+        line_into(&mut self.line, r);
+        self.line.push('\n');
+        self.out.write_all(self.line.as_bytes())
     }
 
     fn lost(&mut self, l: &Loss) -> io::Result<()> {
