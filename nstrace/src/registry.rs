@@ -254,8 +254,9 @@ impl Registry {
         r
     }
 
-    /// Ends an entry a create replaced (its inode was reused).
-    pub fn end_replaced(&mut self, mut e: Entry, time_ns: i128) -> Record {
+    /// Ends an entry a create replaced (its inode was reused): `cause` where
+    /// its end was already being decided, else [`EndCause::InodeReused`].
+    pub fn end_replaced(&mut self, mut e: Entry, time_ns: i128, cause: Option<EndCause>) -> Record {
         let key = e.key();
         e.ended_ns = Some(time_ns);
         self.totals.entry(key.0).or_default().destroyed += 1;
@@ -266,7 +267,7 @@ impl Registry {
             inode: Some(key.1),
             ns_id: e.ns_id,
             born: e.born.clone(),
-            end: Some(EndCause::InodeReused),
+            end: Some(cause.unwrap_or(EndCause::InodeReused)),
             init_pid: e.init_exited,
             ns_container: e.container.clone(),
             followed: e.followed,

@@ -195,8 +195,8 @@ impl Tracer<'_> {
                 // The kernel reused the inode of a namespace whose end we did
                 // not see: it has certainly ended. Say so, late, then the create.
                 let time = r.time_ns;
-                self.ends.forget(stale.key());
-                let end = self.registry.end_replaced(stale, time);
+                let cause = self.ends.forget(stale.key());
+                let end = self.registry.end_replaced(stale, time, cause);
                 self.emit(&end)?;
             }
             if r.event == EventType::Join {
@@ -247,6 +247,10 @@ impl Tracer<'_> {
         })
     }
 }
+
+/// How long a stop waits for the verdicts of namespaces that emptied just
+/// before it: past the last settle re-check (160 ms) and one grace (100 ms).
+const FINAL_VERDICTS: Duration = Duration::from_millis(400);
 
 async fn trace(cli: &Cli) -> Result<i32> {
     let loader = crate::kernel::probes::prepare_loader();
@@ -472,10 +476,24 @@ async fn trace(cli: &Cli) -> Result<i32> {
             _ = sighup.recv() => break,
         }
     }
-    // Records already in the ring when the signal came are still the user's.
+    // Records already in the ring when the signal came are still the user's,
+    // and so are the ends of namespaces that emptied just before: their
+    // verdicts come within the settle time of deferred frees, so wait for
+    // them (a little) rather than leave them unsaid.
     if !output_closed {
-        while let Ok(true) = t.drain(events.get_mut(), i128::MAX) {}
-        let _ = t.check_ends(events.get_mut());
+        let until = tokio::time::Instant::now() + FINAL_VERDICTS;
+        loop {
+            while let Ok(true) = t.drain(events.get_mut(), i128::MAX) {}
+            if t.check_ends(events.get_mut()).is_err() {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if !t.ends.undecided() || now >= until {
+                break;
+            }
+            let wait = t.next_wake().unwrap_or(DRAIN_INTERVAL);
+            tokio::time::sleep(wait.min(until - now)).await;
+        }
         let _ = t.report_losses(&mut reported_losses);
     }
     let losses = t.probes.losses();

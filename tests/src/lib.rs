@@ -300,6 +300,9 @@ impl Drop for Tracer {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The test is over: its namespaces' ids must not judge the next
+        // test's records (tests of a binary share this process).
+        WAITED.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -367,7 +370,66 @@ pub fn ns_inode(pid: u32, kind: &str) -> u64 {
 
 /// Waits until `pid`'s namespace of `kind` differs from ours: the operation
 /// under test has happened.
+/// The kernel's 64-bit id (NS_GET_ID, 6.18+) of the namespace at `path`.
+pub fn ns_id_of(path: &str) -> Option<u64> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut id: u64 = 0;
+    // SAFETY: NS_GET_ID (_IOR(0xb7, 0xd, u64)) writes one u64.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0x8008_b70d,
+            &mut id as *mut u64,
+        )
+    };
+    (r == 0).then_some(id)
+}
+
+/// Ids of the namespaces tests waited for, by (type, inode): the kernel
+/// gives a freed inode to the next namespace at once, so on a busy machine
+/// another process's namespace may carry the same inode minutes earlier.
+static WAITED: std::sync::Mutex<Vec<((String, u64), u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether record `r` is `event` of the namespace of `kind` with `inode`,
+/// the one a test last waited for with [`wait_ns_changed`] where the kernel
+/// has namespace ids (not another with the same inode).
+pub fn is(r: &Value, event: &str, kind: &str, inode: u64) -> bool {
+    if !(r["event"] == event && r["ns_type"] == kind && r["ns_inode"] == inode) {
+        return false;
+    }
+    let waited = WAITED.lock().unwrap_or_else(|e| e.into_inner());
+    let id = waited
+        .iter()
+        .rev()
+        .find(|(k, _)| k.0 == kind && k.1 == inode)
+        .map(|(_, id)| *id);
+    match (id, r["ns_id"].as_u64()) {
+        (Some(want), Some(got)) => want == got,
+        _ => true,
+    }
+}
+
 pub fn wait_ns_changed(pid: u32, kind: &str) -> u64 {
+    let inode = wait_ns_inode_changed(pid, kind);
+    note_ns(&format!("/proc/{pid}/ns/{kind}"), inode);
+    inode
+}
+
+/// Remembers the id of the namespace at `path` (a /proc `ns/KIND` link)
+/// whose inode is `inode`, for [`is`].
+pub fn note_ns(path: &str, inode: u64) {
+    let Some(id) = ns_id_of(path) else {
+        return;
+    };
+    let link = path.rsplit('/').next().unwrap_or_default();
+    let kind = link.trim_end_matches("_for_children").to_string();
+    WAITED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(((kind, inode), id));
+}
+
+fn wait_ns_inode_changed(pid: u32, kind: &str) -> u64 {
     let ours = ns_inode(std::process::id(), kind);
     let deadline = Instant::now() + DEFAULT_WAIT;
     loop {

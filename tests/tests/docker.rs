@@ -107,9 +107,14 @@ fn docker_run_exec_and_rm_tell_which_container_did_what() {
     // rm -f: each of the five ends.
     drop(running);
     for kind in KINDS {
-        let inode = creates.iter().find(|r| r["ns_type"] == kind).unwrap()["ns_inode"].clone();
+        // By birth too: on a busy machine another namespace may have had
+        // the same inode before.
+        let c = creates.iter().find(|r| r["ns_type"] == kind).unwrap();
         tracer.wait_for(1, |r| {
-            r["event"] == "destroy" && r["ns_type"] == kind && r["ns_inode"] == inode
+            r["event"] == "destroy"
+                && r["ns_type"] == kind
+                && r["ns_inode"] == c["ns_inode"]
+                && r["ns_created"]["time"] == c["time"]
         });
     }
     let destroys: Vec<Value> = tracer

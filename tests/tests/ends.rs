@@ -15,10 +15,6 @@ use std::{
 use nstrace_tests::*;
 use serde_json::Value;
 
-fn is(r: &Value, event: &str, kind: &str, inode: u64) -> bool {
-    r["event"] == event && r["ns_type"] == kind && r["ns_inode"] == inode
-}
-
 /// iproute2's ip by path: in the guests, busybox's sh prefers its own applets.
 const IP: &str = "/bin/ip";
 

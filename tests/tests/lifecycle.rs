@@ -11,10 +11,6 @@ use std::{
 use nstrace_tests::*;
 use serde_json::Value;
 
-fn is(r: &Value, event: &str, kind: &str, inode: u64) -> bool {
-    r["event"] == event && r["ns_type"] == kind && r["ns_inode"] == inode
-}
-
 /// Creates a namespace of `kind` with `unshare FLAGS sleep`, checks no end is
 /// reported while the sleeper lives, kills it, and expects exactly one destroy.
 fn create_then_destroy(flags: &[&str], kind: &str, link: &str) {
@@ -33,7 +29,7 @@ fn create_then_destroy(flags: &[&str], kind: &str, link: &str) {
         !tracer
             .records()
             .iter()
-            .any(|r| r["event"] == "destroy" && r["ns_inode"] == inode),
+            .any(|r| is(r, "destroy", kind, inode)),
         "destroy reported while a member lives: {:#?}",
         tracer.records()
     );
@@ -56,7 +52,7 @@ fn create_then_destroy(flags: &[&str], kind: &str, link: &str) {
     let n = tracer
         .records()
         .iter()
-        .filter(|r| r["event"] == "destroy" && r["ns_inode"] == inode && r["ns_type"] == kind)
+        .filter(|r| is(r, "destroy", kind, inode))
         .count();
     assert_eq!(n, 1, "{:#?}", tracer.records());
     assert!(tracer.stop().0.success());
@@ -226,6 +222,7 @@ fn unshare_in_a_secondary_thread_moves_only_that_thread() {
         s[5..s.len() - 1].parse::<u64>().unwrap()
     };
     assert_eq!(r["ns_inode"], thread_uts);
+    note_ns(&format!("/proc/{pid}/task/{tid}/ns/uts"), thread_uts);
     assert_eq!(
         ns_inode(pid, "uts"),
         ns_inode(std::process::id(), "uts"),
@@ -242,32 +239,45 @@ fn reused_inodes_are_kept_apart() {
         return;
     }
     let tracer = Tracer::start(&[]);
-    let mut seen = std::collections::HashMap::<u64, usize>::new();
+    // Each namespace by (inode, kernel id where the kernel has ids): on a
+    // busy machine other processes' namespaces take the same inodes too.
+    let mut ours: Vec<(u64, Option<u64>)> = Vec::new();
+    let mine = |r: &Value, event: &str, ns: (u64, Option<u64>)| {
+        r["event"] == event
+            && r["ns_type"] == "uts"
+            && r["ns_inode"] == ns.0
+            && ns.1.is_none_or(|id| r["ns_id"] == id)
+    };
     let mut reused = None;
     for _ in 0..200 {
         let g = Group::spawn(&["unshare", "-u", "sleep", "60"]);
         let inode = wait_ns_changed(g.pid(), "uts");
-        let n = *seen.entry(inode).and_modify(|n| *n += 1).or_insert(1);
-        tracer.wait_for(n, |r| is(r, "create", "uts", inode));
+        let ns = (inode, ns_id_of(&format!("/proc/{}/ns/uts", g.pid())));
+        let before = ours.iter().filter(|o| o.0 == inode).count();
+        ours.push(ns);
+        // Without ids, the records of this inode so far are ours alone only
+        // on a quiet machine (the guests).
+        let n = if ns.1.is_some() { 1 } else { before + 1 };
+        tracer.wait_for(n, |r| mine(r, "create", ns));
         drop(g);
-        tracer.wait_for(n, |r| is(r, "destroy", "uts", inode));
-        if n == 2 {
+        tracer.wait_for(n, |r| mine(r, "destroy", ns));
+        if before == 1 {
             reused = Some(inode);
             break;
         }
     }
     let inode = reused.expect("the kernel never reused a uts inode in 200 tries");
     let records = tracer.records();
-    let creates: Vec<&Value> = records
-        .iter()
-        .filter(|r| is(r, "create", "uts", inode))
-        .collect();
-    let destroys: Vec<&Value> = records
-        .iter()
-        .filter(|r| is(r, "destroy", "uts", inode))
-        .collect();
-    assert_eq!(creates.len(), 2);
-    assert_eq!(destroys.len(), 2);
+    let pair: Vec<(u64, Option<u64>)> = ours.iter().filter(|o| o.0 == inode).copied().collect();
+    let pick = |event: &str| -> Vec<&Value> {
+        records
+            .iter()
+            .filter(|r| pair.iter().any(|ns| mine(r, event, *ns)))
+            .collect()
+    };
+    let (creates, destroys) = (pick("create"), pick("destroy"));
+    assert_eq!(creates.len(), 2, "{creates:#?}");
+    assert_eq!(destroys.len(), 2, "{destroys:#?}");
     // Each destroy names its own birth.
     for (c, d) in creates.iter().zip(&destroys) {
         assert_eq!(d["ns_created"]["time"], c["time"], "{c}\n{d}");
@@ -299,7 +309,11 @@ fn ls_agrees_with_lsns() {
         return;
     }
     // Something besides the host namespaces, including a mount-only one.
-    let _g = Group::spawn(&["unshare", "-u", "-n", "-p", "-f", "sleep", "60"]);
+    let g = Group::spawn(&["unshare", "-u", "-n", "-p", "-f", "sleep", "60"]);
+    let mine: Vec<(u64, String)> = ["uts", "net"]
+        .iter()
+        .map(|k| (wait_ns_changed(g.pid(), k), k.to_string()))
+        .collect();
     let name = format!("nstrace-ls-{}", std::process::id());
     ip(&["netns", "add", &name]);
     thread::sleep(Duration::from_millis(200));
@@ -324,19 +338,31 @@ fn ls_agrees_with_lsns() {
             )
         })
         .collect();
+    // The machine may be busy: namespaces come and go and process counts
+    // change while the three listings run. Every namespace lsns listed
+    // both before and after lived throughout, so ours must list it; counts
+    // are compared where nothing else can change them, in the namespaces
+    // of this test's own process group.
+    let ident = |r: &(u64, String, u64)| (r.0, r.1.clone());
+    let ours_ids: Vec<(u64, String)> = ours.iter().map(ident).collect();
+    let after_ids: Vec<(u64, String)> = after.iter().map(ident).collect();
     let mut compared = 0;
-    for row in &before {
-        // Only rows that did not change while we looked.
-        if !after.contains(row) {
-            continue;
-        }
+    for row in before.iter().filter(|r| after_ids.contains(&ident(r))) {
         assert!(
-            ours.contains(row),
-            "lsns row {row:?} missing or different in nstrace ls: {ours:?}"
+            ours_ids.contains(&ident(row)),
+            "lsns row {row:?} missing in nstrace ls: {ours:?}"
         );
         compared += 1;
     }
     assert!(compared >= 8, "compared only {compared} rows");
+    for id in &mine {
+        let theirs = after.iter().find(|r| &ident(r) == id);
+        let ours_row = ours.iter().find(|r| &ident(r) == id);
+        assert!(
+            theirs.is_some() && theirs == ours_row,
+            "{id:?}: lsns {theirs:?}, nstrace ls {ours_row:?}"
+        );
+    }
     // The mount-only namespace lsns does not list is in ours, with 0 processes.
     let path = format!("/run/netns/{name}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&path));

@@ -35,7 +35,7 @@ fn uts_sleeper() -> (Group, u64) {
 }
 
 fn is_create_of(r: &Value, kind: &str, inode: u64) -> bool {
-    r["event"] == "create" && r["ns_type"] == kind && r["ns_inode"] == inode
+    is(r, "create", kind, inode)
 }
 
 #[test]

@@ -43,6 +43,10 @@ enum Task {
         /// Skip the kernel matrix (`vm-test --kernel all`).
         #[arg(long)]
         no_vm: bool,
+        /// Skip the second run of the native suite beside a background
+        /// load (forks and short-lived namespaces).
+        #[arg(long)]
+        no_load: bool,
     },
     /// Run the end-to-end scenarios on other kernels under QEMU, in both
     /// probe modes (kernels are downloaded once and cached under $NSTRACE_CACHE).
@@ -73,6 +77,12 @@ enum Task {
         /// setns round trips in the burst (twice as many join records).
         #[arg(long, default_value_t = 50_000)]
         burst: u64,
+        /// fork + _exit per run in the BPF-cost-per-operation tables.
+        #[arg(long, default_value_t = 20_000)]
+        forkexit: u64,
+        /// Namespaces churned in the soak (RSS after 10,000 and after these).
+        #[arg(long, default_value_t = 1_000_000)]
+        soak: u64,
         /// Print the results only; leave docs/performance.md alone.
         #[arg(long)]
         no_write: bool,
@@ -87,7 +97,11 @@ fn main() {
         Task::Run { args } => setup::run()
             .and_then(|()| build())
             .and_then(|()| run(&args)),
-        Task::Test { no_lint, no_vm } => setup::run().and_then(|()| test(!no_lint, !no_vm)),
+        Task::Test {
+            no_lint,
+            no_vm,
+            no_load,
+        } => setup::run().and_then(|()| test(!no_lint, !no_vm, !no_load)),
         Task::VmTest {
             kernel,
             only,
@@ -98,6 +112,8 @@ fn main() {
             churn,
             forkexec,
             burst,
+            forkexit,
+            soak,
             no_write,
         } => setup::run().and_then(|()| {
             bench::run(&bench::Opts {
@@ -105,6 +121,8 @@ fn main() {
                 churn,
                 forkexec,
                 burst,
+                forkexit,
+                soak,
                 write: !no_write,
             })
         }),
@@ -153,7 +171,7 @@ fn run(args: &[String]) -> Result<()> {
     bail!("starting {}: {err}", nstrace_bin().display())
 }
 
-fn test(lint: bool, vm: bool) -> Result<()> {
+fn test(lint: bool, vm: bool, load: bool) -> Result<()> {
     if lint {
         sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
         sh(cargo().args([
@@ -168,26 +186,60 @@ fn test(lint: bool, vm: bool) -> Result<()> {
     build()?;
     let daemon = docker::Daemon::ensure(&workspace_root().join("target/dockerd.log"))?;
     daemon.ensure_image()?;
-    // One test at a time: the end-to-end tests each load the real tracer and
-    // compare against /proc, and two cores are all CI has.
-    let mut cmd = cargo();
-    cmd.args(["test", "--release", "--", "--test-threads=1"])
-        .env("NSTRACE_BIN", nstrace_bin());
-    let (passed, failed, status) = run_counting_tests(&mut cmd)?;
+    native_suite("")?;
+    if load {
+        // Users' CI machines are busy: the same suite again while another
+        // process forks and makes short-lived namespaces all along.
+        let noise = Background(
+            Command::new(workspace_root().join("target/release/nsload"))
+                .arg("noise")
+                .spawn()
+                .context("starting the background load (nsload noise)")?,
+        );
+        native_suite(" beside a background load")?;
+        drop(noise);
+    }
     drop(daemon);
-    // cargo test ends on whichever target ran last (often one without tests):
-    // close on the totals instead.
-    println!("tests: {passed} passed, {failed} failed");
-    if !status.success() || failed > 0 {
-        bail!("tests failed");
-    }
-    if passed == 0 {
-        bail!("no test ran");
-    }
     if vm {
         vm::run("all", &vm::Selection::all())?;
     }
     Ok(())
+}
+
+/// The unit and end-to-end tests on this machine's kernel.
+fn native_suite(how: &str) -> Result<()> {
+    // One test at a time: the end-to-end tests each load the real tracer and
+    // compare against /proc, and two cores are all CI has.
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ])
+    .env("NSTRACE_BIN", nstrace_bin());
+    let (passed, failed, status) = run_counting_tests(&mut cmd)?;
+    // cargo test ends on whichever target ran last (often one without tests):
+    // close on the totals instead.
+    println!("tests{how}: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("tests{how} failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// A child process killed when dropped.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Runs `cmd`, echoing its stdout, and adds up cargo's `test result:` lines.

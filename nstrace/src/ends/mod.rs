@@ -278,9 +278,23 @@ impl Ends {
         r
     }
 
-    /// The key now names another namespace (its inode was reused).
-    pub fn forget(&mut self, key: NsKey) {
-        self.watch.remove(&key);
+    /// The key now names another namespace: the kernel gave its inode to a
+    /// new one, so the old one is gone. How it ended, where it was watched
+    /// (it had emptied, or was pinned, and went before the next check).
+    pub fn forget(&mut self, key: NsKey) -> Option<EndCause> {
+        self.watch.remove(&key).map(|w| {
+            if w.pinned {
+                EndCause::PinReleased
+            } else {
+                EndCause::LastMemberLeft
+            }
+        })
+    }
+
+    /// Whether a namespace that emptied is still waiting for its first
+    /// verdict (neither pinned nor gone yet).
+    pub fn undecided(&self) -> bool {
+        self.watch.values().any(|w| !w.pinned)
     }
 
     /// When the next check is due.

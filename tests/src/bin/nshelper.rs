@@ -119,19 +119,8 @@ fn main() {
         // ns-id PATH: the namespace's 64-bit id (NS_GET_ID, Linux 6.18+).
         "ns-id" => {
             let path = args.next().unwrap_or_else(|| die("missing path"));
-            let f = std::fs::File::open(&path).unwrap_or_else(|e| die(&format!("{path}: {e}")));
-            let mut id: u64 = 0;
-            // SAFETY: NS_GET_ID (_IOR(0xb7, 0xd, u64)) writes one u64.
-            let r = unsafe {
-                libc::ioctl(
-                    std::os::fd::AsRawFd::as_raw_fd(&f),
-                    0x8008_b70d,
-                    &mut id as *mut u64,
-                )
-            };
-            if r != 0 {
-                die(&format!("NS_GET_ID: errno {}", errno()));
-            }
+            let id = nstrace_tests::ns_id_of(&path)
+                .unwrap_or_else(|| die(&format!("NS_GET_ID on {path}: errno {}", errno())));
             say(&id.to_string());
         }
         // unshare-as-nobody FLAGS: drop to uid/gid 65534, try unshare, print the result.

@@ -8,6 +8,9 @@
 //! - `forkexec N`: N fork + exec of /bin/true, no namespace work at all.
 //! - `forkexit N`: N fork + _exit: the hot path every process on a machine
 //!   takes (run it in new namespaces for a container's).
+//! - `noise`: until killed, what a busy machine does beside the tests: forks
+//!   that exit, children in new UTS/IPC namespaces, now and then a new
+//!   network namespace, a few hundred of each a second.
 //! - `burst N`: N setns round trips between two UTS namespaces (2N joins),
 //!   as fast as one thread can.
 //! - `hold N`: N children alive at once, each in new UTS and IPC namespaces;
@@ -149,6 +152,27 @@ fn forkexit(n: u64) {
     report(start, n, "iterations");
 }
 
+fn noise() -> ! {
+    for i in 0u64.. {
+        let flags = match i % 3 {
+            0 => 0,
+            1 => NEW_UTS_IPC,
+            _ if i % 15 == 2 => libc::CLONE_NEWNET as u64,
+            _ => libc::CLONE_NEWUTS as u64,
+        };
+        let pid = fork_into(flags, i % 2 == 0);
+        if pid == 0 {
+            // SAFETY: only _exit in the child.
+            unsafe { libc::_exit(0) };
+        }
+        if pid > 0 {
+            reap(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+    unreachable!()
+}
+
 fn burst(n: u64) {
     let home = open_ns("/proc/self/ns/uts");
     // A holder keeps the second namespace alive with a member, so the burst
@@ -286,6 +310,7 @@ fn main() {
         "forkexit" => forkexit(count()),
         "burst" => burst(count()),
         "hold" => hold(count()),
+        "noise" => noise(),
         other => malformed(other),
     }
 }
