@@ -821,18 +821,21 @@ fn render(
 /// Why overhead targets can be missed, from profiles of this workload
 /// (`bpftool prog show` with kernel.bpf_stats_enabled, `perf record` of
 /// nstrace): printed under the targets when one is missed.
-const WHY_MISSED: &str = "Why, where a target is missed. Fork/exec: nstrace \
-hooks every fork and exit on the host to keep watched namespaces' member counts \
-(one nsproxy read, eight inode reads, eight hash lookups), which the bpftrace \
-script does not; the BPF run time column is that cost, and it is what the \
-2% target can fairly be held to; compare the rest of the wall-time difference \
-with the rounds' ranges (the machine's own noise). Churn: nstrace delivers 7 records \
-per child where bpftrace prints 3 (lifecycle: every namespace's end), checks \
-each emptied namespace for pins against /proc (mounts and open fds, one scan \
-per 20 ms batch), and on a 2-core machine its user space (tracer CPU column) \
-shares the CPUs with the workload; its BPF programs alone cost about as much \
-as bpftrace's (BPF run time column). Differences inside the rounds' ranges \
-are not significant.";
+const WHY_MISSED: &str = "Why, where a target is missed. Fork+exit in a \
+container's namespaces: nstrace keeps an exact member count for every watched \
+namespace (six here: mnt, uts, ipc, net, pid, cgroup), so each fork and each \
+exit reads the task's namespace inodes and updates one hash-map counter per \
+watched kind (about twelve probe reads and six LRU-hash updates per program), \
+which the bpftrace script, keeping no counts, does not; the floor (empty \
+programs on the same hooks) is the part no tracer on these hooks can avoid. \
+Those counts are what lets a tracepoint-only kernel see the moment a \
+namespace's last member leaves. Going lower needs cheaper reads (BTF-typed \
+direct loads from tp_btf programs instead of probe-read helpers) or counts \
+kept per nsproxy (one update per fork; per-namespace counts moved only when \
+an nsproxy is first or last used). Start-up: most of it is the kernel's \
+verifier (the programs load in parallel) and aya's own parse of the kernel \
+BTF, which varies with the machine's load. Wall-time rows on this 2-core \
+machine are noisy: read them with the rounds' ranges.";
 
 fn verdict(met: bool, what: String) -> String {
     format!("{} {what}", if met { "met:" } else { "**missed:**" })
