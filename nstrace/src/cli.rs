@@ -46,6 +46,11 @@ pub struct Cli {
     #[arg(long, short)]
     pub quiet: bool,
 
+    /// Colour the timeline's event names: `auto` on a terminal unless
+    /// NO_COLOR is set, `always`, or `never`. JSON is never coloured.
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
     /// How namespace ends are detected. `fentry`: the kernel's own free path
     /// is hooked (exact). `tracepoint`: member tasks are counted in the kernel
     /// and an end is reported when the last one leaves and nothing pins the
@@ -103,6 +108,25 @@ fn parse_event(s: &str) -> Result<EventType, String> {
     .into_iter()
     .find(|e| e.name() == s)
     .ok_or_else(|| format!("unknown event {s:?}; one of create, join, pinned, destroy, error"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour, for output that goes to a terminal or not
+    /// (https://no-color.org: a non-empty NO_COLOR turns `auto` off).
+    pub fn enabled(self, terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => terminal && no_color.is_none_or(|v| v.is_empty()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

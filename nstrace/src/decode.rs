@@ -424,7 +424,7 @@ mod tests {
             for json in [false, true] {
                 let mut out = Vec::new();
                 {
-                    let mut sink = output::sink(json, &mut out);
+                    let mut sink = output::sink(json, false, &mut out);
                     for r in records {
                         sink.record(r).unwrap();
                     }

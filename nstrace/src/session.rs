@@ -403,7 +403,14 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let stdout = io::stdout();
     let mut t = Tracer {
         clock,
-        sink: output::sink(cli.json, io::BufWriter::new(stdout.lock())),
+        sink: output::sink(
+            cli.json,
+            cli.color.enabled(
+                io::stdout().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ),
+            io::BufWriter::new(stdout.lock()),
+        ),
         probes,
         registry,
         ends,

@@ -91,3 +91,47 @@ fn unknown_flag_is_a_usage_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unexpected argument"), "{stderr}");
 }
+
+/// The timeline of a `unshare -u true` with the given extra arguments
+/// (stdout is a pipe, so `auto` means no colour).
+fn timeline_of_an_unshare(args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(nstrace_bin())
+        .args(["--type", "uts"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("nstrace: tracing"), "{first}");
+    assert!(
+        Command::new("unshare")
+            .args(["-u", "true"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn colour_only_when_asked_or_on_a_terminal() {
+    if !privileged() {
+        return;
+    }
+    let coloured = timeline_of_an_unshare(&["--color", "always"]);
+    assert!(coloured.contains("\x1b[32mcreate\x1b[0m"), "{coloured}");
+    assert!(coloured.contains("\x1b[31mdestroy\x1b[0m"), "{coloured}");
+    let piped = timeline_of_an_unshare(&[]);
+    assert!(piped.contains(" create "), "{piped}");
+    assert!(!piped.contains('\x1b'), "{piped}");
+}

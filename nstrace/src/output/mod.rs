@@ -16,11 +16,12 @@ pub trait Sink {
     fn flush(&mut self) -> io::Result<()>;
 }
 
-/// Builds the sink for the chosen format over `out`.
-pub fn sink<'a, W: Write + 'a>(json: bool, out: W) -> Box<dyn Sink + 'a> {
+/// Builds the sink for the chosen format over `out`; `color`: the
+/// timeline's event names in colour (ignored for JSON).
+pub fn sink<'a, W: Write + 'a>(json: bool, color: bool, out: W) -> Box<dyn Sink + 'a> {
     if json {
         Box::new(json::JsonSink::new(out))
     } else {
-        Box::new(text::TextSink::new(out))
+        Box::new(text::TextSink::new(out).with_color(color))
     }
 }

@@ -17,6 +17,7 @@ pub struct TextSink<W: Write> {
     header_done: bool,
     /// The line being built, reused.
     line: String,
+    color: bool,
 }
 
 impl<W: Write> TextSink<W> {
@@ -25,7 +26,14 @@ impl<W: Write> TextSink<W> {
             out,
             header_done: false,
             line: String::with_capacity(256),
+            color: false,
         }
+    }
+
+    /// Event names in colour (ANSI SGR), for a terminal.
+    pub fn with_color(mut self, color: bool) -> Self {
+        self.color = color;
+        self
     }
 }
 
@@ -153,15 +161,42 @@ fn pad_from(out: &mut String, from: usize, width: usize) {
     out.push(' ');
 }
 
+/// The SGR colour of an event name: what changed at a glance (births
+/// green, joins cyan, pins yellow, ends red, refusals and gaps bold).
+fn sgr(event: &str) -> &'static str {
+    match event {
+        "create" => "32",
+        "join" => "36",
+        "pinned" => "33",
+        "destroy" => "31",
+        "error" => "1;35",
+        _ => "1;31",
+    }
+}
+
+/// `event` padded to the EVENT column, coloured when `color`: the padding
+/// counts only the visible name.
+fn event_column(out: &mut String, event: &str, color: bool) {
+    if color {
+        let _ = write!(out, "\x1b[{}m{event}\x1b[0m", sgr(event));
+    } else {
+        out.push_str(event);
+    }
+    for _ in event.chars().count()..7 {
+        out.push(' ');
+    }
+    out.push(' ');
+}
+
 /// One timeline line, without the newline.
 pub fn line(r: &Record) -> String {
     let mut s = String::new();
-    line_into(&mut s, r);
+    line_into(&mut s, r, false);
     s
 }
 
-/// [`line`], appended to `out`.
-pub fn line_into(out: &mut String, r: &Record) {
+/// [`line`], appended to `out`; event names coloured when `color`.
+pub fn line_into(out: &mut String, r: &Record, color: bool) {
     let at = out.len();
     out.push_str(&time_of_day(r.time_ns));
     pad_from(out, at, 16);
@@ -193,9 +228,7 @@ pub fn line_into(out: &mut String, r: &Record) {
             .map_or("-", |c| c.short_id()),
     );
     pad_from(out, at, 12);
-    let at = out.len();
-    out.push_str(r.event.name());
-    pad_from(out, at, 7);
+    event_column(out, r.event.name(), color);
     let at = out.len();
     out.push_str(r.kind.map_or("-", |k| k.name()));
     pad_from(out, at, 6);
@@ -266,14 +299,23 @@ impl<W: Write> Sink for TextSink<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         self.header()?;
         self.line.clear();
-        line_into(&mut self.line, r);
+        line_into(&mut self.line, r, self.color);
         self.line.push('\n');
         self.out.write_all(self.line.as_bytes())
     }
 
     fn lost(&mut self, l: &Loss) -> io::Result<()> {
         self.header()?;
-        writeln!(self.out, "{}", loss_line(l))
+        let line = loss_line(l);
+        if self.color {
+            writeln!(
+                self.out,
+                "{}",
+                line.replacen(" LOST ", &format!(" \x1b[{}mLOST\x1b[0m ", sgr("LOST")), 1)
+            )
+        } else {
+            writeln!(self.out, "{line}")
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -323,6 +365,33 @@ mod tests {
         ] {
             assert!(l.contains(part), "{part:?} missing in {l}");
         }
+    }
+
+    #[test]
+    fn colour_marks_only_the_event_name_and_keeps_the_columns() {
+        let r = record(EventType::Create);
+        let plain = line(&r);
+        let mut coloured = String::new();
+        line_into(&mut coloured, &r, true);
+        assert!(coloured.contains("\x1b[32mcreate\x1b[0m"), "{coloured}");
+        assert_eq!(
+            coloured.replace("\x1b[32m", "").replace("\x1b[0m", ""),
+            plain
+        );
+        assert!(!plain.contains('\x1b'));
+    }
+
+    #[test]
+    fn colour_choice_follows_terminal_and_no_color() {
+        use crate::cli::ColorChoice::*;
+        let set = Some(std::ffi::OsStr::new("1"));
+        let empty = Some(std::ffi::OsStr::new(""));
+        assert!(Auto.enabled(true, None));
+        assert!(Auto.enabled(true, empty));
+        assert!(!Auto.enabled(true, set));
+        assert!(!Auto.enabled(false, None));
+        assert!(Always.enabled(false, set));
+        assert!(!Never.enabled(true, None));
     }
 
     #[test]
