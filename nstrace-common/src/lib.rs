@@ -153,10 +153,17 @@ pub struct Event {
     pub vpid: u32,
     /// 1 when the actor descends from a process user space asked to follow.
     pub followed: u32,
-    pub _pad: u32,
+    /// The actor's real uid, as the initial user namespace sees it.
+    pub uid: u32,
     /// The actor's cgroup (v2) id: user space resolves a container once per
     /// cgroup, not once per process.
     pub cgroup: u64,
+    /// The actor's effective uid (initial user namespace's view).
+    pub euid: u32,
+    /// 1 when the actor had CAP_SYS_ADMIN in its own user namespace (for an
+    /// unshare: before the call): a user namespace created without it was
+    /// created unprivileged.
+    pub admin: u32,
 }
 
 /// Key of a namespace in the member-count map: kind index in the high half,
@@ -173,6 +180,12 @@ pub const fn member_key(kind: usize, inum: u32) -> u64 {
 pub struct Offsets {
     pub task_nsproxy: u32,
     pub task_real_cred: u32,
+    /// `task_struct.cred` (the subjective credentials: euid, capabilities).
+    pub task_cred: u32,
+    pub cred_euid: u32,
+    /// `cred.cap_effective`: 8 bytes on every supported kernel (`u32 cap[2]`
+    /// before 6.3, `u64 val` since), CAP_SYS_ADMIN is bit 21 either way.
+    pub cred_cap_effective: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
     pub task_pid: u32,
@@ -213,6 +226,9 @@ impl Offsets {
     pub const EMPTY: Offsets = Offsets {
         task_nsproxy: NO_FIELD,
         task_real_cred: NO_FIELD,
+        task_cred: NO_FIELD,
+        cred_euid: NO_FIELD,
+        cred_cap_effective: NO_FIELD,
         task_real_parent: NO_FIELD,
         task_tgid: NO_FIELD,
         task_pid: NO_FIELD,

@@ -23,7 +23,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
     macros::{fentry, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -50,6 +51,10 @@ struct Pending {
     flags: u64,
     syscall: u32,
     fd: i32,
+    /// CAP_SYS_ADMIN before the call (an unshare of a user namespace gives
+    /// the caller every capability in the new one).
+    admin: u32,
+    _pad: u32,
     before: NsSet,
     /// The namespace struct pointers behind `before`: at exit only kinds
     /// whose pointer changed are read again.
@@ -206,6 +211,8 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
         (*p).flags = flags;
         (*p).syscall = syscall as u32;
         (*p).fd = fd;
+        (*p).admin = task::euid_admin(task::current()).1;
+        (*p)._pad = 0;
         task::read_ns(task::current(), &mut (*p).before, &mut (*p).before_ptrs);
         (*p).after = NsSet {
             inum: [0; NS_KINDS],
@@ -308,6 +315,7 @@ fn exit(ctx: &TracePointContext) {
             let e = unsafe { &mut *entry.as_mut_ptr() };
             unsafe {
                 fill_header(e, kind, task);
+                e.admin = (*p).admin;
                 e.syscall = syscall;
                 e.flags = (*p).flags;
                 e.fd = (*p).fd;
@@ -531,7 +539,8 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.pid_parent = 0;
     e.vpid = unsafe { task::vpid(task) };
     e.followed = (following() && FOLLOW.get_ptr(e.pid).is_some()) as u32;
-    e._pad = 0;
+    e.uid = bpf_get_current_uid_gid() as u32;
+    (e.euid, e.admin) = unsafe { task::euid_admin(task) };
     e.cgroup = unsafe { bpf_get_current_cgroup_id() };
 }
 

@@ -89,6 +89,15 @@ pub unsafe fn vpid(task: *const u8) -> u32 {
     unsafe { read::<u32>(pid, numbers + level * size) }
 }
 
+/// `task`'s effective uid and whether it has CAP_SYS_ADMIN (in its own
+/// user namespace), from its subjective credentials.
+pub unsafe fn euid_admin(task: *const u8) -> (u32, u32) {
+    let cred = unsafe { read_ptr(task, off!(task_cred)) };
+    let euid = unsafe { read::<u32>(cred, off!(cred_euid)) };
+    let caps = unsafe { read::<u64>(cred, off!(cred_cap_effective)) };
+    (euid, ((caps >> 21) & 1) as u32)
+}
+
 /// The thread-group id (`task->tgid`).
 pub unsafe fn tgid_of(task: *const u8) -> u32 {
     unsafe { read::<u32>(task, off!(task_tgid)) }

@@ -60,7 +60,9 @@ fn events() -> Vec<Vec<u8>> {
                 pid_parent: 0,
                 vpid: 10 + i as u32,
                 followed: 0,
-                _pad: 0,
+                uid: 0,
+                euid: 0,
+                admin: 1,
                 cgroup: 0,
             };
             // SAFETY: Event is plain data.

@@ -103,6 +103,9 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
         vpid: e.vpid,
         cgroup: e.cgroup,
         mnt_ns: e.before.inum[NsKind::Mnt.index()],
+        uid: e.uid,
+        euid: e.euid,
+        admin: e.admin != 0,
     };
     let time_ns = clock.to_unix_ns(e.ts_ns);
     let emptied = NsKind::in_flags(u64::from(e.emptied))
@@ -261,8 +264,10 @@ mod tests {
             pid_parent: 0,
             vpid: 11,
             followed: 0,
-            _pad: 0,
+            uid: 0,
             cgroup: 0,
+            euid: 0,
+            admin: 1,
         }
     }
 

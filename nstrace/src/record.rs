@@ -196,6 +196,11 @@ pub struct Actor {
     pub cgroup: u64,
     /// Inode of its mount namespace (0: unknown).
     pub mnt_ns: u32,
+    /// Real and effective uid, as the initial user namespace sees them.
+    pub uid: u32,
+    pub euid: u32,
+    /// Had CAP_SYS_ADMIN in its own user namespace (before the call).
+    pub admin: bool,
 }
 
 /// One line of the timeline. Optional fields are absent from JSON when `None`

@@ -1,6 +1,8 @@
 //! The core tracer against the real kernel: every reported inode must equal
 //! what `/proc/PID/ns` shows for a process kept alive in that state.
 
+use std::process::Command;
+
 use nstrace_tests::*;
 use serde_json::Value;
 
@@ -316,5 +318,40 @@ fn text_timeline_shows_the_record() {
         assert!(line.contains(part), "{part:?} not in {line:?}");
     }
     assert!(tracer.lines()[0].starts_with("TIME"));
+    assert!(tracer.stop().0.success());
+}
+
+/// Who made it: uid (and euid where it differs) on every record, and whether
+/// a user namespace was made without CAP_SYS_ADMIN, checked against what
+/// setpriv set.
+#[test]
+fn user_namespace_creates_say_who_and_whether_unprivileged() {
+    if !privileged() {
+        return;
+    }
+    let tracer = Tracer::start(&["--type", "user"]);
+    let run = |pre: &[&str]| {
+        let st = Command::new("setpriv")
+            .args(pre)
+            .args(["unshare", "-U", "true"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{pre:?}: {st}");
+    };
+    run(&["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    run(&[]);
+    run(&["--euid=65534"]);
+    let creates = tracer.wait_for(3, |r| {
+        r["event"] == "create" && r["ns_type"] == "user" && r["comm"] == "unshare"
+    });
+    let by = |uid: u64, euid: Option<u64>| {
+        creates
+            .iter()
+            .find(|r| r["uid"] == uid && r["euid"].as_u64() == euid)
+            .unwrap_or_else(|| panic!("no create by uid {uid} euid {euid:?}: {creates:#?}"))
+    };
+    assert_eq!(by(65534, None)["unprivileged"], true);
+    assert_eq!(by(0, None)["unprivileged"], false);
+    assert_eq!(by(0, Some(65534))["unprivileged"], true);
     assert!(tracer.stop().0.success());
 }

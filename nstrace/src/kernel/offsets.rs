@@ -60,6 +60,9 @@ pub fn from_btf(btf: &Btf) -> Result<Layout> {
     o.task_tgid = field(btf, "task_struct", &["tgid"])?;
     o.task_pid = field(btf, "task_struct", &["pid"])?;
     o.cred_user_ns = field(btf, "cred", &["user_ns"])?;
+    o.task_cred = optional_field(btf, "task_struct", &["cred"])?.unwrap_or(NO_FIELD);
+    o.cred_euid = optional_field(btf, "cred", &["euid"])?.unwrap_or(NO_FIELD);
+    o.cred_cap_effective = optional_field(btf, "cred", &["cap_effective"])?.unwrap_or(NO_FIELD);
     let mut missing_kinds = Vec::new();
     let mut has_ns_id = false;
     for (kind, ns_struct, proxy_field) in KIND_STRUCTS {

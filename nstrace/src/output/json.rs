@@ -9,7 +9,7 @@ use super::Sink;
 use crate::{
     container::Container,
     errno,
-    record::{EventType, Loss, Record, flag_names},
+    record::{EventType, Loss, NsKind, Record, flag_names},
     time::rfc3339,
 };
 
@@ -72,6 +72,15 @@ impl Serialize for RecordJson<'_> {
         m.serialize_entry("ppid", &a.map(|a| a.ppid))?;
         m.serialize_entry("comm", &a.map(|a| a.comm.as_str()))?;
         m.serialize_entry("vpid", &a.map(|a| a.vpid))?;
+        m.serialize_entry("uid", &a.map(|a| a.uid))?;
+        if let Some(a) = a.filter(|a| a.euid != a.uid) {
+            m.serialize_entry("euid", &a.euid)?;
+        }
+        // Who may create a user namespace is the first question about one:
+        // without CAP_SYS_ADMIN where it was made, it was made unprivileged.
+        if let (EventType::Create, Some(NsKind::User), Some(a)) = (r.event, r.kind, a) {
+            m.serialize_entry("unprivileged", &!a.admin)?;
+        }
         m.serialize_entry("container", &container(r.container.as_ref()))?;
         if let Some(v) = r.child_pid {
             m.serialize_entry("child_pid", &v)?;

@@ -241,6 +241,23 @@ pub fn line_into(out: &mut String, r: &Record, color: bool) {
     }
     pad_from(out, at, 11);
     details(out, r);
+    who(out, r);
+}
+
+/// The actor's uid where it is not root's, its euid where that differs, and
+/// whether a user namespace was created unprivileged.
+fn who(out: &mut String, r: &Record) {
+    let Some(a) = &r.actor else { return };
+    if a.uid != 0 || a.euid != a.uid {
+        let _ = write!(out, "  [uid {}", a.uid);
+        if a.euid != a.uid {
+            let _ = write!(out, " euid {}", a.euid);
+        }
+        out.push(']');
+    }
+    if r.event == EventType::Create && r.kind == Some(crate::record::NsKind::User) && !a.admin {
+        out.push_str("  (unprivileged)");
+    }
 }
 
 /// What a loss notice says, in words.
