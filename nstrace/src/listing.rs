@@ -257,13 +257,8 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn lists_processes_and_memberless_namespaces_with_their_holders() {
-        let mut snap = Snapshot::default();
-        snap.processes
-            .insert((NsKind::Net, 1), BTreeSet::from([1, 5]));
-        snap.processes
-            .insert((NsKind::User, 9), BTreeSet::from([1, 5]));
+    /// net namespace 2 held by `ip netns add t`'s mount, seen from PID 1.
+    fn pin_net_2_at_run_netns_t(snap: &mut Snapshot) {
         snap.mounts.insert(
             (NsKind::Net, 2),
             vec![MountPin {
@@ -272,6 +267,16 @@ mod tests {
                 pid: 1,
             }],
         );
+    }
+
+    #[test]
+    fn lists_processes_and_memberless_namespaces_with_their_holders() {
+        let mut snap = Snapshot::default();
+        snap.processes
+            .insert((NsKind::Net, 1), BTreeSet::from([1, 5]));
+        snap.processes
+            .insert((NsKind::User, 9), BTreeSet::from([1, 5]));
+        pin_net_2_at_run_netns_t(&mut snap);
         snap.fds
             .insert((NsKind::Uts, 4), vec![(77, 3, "holder".to_string())]);
         snap.threads.insert((NsKind::Pid, 3), 1); // only a for-children link
@@ -318,14 +323,7 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.fds
             .insert((NsKind::User, 9), vec![(77, 3, "holder".to_string())]);
-        snap.mounts.insert(
-            (NsKind::Net, 2),
-            vec![MountPin {
-                path: "/run/netns/t".into(),
-                mnt_ns: 100,
-                pid: 1,
-            }],
-        );
+        pin_net_2_at_run_netns_t(&mut snap);
         let meta = |k: NsKey| NsMeta {
             owner: (k.0 == NsKind::Net).then_some(9),
             ..NsMeta::default()

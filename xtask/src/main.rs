@@ -190,7 +190,7 @@ fn test(lint: bool, vm: bool, load: bool) -> Result<()> {
     if load {
         // Users' CI machines are busy: the same suite again while another
         // process forks and makes short-lived namespaces all along.
-        let noise = Background(
+        let noise = KillOnDrop(
             Command::new(workspace_root().join("target/release/nsload"))
                 .arg("noise")
                 .spawn()
@@ -233,9 +233,9 @@ fn native_suite(how: &str) -> Result<()> {
 }
 
 /// A child process killed when dropped.
-struct Background(std::process::Child);
+struct KillOnDrop(std::process::Child);
 
-impl Drop for Background {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();

@@ -144,6 +144,28 @@ pub enum Verdict {
     },
 }
 
+impl Verdict {
+    /// `key` is gone, as of `at`; None if the registry no longer knows which
+    /// namespace the key names.
+    fn gone(reg: &Registry, key: NsKey, at: i128) -> Option<Self> {
+        Some(Verdict::Gone {
+            key,
+            ident: ident(reg, key)?,
+            at,
+        })
+    }
+
+    /// `key` is held by `by`, as of `at`; None as for [`Verdict::gone`].
+    fn pinned(reg: &Registry, key: NsKey, by: Vec<String>, at: i128) -> Option<Self> {
+        Some(Verdict::Pinned {
+            key,
+            ident: ident(reg, key)?,
+            by,
+            at,
+        })
+    }
+}
+
 pub struct Ends {
     method: Method,
     watch: BTreeMap<NsKey, Watch>,
@@ -398,12 +420,8 @@ impl Ends {
             match answer {
                 Ok(Answer::Gone) => {
                     // Still watched until applied: the verdict needs its last member.
-                    match ident(reg, key) {
-                        Some(ident) => out.push(Verdict::Gone {
-                            key,
-                            ident,
-                            at: now,
-                        }),
+                    match Verdict::gone(reg, key, now) {
+                        Some(v) => out.push(v),
                         None => {
                             self.watch.remove(&key);
                         }
@@ -458,26 +476,15 @@ impl Ends {
                 w.next = now + POLL_INFERENCE_NS;
                 if !w.pinned {
                     w.pinned = true;
-                    if let Some(ident) = ident(reg, key) {
-                        out.push(Verdict::Pinned {
-                            key,
-                            ident,
-                            by: pins,
-                            at: now,
-                        });
-                    }
+                    out.extend(Verdict::pinned(reg, key, pins, now));
                 }
                 continue;
             }
             match w.looks_gone_at {
-                Some(t) if now - t >= GRACE_NS => match ident(reg, key) {
-                    Some(ident) => {
+                Some(t) if now - t >= GRACE_NS => match Verdict::gone(reg, key, now) {
+                    Some(v) => {
                         w.next = i128::MAX;
-                        out.push(Verdict::Gone {
-                            key,
-                            ident,
-                            at: now,
-                        });
+                        out.push(v);
                     }
                     None => {
                         self.watch.remove(&key);
@@ -544,14 +551,7 @@ impl Ends {
                 // The free event will tell the end: no polling.
                 self.watch.remove(&key);
             }
-            if let Some(ident) = ident(reg, key) {
-                out.push(Verdict::Pinned {
-                    key,
-                    ident,
-                    by: pins,
-                    at: now,
-                });
-            }
+            out.extend(Verdict::pinned(reg, key, pins, now));
         }
         out
     }

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Bins, run_workload, workload};
+use super::{Background, Bins, run_workload, workload};
 
 pub const FLOOR_SCRIPT: &str = include_str!("../../bench/floor.bt");
 
@@ -86,50 +86,28 @@ fn measure(
     cmd: &mut Command,
 ) -> Result<BTreeMap<String, (u64, u64)>> {
     let before = programs()?;
-    let mut child = match tracer {
-        Tracer::Nstrace => Command::new(&bins.nstrace)
-            .arg("--json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn(),
-        Tracer::Bpftrace | Tracer::Floor => Command::new("bpftrace")
-            .arg(if tracer == Tracer::Bpftrace {
+    // Ready: nstrace's start-up line, bpftrace's "Attaching" line.
+    let t = match tracer {
+        Tracer::Nstrace => Background::start(
+            Command::new(&bins.nstrace).arg("--json"),
+            "nstrace: tracing",
+            |_| false,
+        ),
+        Tracer::Bpftrace | Tracer::Floor => Background::start(
+            Command::new("bpftrace").arg(if tracer == Tracer::Bpftrace {
                 scripts.0
             } else {
                 scripts.1
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn(),
+            }),
+            "Attaching",
+            |_| false,
+        ),
     }
     .with_context(|| format!("starting {}", tracer.name()))?;
-    // Ready: nstrace's start-up line on stderr, bpftrace's "Attaching" line.
-    let ready = match tracer {
-        Tracer::Nstrace => child
-            .stderr
-            .take()
-            .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
-        _ => child
-            .stdout
-            .take()
-            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-    }
-    .expect("piped");
-    let mut lines = BufReader::new(ready).lines();
-    let attached = lines.next().is_some();
-    // Keep draining so the tracer never blocks on a full pipe.
-    let drain = std::thread::spawn(move || for _ in lines {});
-    if !attached {
-        let _ = child.kill();
-        bail!("{} did not start", tracer.name());
-    }
     let at = programs()?;
     let run = run_workload(cmd);
     let after = programs()?;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let _ = child.wait();
-    let _ = drain.join();
+    t.stop()?;
     run?;
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (id, (name, cnt, ns)) in &after {
@@ -230,20 +208,11 @@ pub fn start_to_ready(bins: &Bins, runs: usize) -> Result<Vec<f64>> {
     let mut ms = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        let mut child = Command::new(&bins.nstrace)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting nstrace")?;
-        let mut first = String::new();
-        BufReader::new(child.stderr.take().expect("piped")).read_line(&mut first)?;
+        let t = Background::start(&mut Command::new(&bins.nstrace), "nstrace: tracing", |_| {
+            false
+        })?;
         let took = started.elapsed().as_secs_f64() * 1e3;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let _ = child.wait();
-        if !first.starts_with("nstrace: tracing") {
-            bail!("nstrace did not start: {first}");
-        }
+        t.stop()?;
         ms.push(took);
         std::thread::sleep(Duration::from_millis(200));
     }
