@@ -391,6 +391,8 @@ fn clone_created(p: *mut Pending, child: *const u8) {
             task::read_ns(child, &mut e.after, &mut (*p).after_ptrs);
             count_child(flags, &e.after, &(*p).after_ptrs);
             fill_header(e, EventKind::Clone, task::current());
+            // The parent's: a clone leaves the caller's credentials alone.
+            e.admin = task::euid_admin(task::current()).1;
             e.syscall = (*p).syscall;
             e.flags = flags;
             e.fd = -1;
@@ -540,7 +542,10 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.vpid = unsafe { task::vpid(task) };
     e.followed = (following() && FOLLOW.get_ptr(e.pid).is_some()) as u32;
     e.uid = bpf_get_current_uid_gid() as u32;
-    (e.euid, e.admin) = unsafe { task::euid_admin(task) };
+    e.euid = unsafe { task::euid_admin(task) }.0;
+    // Set only where it means something (a create): computed here, for
+    // every record, it quadrupled sys_exit_ns's verification (35 -> 145 ms).
+    e.admin = 0;
     e.cgroup = unsafe { bpf_get_current_cgroup_id() };
 }
 
