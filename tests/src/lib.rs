@@ -637,11 +637,29 @@ pub fn judge_ends(tracer: &Tracer) {
         if missing.is_empty() {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the kernel says these are gone, but no destroy came within 1 s: {missing:#?}\nstderr: {}",
-            tracer.stderr()
-        );
+        if Instant::now() >= deadline {
+            // What the trace said of those inodes, for the reader.
+            let near: Vec<String> = now
+                .iter()
+                .filter(|r| {
+                    missing
+                        .iter()
+                        .any(|c| r["ns_type"] == c["ns_type"] && r["ns_inode"] == c["ns_inode"])
+                })
+                .map(|r| {
+                    format!(
+                        "{} {} id {} pid {} {} end {}",
+                        r["time"], r["event"], r["ns_id"], r["pid"], r["comm"], r["end"]
+                    )
+                })
+                .collect();
+            panic!(
+                "the kernel says these are gone, but no destroy came within 1 s: {missing:#?}\n\
+                 records of the same inodes:\n{}\nstderr: {}",
+                near.join("\n"),
+                tracer.stderr()
+            );
+        }
         thread::sleep(Duration::from_millis(20));
     }
 }
