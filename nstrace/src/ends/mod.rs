@@ -563,10 +563,13 @@ impl Ends {
         for v in verdicts {
             match v {
                 Verdict::Gone { key, ident: id, at } => {
-                    let w = self.watch.remove(&key);
+                    // The inode went to a new namespace in the drain (its
+                    // create ended this one): a watch under the key now is
+                    // the new one's, and must stay.
                     if ident(reg, key) != Some(id) {
                         continue;
                     }
+                    let w = self.watch.remove(&key);
                     let was_pinned = w.as_ref().is_some_and(|w| w.pinned)
                         || matches!(
                             reg.get(key).map(|e| &e.state),
@@ -853,7 +856,14 @@ mod tests {
             ..Record::default()
         };
         reg.observe(&mut again);
+        e.forget(NET);
+        // ...which emptied too, in the same drain: its watch is its own.
+        e.on_emptied(&emptied(NET), None, 4, &mut reg);
         assert!(e.apply(v, 5, &mut reg).is_empty());
+        assert_eq!(e.watched().collect::<Vec<_>>(), vec![&NET]);
+        let out = round(&mut e, 6, &mut reg, &mut counts, &mut src);
+        assert_eq!(out[0].event, EventType::Destroy);
+        assert_eq!(out[0].born.as_ref().map(|b| b.time_ns), Some(4));
     }
 
     #[test]
