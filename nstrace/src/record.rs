@@ -107,6 +107,9 @@ pub struct Loss {
     pub syscalls_missed: u64,
     /// New namespaces whose end will not be seen (member map full).
     pub unwatched: u64,
+    /// Runs of nstrace's programs the kernel skipped (a BPF program or
+    /// `bpf()` call was active on that CPU): any record may be missing.
+    pub skipped: u64,
 }
 
 /// How the end of a namespace was established.

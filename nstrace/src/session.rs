@@ -432,6 +432,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
     // ends are awaited.
     let mut linger_until: Option<tokio::time::Instant> = None;
     let mut reported_losses = t.probes.losses();
+    let skipped_before_ready = reported_losses.skipped;
     let mut output_closed = false;
 
     loop {
@@ -530,6 +531,12 @@ async fn trace(cli: &Cli) -> Result<i32> {
             line.push_str(&format!(
                 ", {} namespaces not watched for their end (member map full)",
                 losses.unwatched
+            ));
+        }
+        let skipped = losses.skipped.saturating_sub(skipped_before_ready);
+        if skipped > 0 {
+            line.push_str(&format!(
+                ", {skipped} probe runs skipped by the kernel (another BPF program or bpf() call was active on that CPU)"
             ));
         }
         if totals.undecodable > 0 {

@@ -390,6 +390,12 @@ pub fn ns_id_of(path: &str) -> Option<u64> {
 /// another process's namespace may carry the same inode minutes earlier.
 static WAITED: std::sync::Mutex<Vec<((String, u64), u64)>> = std::sync::Mutex::new(Vec::new());
 
+/// The `lost` notices of a trace, for failure messages: a missing record
+/// with a notice beside it is a reported gap, without one a silent loss.
+pub fn lost_notices(records: &[Value]) -> Vec<&Value> {
+    records.iter().filter(|r| r["event"] == "lost").collect()
+}
+
 /// Whether record `r` is `event` of the namespace of `kind` with `inode`,
 /// the one a test last waited for with [`wait_ns_changed`] where the kernel
 /// has namespace ids (not another with the same inode).

@@ -302,8 +302,9 @@ fn reused_inodes_across_kinds_are_kept_apart() {
         }
         assert!(
             Instant::now() < deadline,
-            "{ended} of {} ended: {records:#?}",
-            creates.len()
+            "{ended} of {} ended (lost: {:?}): {records:#?}",
+            creates.len(),
+            lost_notices(&records)
         );
         thread::sleep(Duration::from_millis(50));
     }
@@ -341,7 +342,8 @@ fn a_thousand_cycles_with_pins_interleaved() {
         }
         assert!(
             Instant::now() < deadline,
-            "{ends} of {creates} uts namespaces ended"
+            "{ends} of {creates} uts namespaces ended (lost: {:?})",
+            lost_notices(&records)
         );
         thread::sleep(Duration::from_millis(100));
     }

@@ -4,12 +4,14 @@
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, RingBuf},
     programs::{FEntry, Program, RawTracePoint, TracePoint},
 };
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
 use nstrace_common::{
-    COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, EVENT_KINDS,
-    EventKind, FREE_SLOTS, FreeTarget, member_key,
+    COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTERS,
+    EVENT_KINDS, EventKind, FREE_SLOTS, FreeTarget, member_key,
 };
 
 use super::offsets::Layout;
@@ -38,7 +40,7 @@ pub struct Probes {
     // Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
     events: Option<RingBuf<MapData>>,
-    counts: PerCpuArray<MapData, u64>,
+    counts: Counters,
     members: HashMap<MapData, u64, i64>,
     follow: HashMap<MapData, u32, u8>,
 }
@@ -54,6 +56,10 @@ pub struct Losses {
     pub unwatched: u64,
     /// `records` split by the kind of kernel event dropped (index: kind value).
     pub by_kind: [u64; EVENT_KINDS as usize],
+    /// Runs of nstrace's programs the kernel skipped because a BPF program
+    /// (or a `bpf()` call) was already active on that CPU. Counted by the
+    /// kernel for tracepoints since Linux 6.7; 0 before.
+    pub skipped: u64,
 }
 
 impl Losses {
@@ -76,6 +82,7 @@ impl Losses {
             by_kind,
             syscalls_missed: self.pending.saturating_sub(before.pending),
             unwatched: self.unwatched.saturating_sub(before.unwatched),
+            skipped: self.skipped.saturating_sub(before.skipped),
         })
     }
 }
@@ -145,7 +152,7 @@ impl Probes {
                 .with_context(|| format!("attaching to raw tracepoint {name}"))?;
         }
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
-        let counts = PerCpuArray::try_from(ebpf.take_map("COUNTS").context("map COUNTS missing")?)?;
+        let counts = Counters::map(ebpf.take_map("COUNTS").context("map COUNTS missing")?)?;
         let members = HashMap::try_from(ebpf.take_map("MEMBERS").context("map MEMBERS missing")?)?;
         let follow = HashMap::try_from(ebpf.take_map("FOLLOW").context("map FOLLOW missing")?)?;
         Ok(Self {
@@ -206,12 +213,7 @@ impl Probes {
     }
 
     pub fn losses(&self) -> Losses {
-        let sum = |i: u32| {
-            self.counts
-                .get(&i, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |i: u32| self.counts.get(i);
         let mut by_kind = [0; EVENT_KINDS as usize];
         for (k, n) in by_kind.iter_mut().enumerate().skip(1) {
             *n = sum(COUNTER_LOST_BY_KIND + k as u32);
@@ -221,6 +223,91 @@ impl Probes {
             pending: sum(COUNTER_PENDING_FULL),
             unwatched: sum(COUNTER_MEMBERS_FULL),
             by_kind,
+            skipped: self.skipped(),
+        }
+    }
+
+    /// The kernel's count of skipped runs, summed over nstrace's programs.
+    /// Read from /proc/self/fdinfo, not with `bpf()`: a map or info syscall
+    /// would itself make the kernel skip programs on this CPU meanwhile.
+    fn skipped(&self) -> u64 {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| {
+                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+                recursion_misses(&std::fs::read_to_string(path).ok()?)
+            })
+            .sum()
+    }
+}
+
+/// `recursion_misses` from a BPF program's fdinfo (absent before Linux 5.12).
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The kernel side's loss counters, memory-mapped: read without a syscall
+/// (see `COUNTS` in nstrace-ebpf for why that matters).
+struct Counters {
+    base: std::ptr::NonNull<u64>,
+    len: usize,
+    // Keeps the map alive while it is mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is read only, with volatile reads, and lives as long
+// as `Counters`.
+unsafe impl Send for Counters {}
+
+impl Counters {
+    fn map(map: Map) -> Result<Self> {
+        let Map::Array(data) = map else {
+            bail!("map COUNTS is not an array");
+        };
+        let len = COUNTERS as usize;
+        let bytes = len * std::mem::size_of::<u64>();
+        // SAFETY: maps the array's values read only; the kernel keeps the
+        // pages for as long as the mapping exists.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping the loss counters");
+        }
+        Ok(Counters {
+            base: std::ptr::NonNull::new(ptr.cast()).context("mapping the loss counters")?,
+            len,
+            _map: data,
+        })
+    }
+
+    fn get(&self, i: u32) -> u64 {
+        let i = i as usize;
+        assert!(i < self.len, "counter {i} out of range");
+        // SAFETY: in bounds of the mapping; the kernel side only adds.
+        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(i)) }
+    }
+}
+
+impl Drop for Counters {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe {
+            libc::munmap(
+                self.base.as_ptr().cast(),
+                self.len * std::mem::size_of::<u64>(),
+            );
         }
     }
 }
@@ -382,4 +469,16 @@ fn raise_memlock() {
     };
     // SAFETY: plain syscall with a valid struct; failure only matters on old kernels.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recursion_misses_are_read_from_fdinfo() {
+        let fdinfo = "prog_type:\t5\nprog_jited:\t1\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t42\nverified_insns:\t9\n";
+        assert_eq!(recursion_misses(fdinfo), Some(42));
+        assert_eq!(recursion_misses("prog_type:\t5\n"), None);
+    }
 }

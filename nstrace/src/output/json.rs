@@ -148,6 +148,7 @@ pub fn loss_to_json(l: &Loss) -> Value {
         "by_kind": by_kind,
         "syscalls_missed": l.syscalls_missed,
         "namespaces_unwatched": l.unwatched,
+        "probe_runs_skipped": l.skipped,
     })
 }
 
@@ -208,6 +209,7 @@ mod tests {
             by_kind: vec![("unshare_setns", 10), ("exit", 2)],
             syscalls_missed: 1,
             unwatched: 0,
+            skipped: 0,
         };
         let v = loss_to_json(&l);
         assert_eq!(v["event"], "lost");

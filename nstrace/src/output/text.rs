@@ -284,6 +284,12 @@ pub fn loss_summary(l: &Loss) -> String {
             l.unwatched
         ));
     }
+    if l.skipped > 0 {
+        parts.push(format!(
+            "{} probe runs skipped by the kernel (another BPF program or bpf() call was active on that CPU)",
+            l.skipped
+        ));
+    }
     parts.join("; ")
 }
 
@@ -420,6 +426,7 @@ mod tests {
             by_kind: vec![("unshare_setns", 10), ("exit", 2)],
             syscalls_missed: 3,
             unwatched: 0,
+            skipped: 0,
         });
         assert!(l.starts_with("12:34:56.123456  -"), "{l}");
         assert!(l.contains(" LOST "), "{l}");
