@@ -297,7 +297,7 @@ fn reused_inodes_across_kinds_are_kept_apart() {
                 })
             })
             .count();
-        if creates.len() >= 80 && ended == creates.len() {
+        if creates.len() + skipped_runs(&records) >= 80 && ended == creates.len() {
             break;
         }
         assert!(
@@ -337,7 +337,7 @@ fn a_thousand_cycles_with_pins_interleaved() {
                     && r["ns_created"]["comm"] == "unshare"
             })
             .count();
-        if creates >= 1000 && ends == creates {
+        if creates + skipped_runs(&records) >= 1000 && ends == creates {
             break;
         }
         assert!(
@@ -413,13 +413,19 @@ fn both_modes_agree() {
         assert_eq!(r["end"], "kernel-freed", "{r}");
     }
     let time = |r: &Value| r["time"].as_str().unwrap().to_string();
+    // A create either tracer reported it could not see (skipped probe runs)
+    // leaves its namespace's end without a twin; no more than that.
+    let mut unmatched = Vec::new();
     for d in &db {
         let same: Vec<&Value> = da.iter().filter(|f| key(f) == key(d)).collect();
-        assert_eq!(
-            same.len(),
-            1,
-            "tracepoint destroy without one fentry twin: {d}\nfentry: {da:#?}"
+        assert!(
+            same.len() <= 1,
+            "tracepoint destroy with two fentry twins: {d}\nfentry: {da:#?}"
         );
+        if same.is_empty() {
+            unmatched.push(d);
+            continue;
+        }
         if inferring {
             // RFC 3339 with nanoseconds, same length: strings order as times.
             let freed = &same[0];
@@ -430,13 +436,25 @@ fn both_modes_agree() {
             );
         }
     }
+    assert!(
+        unmatched.len() <= skipped_runs(&a),
+        "tracepoint destroys without a fentry twin: {unmatched:#?}\nfentry: {da:#?}"
+    );
+    let mut missing = Vec::new();
     for f in &da {
         let same = db.iter().filter(|d| key(d) == key(f)).count();
-        assert_eq!(
-            same, 1,
-            "fentry end missing or doubled in tracepoint mode: {f}\n{db:#?}"
+        assert!(
+            same <= 1,
+            "fentry end doubled in tracepoint mode: {f}\n{db:#?}"
         );
+        if same == 0 {
+            missing.push(f);
+        }
     }
+    assert!(
+        missing.len() <= skipped_runs(&b),
+        "fentry ends missing in tracepoint mode: {missing:#?}\n{db:#?}"
+    );
 }
 
 /// Nanoseconds of the day of an RFC 3339 time (both tracers ran the same day).

@@ -31,9 +31,9 @@ use crate::{
 };
 use handles::Answer;
 
-/// The kernel's member counts, as user space sees them.
+/// The kernel's member counts, which user space corrects but never reads
+/// while tracing (see the rejoin check in [`Ends::check`]).
 pub trait MemberCounts {
-    fn get(&self, key: NsKey) -> Option<i64>;
     fn set(&mut self, key: NsKey, members: i64);
 }
 
@@ -348,20 +348,29 @@ impl Ends {
             return Vec::new();
         }
         // Members again (joined since it emptied): alive, nothing to say.
-        let mut due: Vec<NsKey> = due
-            .into_iter()
+        // Counted from /proc, not read from the kernel's count with bpf():
+        // while a map syscall runs the kernel skips every tracepoint program
+        // on that CPU, and a preemptible kernel can run other tasks meanwhile.
+        // Rejoins of memberless namespaces are rare; the scan is affordable.
+        let rejoined: BTreeSet<NsKey> = due
+            .iter()
             .filter(|k| {
-                let w = self.watch.get_mut(k).expect("due keys are watched");
-                if !std::mem::take(&mut w.rejoined) {
-                    return true;
-                }
-                let members = counts.get(*k).unwrap_or(0) > 0;
+                let w = self.watch.get_mut(*k).expect("due keys are watched");
+                std::mem::take(&mut w.rejoined)
+            })
+            .copied()
+            .collect();
+        let mut due = due;
+        if !rejoined.is_empty() {
+            let live = src.threads(&rejoined);
+            due.retain(|k| {
+                let members = live.get(k).is_some_and(|&n| n > 0);
                 if members {
                     self.watch.remove(k);
                 }
                 !members
-            })
-            .collect();
+            });
+        }
         // Counts of namespaces alive at start came from a scan that can race
         // with forks: a zero is confirmed against /proc (never a destroy or
         // a pin while a member task lives).
@@ -658,9 +667,6 @@ mod tests {
     struct Counts(HashMap<NsKey, i64>);
 
     impl MemberCounts for Counts {
-        fn get(&self, key: NsKey) -> Option<i64> {
-            self.0.get(&key).copied()
-        }
         fn set(&mut self, key: NsKey, members: i64) {
             self.0.insert(key, members);
         }
@@ -897,8 +903,8 @@ mod tests {
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let mut e = ends(Method::Inference);
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
-        // Joined (setns): the count is read at the next check.
-        counts.set(NET, 1);
+        // Joined (setns): its members are counted at the next check.
+        src.threads.insert(NET, 1);
         e.on_joined(NET);
         assert!(round(&mut e, 0, &mut reg, &mut counts, &mut src).is_empty());
         assert!(e.watched().next().is_none());

@@ -436,10 +436,6 @@ fn key((kind, inode): NsKey) -> u64 {
 }
 
 impl MemberCounts for Probes {
-    fn get(&self, k: NsKey) -> Option<i64> {
-        self.members.get(&key(k), 0).ok()
-    }
-
     fn set(&mut self, k: NsKey, members: i64) {
         let _ = self.members.insert(key(k), members, 0);
     }
