@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 
 use crate::record::{EventType, NsKind};
 
@@ -51,12 +51,26 @@ pub struct Cli {
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464,
+    /// or a bare port for loopback): namespaces alive and pinned by kind,
+    /// created/joined/destroyed/failed totals by kind and container runtime,
+    /// the oldest pinned namespace's age, losses, nstrace's own CPU and ring
+    /// use. Counts every record, whatever the filters.
+    #[arg(long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// How namespace ends are detected. `fentry`: the kernel's own free path
     /// is hooked (exact). `tracepoint`: member tasks are counted in the kernel
     /// and an end is reported when the last one leaves and nothing pins the
     /// namespace. `auto`: fentry where the kernel allows it, else tracepoints.
     #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
+
+    /// Print the man page (`man`) or a shell's completions (`bash`, `zsh`,
+    /// `fish`) generated from this very definition, then exit. For packagers
+    /// (`cargo xtask dist` uses it).
+    #[arg(long, value_name = "WHAT", value_enum, hide = true)]
+    pub generate: Option<Generate>,
 
     /// Decide ends by inference from /proc even where the kernel can be
     /// asked (nsfs file handles): for comparing the methods.
@@ -78,11 +92,11 @@ pub struct Cli {
     pub comm: Option<String>,
 
     /// Only these namespace kinds, comma-separated: mnt,uts,ipc,pid,net,user,cgroup,time.
-    #[arg(long = "type", value_name = "KINDS", value_delimiter = ',', value_parser = parse_kind)]
+    #[arg(long = "type", value_name = "KINDS", value_delimiter = ',', value_parser = kind_parser())]
     pub types: Option<Vec<NsKind>>,
 
     /// Only these events, comma-separated: create,join,pinned,destroy,error.
-    #[arg(long = "event", value_name = "EVENTS", value_delimiter = ',', value_parser = parse_event)]
+    #[arg(long = "event", value_name = "EVENTS", value_delimiter = ',', value_parser = event_parser())]
     pub events: Option<Vec<EventType>>,
 
     /// Run CMD and trace what it and its descendants do, plus the containers
@@ -91,23 +105,29 @@ pub struct Cli {
     pub cmd: Vec<String>,
 }
 
-fn parse_kind(s: &str) -> Result<NsKind, String> {
-    NsKind::from_name(s).ok_or_else(|| {
-        format!("unknown namespace kind {s:?}; one of mnt, uts, ipc, pid, net, user, cgroup, time")
-    })
+const KIND_NAMES: [&str; 8] = ["mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time"];
+const EVENT_NAMES: [&str; 5] = ["create", "join", "pinned", "destroy", "error"];
+
+/// Possible values (not a free-form parser): clap lists them in errors and
+/// `--help`, and the generated completions offer them.
+fn kind_parser() -> impl clap::builder::TypedValueParser<Value = NsKind> {
+    clap::builder::PossibleValuesParser::new(KIND_NAMES)
+        .map(|s| NsKind::from_name(&s).expect("KIND_NAMES are kinds"))
 }
 
-fn parse_event(s: &str) -> Result<EventType, String> {
-    [
-        EventType::Create,
-        EventType::Join,
-        EventType::Pinned,
-        EventType::Destroy,
-        EventType::Error,
-    ]
-    .into_iter()
-    .find(|e| e.name() == s)
-    .ok_or_else(|| format!("unknown event {s:?}; one of create, join, pinned, destroy, error"))
+fn event_parser() -> impl clap::builder::TypedValueParser<Value = EventType> {
+    clap::builder::PossibleValuesParser::new(EVENT_NAMES).map(|s| {
+        [
+            EventType::Create,
+            EventType::Join,
+            EventType::Pinned,
+            EventType::Destroy,
+            EventType::Error,
+        ]
+        .into_iter()
+        .find(|e| e.name() == s)
+        .expect("EVENT_NAMES are events")
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,6 +147,14 @@ impl ColorChoice {
             ColorChoice::Auto => terminal && no_color.is_none_or(|v| v.is_empty()),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Generate {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -18,6 +18,9 @@ pub struct Container {
     /// `docker`, `containerd`, `cri-containerd`, `cri-o`, `podman`.
     pub runtime: &'static str,
     pub name: Option<String>,
+    /// Kubernetes pod name and namespace (CRI containers).
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
 }
 
 impl Container {
@@ -108,6 +111,67 @@ fn docker_name(id: &str) -> Option<String> {
     Some(v["Name"].as_str()?.trim_start_matches('/').to_string())
 }
 
+/// What a runtime keeps about a container: its name and, for CRI
+/// containers, its pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    pub name: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// Where containerd keeps bundles (`<root>/<namespace>/<id>/config.json`):
+/// a system containerd, and the one dockerd runs itself.
+const CONTAINERD_TASK_ROOTS: &[&str] = &[
+    "/run/containerd/io.containerd.runtime.v2.task",
+    "/var/run/docker/containerd/daemon/io.containerd.runtime.v2.task",
+];
+/// CRI-O's per-container state (`<root>/<id>/userdata/config.json`).
+const CRIO_ROOT: &str = "/run/containers/storage/overlay-containers";
+
+/// Names of a CRI container from the annotations in its OCI bundle, which
+/// the kubelet's runtime writes on the node: no API server needed.
+fn cri_names(id: &str, runtime: &str) -> Names {
+    let config = if runtime == "cri-o" {
+        fs::read_to_string(format!("{CRIO_ROOT}/{id}/userdata/config.json")).ok()
+    } else {
+        CONTAINERD_TASK_ROOTS.iter().find_map(|root| {
+            fs::read_dir(root).ok()?.find_map(|ns| {
+                fs::read_to_string(ns.ok()?.path().join(id).join("config.json")).ok()
+            })
+        })
+    };
+    config
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .map(|v| names_from_annotations(&v["annotations"]))
+        .unwrap_or_default()
+}
+
+/// containerd's CRI plugin and CRI-O name the same things differently.
+pub fn names_from_annotations(a: &serde_json::Value) -> Names {
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| a[*k].as_str().filter(|v| !v.is_empty()))
+            .map(String::from)
+    };
+    let pod = first(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]);
+    let sandbox = a["io.kubernetes.cri.container-type"] == "sandbox"
+        || a["io.kubernetes.cri-o.ContainerType"] == "sandbox";
+    Names {
+        // A pod's sandbox (pause) container is named after the pod.
+        name: first(&[
+            "io.kubernetes.cri.container-name",
+            "io.kubernetes.container.name",
+        ])
+        .or_else(|| sandbox.then(|| pod.clone()).flatten()),
+        namespace: first(&[
+            "io.kubernetes.cri.sandbox-namespace",
+            "io.kubernetes.pod.namespace",
+        ]),
+        pod,
+    }
+}
+
 /// A container's `(id, runtime)`.
 type Hit = (String, &'static str);
 
@@ -126,7 +190,7 @@ pub struct Resolver {
     unified: bool,
     /// The host's mount namespace, 0 if unknown.
     host_mnt: u32,
-    names: HashMap<String, Option<String>>,
+    names: HashMap<String, Names>,
     /// pid -> when walked, and the runtime found from it upwards.
     walked: HashMap<u32, (Instant, Option<Hit>)>,
 }
@@ -219,18 +283,25 @@ impl Resolver {
             // Containers come and go all day on a node: a cache, not a history.
             self.names.clear();
         }
-        let name = self
+        let names = self
             .names
             .entry(id.clone())
-            .or_insert_with(|| {
-                if runtime == "docker" {
-                    docker_name(&id)
-                } else {
-                    None
-                }
+            .or_insert_with(|| match runtime {
+                "docker" => Names {
+                    name: docker_name(&id),
+                    ..Names::default()
+                },
+                "cri-containerd" | "containerd" | "cri-o" => cri_names(&id, runtime),
+                _ => Names::default(),
             })
             .clone();
-        Container { id, runtime, name }
+        Container {
+            id,
+            runtime,
+            name: names.name,
+            pod: names.pod,
+            namespace: names.namespace,
+        }
     }
 
     /// The container `pid` (child of `ppid`) is part of, or None for a host
@@ -398,11 +469,50 @@ mod tests {
     }
 
     #[test]
+    fn pod_names_come_from_either_runtimes_annotations() {
+        let containerd = serde_json::json!({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": "app",
+            "io.kubernetes.cri.sandbox-name": "web-7d9f",
+            "io.kubernetes.cri.sandbox-namespace": "shop",
+        });
+        let n = names_from_annotations(&containerd);
+        assert_eq!(n.name.as_deref(), Some("app"));
+        assert_eq!(n.pod.as_deref(), Some("web-7d9f"));
+        assert_eq!(n.namespace.as_deref(), Some("shop"));
+        let crio = serde_json::json!({
+            "io.kubernetes.container.name": "POD",
+            "io.kubernetes.cri-o.ContainerType": "sandbox",
+            "io.kubernetes.pod.name": "web-7d9f",
+            "io.kubernetes.pod.namespace": "shop",
+        });
+        let n = names_from_annotations(&crio);
+        assert_eq!(
+            (n.pod.as_deref(), n.namespace.as_deref()),
+            (Some("web-7d9f"), Some("shop"))
+        );
+        let sandbox = serde_json::json!({
+            "io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-name": "web-7d9f",
+        });
+        assert_eq!(
+            names_from_annotations(&sandbox).name.as_deref(),
+            Some("web-7d9f")
+        );
+        assert_eq!(
+            names_from_annotations(&serde_json::Value::Null),
+            Names::default()
+        );
+    }
+
+    #[test]
     fn matches_id_prefix_or_name() {
         let c = Container {
             id: ID.into(),
             runtime: "docker",
             name: Some("web".into()),
+            pod: None,
+            namespace: None,
         };
         assert!(c.matches("4f1c4ac2a5e0"));
         assert!(c.matches("web"));

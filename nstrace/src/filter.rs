@@ -69,6 +69,8 @@ mod tests {
                 id: "abcdef0123".into(),
                 runtime: "docker",
                 name: Some("web".into()),
+                pod: None,
+                namespace: None,
             }),
             ..Record::default()
         }

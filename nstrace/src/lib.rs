@@ -7,7 +7,7 @@
 //! - [`procfs`] reads namespaces from /proc; [`registry`] keeps what is alive;
 //!   [`ends`] decides when a namespace is pinned or gone (fentry, nsfs
 //!   handles, or inference, side by side);
-//! - [`listing`] is `nstrace ls`; [`summary`] is the closing summary;
+//! - [`listing`] is `nstrace ls`; [`generate`] writes the man page and completions; [`summary`] is the closing summary;
 //! - [`output`] prints records, one layer per format;
 //! - [`session`] ties them together until Ctrl-C.
 
@@ -19,6 +19,7 @@ pub mod ends;
 pub mod errno;
 pub mod error;
 pub mod filter;
+pub mod generate;
 pub mod kernel;
 pub mod listing;
 pub mod output;

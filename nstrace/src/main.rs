@@ -9,6 +9,15 @@ fn main() -> ExitCode {
         eprintln!("  hint: this is a bug in nstrace; please report it with the line above");
     }));
     let cli = Cli::parse();
+    if let Some(what) = cli.generate {
+        return match nstrace::generate::to_stdout(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nstrace: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

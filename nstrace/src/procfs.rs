@@ -358,11 +358,12 @@ pub fn ns_fd_holders() -> FdHolders {
     out
 }
 
-// <linux/nsfs.h>
-const NS_GET_USERNS: libc::c_ulong = 0xb701;
-const NS_GET_PARENT: libc::c_ulong = 0xb702;
+// <linux/nsfs.h>. `libc::Ioctl`: the request's type differs between glibc
+// and musl (the static build).
+const NS_GET_USERNS: libc::Ioctl = 0xb701;
+const NS_GET_PARENT: libc::Ioctl = 0xb702;
 /// `_IOR(0xb7, 0xd, __u64)`, Linux 6.18+.
-const NS_GET_ID: libc::c_ulong = 0x8008_b70d;
+const NS_GET_ID: libc::Ioctl = 0x8008_b70d_u32 as libc::Ioctl;
 
 /// Owner, parent and 64-bit id of a namespace, read through `/proc/PID/ns/LINK`.
 #[derive(Clone, Copy, Debug, Default)]

@@ -77,6 +77,8 @@ struct Tracer<'a> {
     collect_caused: bool,
     /// An event read past a drain's limit, handled first by the next drain.
     held: Option<decode::Decoded>,
+    /// `--metrics`: fed every record, whatever the filters.
+    metrics: Option<output::metrics::Metrics>,
 }
 
 /// Drains are at least this far apart: each then handles a batch, and the
@@ -96,6 +98,7 @@ impl Tracer<'_> {
         until: i128,
     ) -> io::Result<bool> {
         let mut more = false;
+        let mut read = 0u64;
         loop {
             let d = match self.held.take() {
                 Some(d) => d,
@@ -103,6 +106,7 @@ impl Tracer<'_> {
                     let Some(item) = ring.next() else {
                         break;
                     };
+                    read += 1;
                     self.totals.events += 1;
                     let decoded = decode::parse(&item).and_then(|e| decode::decode(&e, self.clock));
                     drop(item);
@@ -122,6 +126,11 @@ impl Tracer<'_> {
                 break;
             }
             self.handle(d)?;
+        }
+        if let Some(m) = &self.metrics {
+            // Each record: its 8-byte ring header and the event, 8-aligned.
+            let each = (8 + std::mem::size_of::<nstrace_common::Event>()).next_multiple_of(8);
+            m.ring_backlog(read * each as u64);
         }
         self.sink.flush()?;
         Ok(more)
@@ -172,6 +181,9 @@ impl Tracer<'_> {
             return Ok(());
         };
         *reported = now;
+        if let Some(m) = &self.metrics {
+            m.lost(&loss);
+        }
         if !io::stdout().is_terminal() {
             eprintln!("nstrace: warning: {}", output::text::loss_summary(&loss));
         }
@@ -228,6 +240,9 @@ impl Tracer<'_> {
     }
 
     fn emit(&mut self, r: &crate::record::Record) -> io::Result<()> {
+        if let Some(m) = &mut self.metrics {
+            m.record(r);
+        }
         if !self.filter.matches(r) {
             return Ok(());
         }
@@ -345,6 +360,11 @@ async fn trace(cli: &Cli) -> Result<i32> {
         unsafe { AsyncFd::register_with_interest(probes.take_events(), Interest::READABLE) }
             .context("watching the ring buffer")?;
 
+    let metrics = match cli.metrics {
+        Some(addr) => Some(output::metrics::Metrics::serve(addr, ring).await?),
+        None => None,
+    };
+
     // Before the start-up line: a script that signals as soon as it reads
     // the line must get the closing summary, not the default action.
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -378,6 +398,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
         }
         if host.mounted_tracefs {
             notes.push(format!("mounted tracefs at {}", host.tracefs.display()));
+        }
+        if let Some(addr) = cli.metrics {
+            notes.push(format!("metrics at http://{addr}/metrics"));
         }
         if !layout.has_ns_id {
             notes.push("no 64-bit ns_id on this kernel: ns_id is null".into());
@@ -426,6 +449,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         containers: container::Resolver::new(),
         collect_caused: command.is_some(),
         held: None,
+        metrics,
     };
     let mut exit_code = 0;
     // Command mode: when the command ended, and until when its namespaces'
@@ -464,6 +488,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
                 }
             }
             _ = tick.tick() => {
+                if let Some(m) = &mut t.metrics {
+                    m.refresh(&t.registry, t.clock.now_as_event_ns());
+                }
                 if t.report_losses(&mut reported_losses).is_err() {
                     output_closed = true;
                     break;

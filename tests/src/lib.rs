@@ -41,6 +41,23 @@ pub fn nstrace_bin() -> PathBuf {
     p
 }
 
+/// What `cargo xtask dist` wrote (`NSTRACE_DIST`, else target/dist), if it
+/// did; `cargo xtask test` always writes it first.
+pub fn dist_dir() -> Option<PathBuf> {
+    let p = std::env::var_os("NSTRACE_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dist"));
+    if p.join("nstrace").exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipping: {} has no nstrace; run `cargo xtask dist`",
+            p.display()
+        );
+        None
+    }
+}
+
 /// The `nshelper` binary cargo built beside the test executables
 /// (tests run from target/PROFILE/deps/).
 pub fn helper_bin() -> PathBuf {
@@ -117,6 +134,13 @@ impl Tracer {
         Self::start_with(Some(turn), true, args)
     }
 
+    /// Starts another nstrace, `program` (a binary, or a command that runs
+    /// one, such as `docker run ... IMAGE`), with `--json ARGS`, beside
+    /// `_first`, which holds the turn.
+    pub fn start_program_also(_first: &Tracer, program: &[&str], args: &[&str]) -> Tracer {
+        Self::start_program(None, program, true, args)
+    }
+
     /// A second tracer beside `_first`, which already holds the turn.
     pub fn start_also(_first: &Tracer, args: &[&str]) -> Tracer {
         Self::start_with(None, true, args)
@@ -133,7 +157,19 @@ impl Tracer {
         json: bool,
         args: &[&str],
     ) -> Tracer {
-        let mut cmd = Command::new(nstrace_bin());
+        let bin = nstrace_bin();
+        let bin = bin.to_str().expect("a UTF-8 path");
+        Self::start_program(turn, &[bin], json, args)
+    }
+
+    fn start_program(
+        turn: Option<std::sync::MutexGuard<'static, ()>>,
+        program: &[&str],
+        json: bool,
+        args: &[&str],
+    ) -> Tracer {
+        let mut cmd = Command::new(program[0]);
+        cmd.args(&program[1..]);
         if json {
             cmd.arg("--json");
         }

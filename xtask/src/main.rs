@@ -3,6 +3,7 @@
 //! set-up first, so each is one command on a fresh machine.
 
 mod bench;
+mod dist;
 mod docker;
 mod setup;
 mod vm;
@@ -29,6 +30,9 @@ enum Task {
     Setup,
     /// Set up, then build target/release/nstrace.
     Build,
+    /// Set up, then write what users install to target/dist/: a static
+    /// binary, a .deb, the man page, shell completions and a container image.
+    Dist,
     /// Set up, build, and run nstrace with the given arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -61,6 +65,9 @@ enum Task {
         /// Run each selected part this many times (to chase a flaky one).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// Only the static binary (`cargo xtask dist`) in a guest without libc.
+        #[arg(long)]
+        static_binary: bool,
     },
     /// Measure overhead, throughput and loss against bpftrace and strace
     /// (as root; installs bpftrace and strace), and write docs/performance.md.
@@ -94,6 +101,7 @@ fn main() {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
+        Task::Dist => setup::run().and_then(|()| dist::run()),
         Task::Run { args } => setup::run()
             .and_then(|()| build())
             .and_then(|()| run(&args)),
@@ -103,9 +111,16 @@ fn main() {
             no_load,
         } => setup::run().and_then(|()| test(!no_lint, !no_vm, !no_load)),
         Task::VmTest {
+            static_binary: true,
+            ..
+        } => setup::run()
+            .and_then(|()| dist::run())
+            .and_then(|()| vm::static_guest(&dist::dist_dir().join("nstrace"))),
+        Task::VmTest {
             kernel,
             only,
             repeat,
+            static_binary: false,
         } => setup::run().and_then(|()| vm::run(&kernel, &vm::Selection { only, repeat })),
         Task::Bench {
             rounds,
@@ -184,6 +199,8 @@ fn test(lint: bool, vm: bool, load: bool) -> Result<()> {
         ]))?;
     }
     build()?;
+    // What users install, for tests/tests/dist.rs.
+    dist::run()?;
     let daemon = docker::Daemon::ensure(&workspace_root().join("target/dockerd.log"))?;
     daemon.ensure_image()?;
     native_suite("")?;
@@ -202,6 +219,7 @@ fn test(lint: bool, vm: bool, load: bool) -> Result<()> {
     drop(daemon);
     if vm {
         vm::run("all", &vm::Selection::all())?;
+        vm::static_guest(&dist::dist_dir().join("nstrace"))?;
     }
     Ok(())
 }

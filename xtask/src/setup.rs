@@ -20,7 +20,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// util-linux: unshare, nsenter, setpriv, lsns; iproute2: ip netns; bpftool:
 /// the "nothing left loaded" checks; docker.io and busybox-static: a real
 /// container runtime and a local image for the container tests (busybox also
-/// runs the VM guests' /init); qemu-system-x86 and cpio: the kernel matrix.
+/// runs the VM guests' /init); qemu-system-x86 and cpio: the kernel matrix;
+/// prometheus: the server that scrapes `--metrics` in the tests; man-db: the
+/// .deb's man page rendered.
 const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "iproute2",
@@ -30,6 +32,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static",
     "qemu-system-x86",
     "cpio",
+    "prometheus",
+    "man-db",
 ];
 
 pub fn run() -> Result<()> {
@@ -120,6 +124,15 @@ fn nightly_with_rust_src() -> Result<()> {
     if !has_nightly {
         eprintln!("xtask: installing the nightly toolchain (for -Z build-std of the eBPF crate)");
         sh(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    // `cargo xtask dist` builds the static binary against musl.
+    let targets = output(rustup().args(["target", "list", "--installed"]))?;
+    if !targets.lines().any(|l| l == crate::dist::TARGET) {
+        eprintln!(
+            "xtask: adding the {} target (static builds)",
+            crate::dist::TARGET
+        );
+        sh(rustup().args(["target", "add", crate::dist::TARGET]))?;
     }
     let installed =
         output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;

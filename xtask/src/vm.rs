@@ -711,6 +711,109 @@ fn regex_lite_match(pattern: &str, s: &str) -> bool {
     m(pattern.trim_start_matches('^').as_bytes(), s.as_bytes())
 }
 
+/// The static binary from `cargo xtask dist` in a guest with nothing else:
+/// static busybox and nstrace, no libc, no loader. It must trace an
+/// `unshare -u` there, with the inode the guest's /proc shows.
+pub fn static_guest(binary: &Path) -> Result<()> {
+    let spec = KERNELS
+        .iter()
+        .find(|k| k.name == "6.12")
+        .expect("6.12 is in the matrix");
+    let vmlinuz = fetch_kernel(spec)?;
+    let dir = workspace_root().join("target/vm/static");
+    std::fs::create_dir_all(&dir)?;
+    let root = dir.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["bin", "dev", "proc", "sys", "tmp"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("static busybox (busybox-static)")?;
+    for applet in [
+        "sh", "mount", "poweroff", "cat", "echo", "grep", "stty", "sleep", "kill", "readlink",
+        "unshare", "ls",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::copy(binary, root.join("nstrace"))?;
+    let init = root.join("init");
+    std::fs::write(
+        &init,
+        r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs tmpfs /tmp
+stty -F /dev/ttyS1 raw 2>/dev/null
+out=/dev/ttyS1
+echo "BOOTED $(uname -r)" > $out
+echo "LIBS $(ls /lib /lib64 /usr 2>&1 | grep -v 'No such' | grep -c .)" > $out
+/nstrace --json > /tmp/out 2> /tmp/err &
+p=$!
+i=0
+while ! grep -q 'tracing namespaces' /tmp/err && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
+unshare -u sleep 2 &
+s=$!
+sleep 1
+echo "WANT $(readlink /proc/$s/ns/uts)" > $out
+sleep 2
+kill -INT $p
+wait $p
+echo "RC $?" > $out
+cat /tmp/out /tmp/err > $out
+echo DONE > $out
+poweroff -f
+"#,
+    )?;
+    sh(Command::new("chmod").arg("755").arg(&init))?;
+    let initrd = dir.join("initrd.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+            root.display(),
+            initrd.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("building the static guest's initramfs failed (needs cpio)");
+    }
+    let out = boot(&vmlinuz, &initrd, &dir)?;
+    let verdict = static_verdict(&out);
+    println!(
+        "vm-test: static binary in a guest without libc: {}",
+        verdict
+            .as_ref()
+            .map_or_else(|e| format!("FAILED: {e}"), |()| "passed".into())
+    );
+    verdict.map_err(|e| anyhow::anyhow!("static guest: {e}; guest printed:\n{out}"))
+}
+
+fn static_verdict(out: &str) -> std::result::Result<(), String> {
+    let field = |p: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .map(str::to_string)
+    };
+    if field("LIBS ").as_deref() != Some("0") {
+        return Err("the guest has a /lib, /lib64 or /usr".into());
+    }
+    if field("RC ").as_deref() != Some("0") {
+        return Err(format!("nstrace exited with {:?}", field("RC ")));
+    }
+    let want = field("WANT uts:[")
+        .and_then(|w| w.trim_end_matches(']').parse::<u64>().ok())
+        .ok_or("no inode of the unshared process")?;
+    let seen = out.lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["event"] == "create" && v["ns_type"] == "uts" && v["ns_inode"] == want)
+    });
+    if seen {
+        Ok(())
+    } else {
+        Err(format!("no create of uts:[{want}]"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,12 +34,32 @@ pub fn check() -> Result<Host> {
         ));
     }
     check_privileges()?;
+    check_host_pid_namespace(std::fs::read_link("/proc/self/ns/pid").ok().as_deref())?;
     let (tracefs, mounted_tracefs) = tracefs()?;
     Ok(Host {
         kernel_release,
         tracefs,
         mounted_tracefs,
     })
+}
+
+/// The initial PID namespace's inode (`PROC_PID_INIT_INO`), on every kernel.
+const HOST_PIDNS: &str = "pid:[4026531836]";
+
+/// The kernel side reports host PIDs: in another PID namespace (a container
+/// without `--pid=host`) /proc could not resolve them, nor see the host's
+/// processes, their namespaces or their pins.
+pub fn check_host_pid_namespace(own: Option<&Path>) -> Result<()> {
+    match own.and_then(Path::to_str) {
+        Some(HOST_PIDNS) | None => Ok(()),
+        Some(other) => Err(hinted(
+            format!(
+                "nstrace runs in a PID namespace of its own ({other}), not the host's: it would \
+                 report PIDs this /proc does not show and miss the host's processes"
+            ),
+            "in a container, share the host's: `docker run --pid=host ...`, or `hostPID: true` in a Kubernetes pod",
+        )),
+    }
 }
 
 fn kernel_release() -> String {
@@ -154,6 +174,13 @@ fn mount_tracefs(at: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_namespace_other_than_the_hosts_is_refused_with_a_hint() {
+        assert!(check_host_pid_namespace(Some(Path::new(HOST_PIDNS))).is_ok());
+        let e = check_host_pid_namespace(Some(Path::new("pid:[4026532290]"))).unwrap_err();
+        assert!(crate::error::hint_of(&e).unwrap().contains("--pid=host"));
+    }
     use crate::error::hint_of;
 
     #[test]

@@ -188,9 +188,11 @@ impl Probes {
     }
 
     /// Hands the heap freed by a BTF parse back to the kernel, so that it does
-    /// not stay in the resident set of a long trace.
+    /// not stay in the resident set of a long trace. (musl, the static
+    /// build's libc, returns freed memory by itself and has no malloc_trim.)
     pub fn release_freed_memory() {
         // SAFETY: malloc_trim only walks glibc's own free lists.
+        #[cfg(target_env = "gnu")]
         unsafe {
             libc::malloc_trim(0);
         }

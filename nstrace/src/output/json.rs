@@ -28,6 +28,11 @@ struct ContainerJson<'a> {
     id: &'a str,
     runtime: &'a str,
     name: &'a Option<String>,
+    /// Kubernetes pod and namespace, only for CRI containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: &'a Option<String>,
 }
 
 fn container(c: Option<&Container>) -> Option<ContainerJson<'_>> {
@@ -35,6 +40,8 @@ fn container(c: Option<&Container>) -> Option<ContainerJson<'_>> {
         id: &c.id,
         runtime: c.runtime,
         name: &c.name,
+        pod: &c.pod,
+        namespace: &c.namespace,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Output layers: one module per format, all fed [`Record`]s.
 
 pub mod json;
+pub mod metrics;
 pub mod text;
 
 use std::io::{self, Write};

@@ -1,0 +1,354 @@
+//! `--metrics ADDR`: a Prometheus endpoint over the same records the other
+//! formats print, for watching a fleet.
+//!
+//! Labels are bounded: namespace kind (8), event, container runtime (a
+//! handful, `none` for the host). Never a per-namespace or per-container
+//! label. The session feeds every record here, whatever the filters (a
+//! node's metrics describe the node), and refreshes the gauges on its tick.
+//!
+//! The HTTP side is a few lines over tokio's listener rather than an HTTP
+//! crate: it answers one GET, and hyper with its dependencies would double
+//! the binary's dependency tree for that.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use anyhow::Result;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use crate::{
+    error::hinted,
+    procfs::NsKey,
+    record::{EventType, Loss, NsKind, Record},
+    registry::{self, State},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    kind: &'static str,
+    /// The runtime of the acting process's container; `none` on the host.
+    runtime: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LostLabel {
+    what: &'static str,
+}
+
+/// Every series, shared between the session (writes) and the endpoint
+/// (reads): all atomics, so no lock is held while tracing.
+struct Series {
+    registry: Registry,
+    alive: Family<KindLabel, Gauge>,
+    created: Family<EventLabels, Counter>,
+    joined: Family<EventLabels, Counter>,
+    destroyed: Family<EventLabels, Counter>,
+    failed: Family<EventLabels, Counter>,
+    pinned: Family<KindLabel, Gauge>,
+    oldest_pinned: Family<KindLabel, Gauge<f64, AtomicU64>>,
+    lost: Family<LostLabel, Counter>,
+    cpu: Gauge<f64, AtomicU64>,
+    ring_size: Gauge,
+    ring_peak: Gauge,
+}
+
+pub struct Metrics {
+    series: Arc<Series>,
+    /// Memberless, pinned namespaces and since when (event-scale ns).
+    pinned_since: HashMap<NsKey, i128>,
+}
+
+impl Metrics {
+    /// Binds `addr` now (so a taken port is an error before tracing starts)
+    /// and serves `/metrics` from a task on the current runtime.
+    pub async fn serve(addr: SocketAddr, ring_bytes: u32) -> Result<Metrics> {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            hinted(
+                format!("cannot listen on {addr} for --metrics: {e}"),
+                "choose a free address, e.g. --metrics 127.0.0.1:9464",
+            )
+        })?;
+        let series = Arc::new(Series::new());
+        series.ring_size.set(i64::from(ring_bytes));
+        let served = series.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                let served = served.clone();
+                tokio::spawn(async move {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), answer(conn, &served)).await;
+                });
+            }
+        });
+        Ok(Metrics {
+            series,
+            pinned_since: HashMap::new(),
+        })
+    }
+
+    /// Counts a record (before any filter).
+    pub fn record(&mut self, r: &Record) {
+        let Some(kind) = r.kind else { return };
+        let labels = EventLabels {
+            kind: kind.name(),
+            runtime: r.container.as_ref().map_or("none", |c| c.runtime),
+        };
+        let s = &self.series;
+        match r.event {
+            EventType::Create => {
+                s.created.get_or_create(&labels).inc();
+            }
+            EventType::Join => {
+                s.joined.get_or_create(&labels).inc();
+            }
+            EventType::Destroy => {
+                s.destroyed.get_or_create(&labels).inc();
+            }
+            EventType::Error => {
+                s.failed.get_or_create(&labels).inc();
+            }
+            EventType::Pinned => {}
+        }
+        if let Some(inode) = r.inode {
+            let key = (kind, inode);
+            match r.event {
+                EventType::Pinned => {
+                    self.pinned_since.entry(key).or_insert(r.time_ns);
+                }
+                EventType::Join | EventType::Destroy | EventType::Create => {
+                    self.pinned_since.remove(&key);
+                }
+                EventType::Error => {}
+            }
+        }
+    }
+
+    pub fn lost(&self, l: &Loss) {
+        let s = &self.series;
+        let add = |what, n: u64| {
+            if n > 0 {
+                s.lost.get_or_create(&LostLabel { what }).inc_by(n);
+            }
+        };
+        add("kernel_events", l.events);
+        add("syscalls", l.syscalls_missed);
+        add("unwatched_namespaces", l.unwatched);
+        add("probe_runs_skipped", l.skipped);
+    }
+
+    /// The gauges, from the registry as it is `now` (event-scale ns).
+    pub fn refresh(&mut self, reg: &registry::Registry, now: i128) {
+        let s = &self.series;
+        let mut alive: HashMap<NsKind, i64> = NsKind::ALL.into_iter().map(|k| (k, 0)).collect();
+        let mut pinned = alive.clone();
+        for e in reg.alive() {
+            *alive.entry(e.kind).or_default() += 1;
+            if matches!(e.state, State::Pinned(_)) {
+                *pinned.entry(e.kind).or_default() += 1;
+            }
+        }
+        // Pinned at start (no record): aged from when nstrace first saw them.
+        for e in reg.alive() {
+            if matches!(e.state, State::Pinned(_)) {
+                self.pinned_since.entry(e.key()).or_insert(now);
+            }
+        }
+        self.pinned_since.retain(|k, _| {
+            reg.get(*k)
+                .is_some_and(|e| matches!(e.state, State::Pinned(_)))
+        });
+        let mut oldest: HashMap<NsKind, i128> = HashMap::new();
+        for (&(kind, _), &since) in &self.pinned_since {
+            let o = oldest.entry(kind).or_insert(since);
+            *o = (*o).min(since);
+        }
+        for kind in NsKind::ALL {
+            let label = KindLabel { kind: kind.name() };
+            s.alive.get_or_create(&label).set(alive[&kind]);
+            s.pinned.get_or_create(&label).set(pinned[&kind]);
+            let age = oldest
+                .get(&kind)
+                .map_or(0.0, |&t| (now - t).max(0) as f64 / 1e9);
+            s.oldest_pinned.get_or_create(&label).set(age);
+        }
+        s.cpu.set(own_cpu_seconds());
+    }
+
+    /// Bytes found waiting in the ring at one drain: its peak is how close
+    /// the ring came to full (and to losing records).
+    pub fn ring_backlog(&self, bytes: u64) {
+        let peak = &self.series.ring_peak;
+        if bytes as i64 > peak.get() {
+            peak.set(bytes as i64);
+        }
+    }
+}
+
+impl Series {
+    fn new() -> Self {
+        let mut s = Series {
+            registry: Registry::with_prefix("nstrace"),
+            alive: Family::default(),
+            created: Family::default(),
+            joined: Family::default(),
+            destroyed: Family::default(),
+            failed: Family::default(),
+            pinned: Family::default(),
+            oldest_pinned: Family::default(),
+            lost: Family::default(),
+            cpu: Gauge::default(),
+            ring_size: Gauge::default(),
+            ring_peak: Gauge::default(),
+        };
+        s.registry.register(
+            "namespaces_alive",
+            "Namespaces alive now, by kind (those seen at start and since)",
+            s.alive.clone(),
+        );
+        s.registry.register(
+            "namespaces_created",
+            "Namespaces created, by kind and container runtime of the creator",
+            s.created.clone(),
+        );
+        s.registry.register(
+            "namespaces_joined",
+            "Namespaces joined with setns, by kind and runtime of the joiner",
+            s.joined.clone(),
+        );
+        s.registry.register(
+            "namespaces_destroyed",
+            "Namespaces gone, by kind and runtime of their last member",
+            s.destroyed.clone(),
+        );
+        s.registry.register(
+            "namespace_syscalls_failed",
+            "Namespace syscalls the kernel refused, by (first) kind and runtime",
+            s.failed.clone(),
+        );
+        s.registry.register(
+            "namespaces_pinned",
+            "Namespaces with no member task, held by a mount, an fd or a child namespace",
+            s.pinned.clone(),
+        );
+        s.registry.register(
+            "oldest_pinned_namespace_age_seconds",
+            "Age of the oldest pinned namespace of each kind, since it was pinned (or since nstrace started); 0 if none (a growing value is the CNI netns-leak signal)",
+            s.oldest_pinned.clone(),
+        );
+        s.registry.register(
+            "lost",
+            "What nstrace could not record: kernel events (ring full), syscalls, unwatched namespaces, probe runs the kernel skipped",
+            s.lost.clone(),
+        );
+        s.registry.register(
+            "cpu_seconds",
+            "CPU time nstrace's own process used (user + system)",
+            s.cpu.clone(),
+        );
+        s.registry.register(
+            "ring_buffer_size_bytes",
+            "Size of the kernel ring buffer (--buffer-size)",
+            s.ring_size.clone(),
+        );
+        s.registry.register(
+            "ring_buffer_peak_backlog_bytes",
+            "Most bytes waiting in the ring at one drain since start",
+            s.ring_peak.clone(),
+        );
+        s
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes only the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+async fn answer(mut conn: tokio::net::TcpStream, series: &Series) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let (status, kind, body) = respond(&head, series);
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(reply.as_bytes()).await?;
+    conn.write_all(body.as_bytes()).await?;
+    conn.shutdown().await
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn respond(head: &[u8], series: &Series) -> (&'static str, &'static str, String) {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/metrics") => ("200 OK", OPENMETRICS, series.text()),
+        ("GET", "/") => (
+            "200 OK",
+            "text/plain; charset=utf-8",
+            "nstrace: metrics at /metrics\n".into(),
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".into(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET\n".into(),
+        ),
+    }
+}
+
+/// For `--metrics`: an address, or a bare port on loopback.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9464 (or a port)"))
+}
