@@ -451,6 +451,10 @@ async fn trace(cli: &Cli) -> Result<i32> {
         held: None,
         metrics,
     };
+    // A scrape right after start sees the gauges, not an empty page.
+    if let Some(m) = &mut t.metrics {
+        m.refresh(&t.registry, t.clock.now_as_event_ns());
+    }
     let mut exit_code = 0;
     // Command mode: when the command ended, and until when its namespaces'
     // ends are awaited.

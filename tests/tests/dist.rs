@@ -36,6 +36,12 @@ fn host_netns() -> (Group, u64) {
     (g, inode)
 }
 
+/// The create of that namespace: by kind, inode and the process that made
+/// it (a busy machine reuses inodes across kinds within moments).
+fn is_create(r: &Value, kind: &str, inode: u64, pid: u32) -> bool {
+    r["event"] == "create" && r["ns_type"] == kind && r["ns_inode"] == inode && r["pid"] == pid
+}
+
 #[test]
 fn the_static_binary_needs_no_libc_and_traces_on_the_host() {
     let Some(dist) = dist_dir() else { return };
@@ -53,7 +59,7 @@ fn the_static_binary_needs_no_libc_and_traces_on_the_host() {
     let tracer = Tracer::start_program_also(&host, &[bin.to_str().unwrap()], &[]);
     let (g, inode) = host_netns();
     for t in [&host, &tracer] {
-        t.wait_for(1, |r| r["event"] == "create" && r["ns_inode"] == inode);
+        t.wait_for(1, |r| is_create(r, "net", inode, g.pid()));
     }
     drop(g);
     let (status, stderr) = tracer.stop();
@@ -261,9 +267,12 @@ fn the_image_in_docker_sees_what_the_host_binary_sees() {
         .unwrap();
     let uts = ns_inode(pid, "uts");
     let from = |t: &Tracer| -> (Value, Value) {
-        let netns = t.wait_for(1, |r| r["event"] == "create" && r["ns_inode"] == inode)[0].clone();
+        let netns = t.wait_for(1, |r| is_create(r, "net", inode, g.pid()))[0].clone();
         let c = t.wait_for(1, |r| {
-            r["event"] == "create" && r["ns_type"] == "uts" && r["ns_inode"] == uts
+            r["event"] == "create"
+                && r["ns_type"] == "uts"
+                && r["ns_inode"] == uts
+                && r["container"]["id"] == id.as_str()
         })[0]
             .clone();
         (netns, c)
