@@ -105,29 +105,16 @@ pub struct Cli {
     pub cmd: Vec<String>,
 }
 
-const KIND_NAMES: [&str; 8] = ["mnt", "uts", "ipc", "pid", "net", "user", "cgroup", "time"];
-const EVENT_NAMES: [&str; 5] = ["create", "join", "pinned", "destroy", "error"];
-
 /// Possible values (not a free-form parser): clap lists them in errors and
 /// `--help`, and the generated completions offer them.
 fn kind_parser() -> impl clap::builder::TypedValueParser<Value = NsKind> {
-    clap::builder::PossibleValuesParser::new(KIND_NAMES)
-        .map(|s| NsKind::from_name(&s).expect("KIND_NAMES are kinds"))
+    clap::builder::PossibleValuesParser::new(NsKind::ALL.map(NsKind::name))
+        .map(|s| NsKind::from_name(&s).expect("the possible values are kind names"))
 }
 
 fn event_parser() -> impl clap::builder::TypedValueParser<Value = EventType> {
-    clap::builder::PossibleValuesParser::new(EVENT_NAMES).map(|s| {
-        [
-            EventType::Create,
-            EventType::Join,
-            EventType::Pinned,
-            EventType::Destroy,
-            EventType::Error,
-        ]
-        .into_iter()
-        .find(|e| e.name() == s)
-        .expect("EVENT_NAMES are events")
-    })
+    clap::builder::PossibleValuesParser::new(EventType::ALL.map(EventType::name))
+        .map(|s| EventType::from_name(&s).expect("the possible values are event names"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -81,6 +81,18 @@ pub enum EventType {
 }
 
 impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::Create,
+        EventType::Join,
+        EventType::Pinned,
+        EventType::Destroy,
+        EventType::Error,
+    ];
+
+    pub fn from_name(name: &str) -> Option<EventType> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             EventType::Create => "create",

@@ -566,9 +566,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         }
         let skipped = losses.skipped.saturating_sub(skipped_before_ready);
         if skipped > 0 {
-            line.push_str(&format!(
-                ", {skipped} probe runs skipped by the kernel (another BPF program or bpf() call was active on that CPU)"
-            ));
+            line.push_str(&format!(", {}", output::text::skipped_runs(skipped)));
         }
         if totals.undecodable > 0 {
             line.push_str(&format!(", {} undecodable", totals.undecodable));

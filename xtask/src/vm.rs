@@ -291,14 +291,13 @@ fn build_initramfs(bins: &Binaries, plan: &[PlanEntry], out: &Path) -> Result<()
     for d in ["bin", "dev", "proc", "sys", "tmp", "run", "etc", "t/deps"] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .context("static busybox (busybox-static)")?;
-    for applet in [
-        "sh", "mount", "umount", "mkdir", "poweroff", "cat", "echo", "ls", "grep", "stty", "sync",
-        "uname", "date", "mknod", "true", "false", "env", "id", "seq", "rm",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
+    busybox_into(
+        &root,
+        &[
+            "sh", "mount", "umount", "mkdir", "poweroff", "cat", "echo", "ls", "grep", "stty",
+            "sync", "uname", "date", "mknod", "true", "false", "env", "id", "seq", "rm",
+        ],
+    )?;
     for tool in GUEST_TOOLS {
         copy_with_libs(&root, Path::new(tool), Path::new(tool))?;
     }
@@ -314,9 +313,25 @@ fn build_initramfs(bins: &Binaries, plan: &[PlanEntry], out: &Path) -> Result<()
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
     )?;
-    let init = root.join("init");
-    std::fs::write(&init, init_script(plan))?;
-    sh(Command::new("chmod").arg("755").arg(&init))?;
+    pack_initramfs(&root, &init_script(plan), out)
+}
+
+/// Static busybox as the root's /bin/busybox, with `applets` linked to it.
+fn busybox_into(root: &Path, applets: &[&str]) -> Result<()> {
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("static busybox (busybox-static)")?;
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    Ok(())
+}
+
+/// Writes `init` as the root's /init and packs the root into a gzipped
+/// newc cpio at `out`.
+fn pack_initramfs(root: &Path, init: &str, out: &Path) -> Result<()> {
+    let path = root.join("init");
+    std::fs::write(&path, init)?;
+    sh(Command::new("chmod").arg("755").arg(&path))?;
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -727,18 +742,17 @@ pub fn static_guest(binary: &Path) -> Result<()> {
     for d in ["bin", "dev", "proc", "sys", "tmp"] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .context("static busybox (busybox-static)")?;
-    for applet in [
-        "sh", "mount", "poweroff", "cat", "echo", "grep", "stty", "sleep", "kill", "readlink",
-        "unshare", "ls",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
+    busybox_into(
+        &root,
+        &[
+            "sh", "mount", "poweroff", "cat", "echo", "grep", "stty", "sleep", "kill", "readlink",
+            "unshare", "ls",
+        ],
+    )?;
     std::fs::copy(binary, root.join("nstrace"))?;
-    let init = root.join("init");
-    std::fs::write(
-        &init,
+    let initrd = dir.join("initrd.gz");
+    pack_initramfs(
+        &root,
         r#"#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
@@ -763,20 +777,8 @@ cat /tmp/out /tmp/err > $out
 echo DONE > $out
 poweroff -f
 "#,
+        &initrd,
     )?;
-    sh(Command::new("chmod").arg("755").arg(&init))?;
-    let initrd = dir.join("initrd.gz");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
-            root.display(),
-            initrd.display()
-        ))
-        .status()?;
-    if !status.success() {
-        bail!("building the static guest's initramfs failed (needs cpio)");
-    }
     let out = boot(&vmlinuz, &initrd, &dir)?;
     let verdict = static_verdict(&out);
     println!(

@@ -255,8 +255,8 @@ fn recursion_misses(fdinfo: &str) -> Option<u64> {
 /// The kernel side's loss counters, memory-mapped: read without a syscall
 /// (see `COUNTS` in nstrace-ebpf for why that matters).
 struct Counters {
+    /// `COUNTERS` values.
     base: std::ptr::NonNull<u64>,
-    len: usize,
     // Keeps the map alive while it is mapped.
     _map: MapData,
 }
@@ -266,18 +266,18 @@ struct Counters {
 unsafe impl Send for Counters {}
 
 impl Counters {
+    const BYTES: usize = COUNTERS as usize * std::mem::size_of::<u64>();
+
     fn map(map: Map) -> Result<Self> {
         let Map::Array(data) = map else {
             bail!("map COUNTS is not an array");
         };
-        let len = COUNTERS as usize;
-        let bytes = len * std::mem::size_of::<u64>();
         // SAFETY: maps the array's values read only; the kernel keeps the
         // pages for as long as the mapping exists.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes,
+                Self::BYTES,
                 libc::PROT_READ,
                 libc::MAP_SHARED,
                 data.fd().as_fd().as_raw_fd(),
@@ -289,16 +289,14 @@ impl Counters {
         }
         Ok(Counters {
             base: std::ptr::NonNull::new(ptr.cast()).context("mapping the loss counters")?,
-            len,
             _map: data,
         })
     }
 
     fn get(&self, i: u32) -> u64 {
-        let i = i as usize;
-        assert!(i < self.len, "counter {i} out of range");
+        assert!(i < COUNTERS, "counter {i} out of range");
         // SAFETY: in bounds of the mapping; the kernel side only adds.
-        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(i)) }
+        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(i as usize)) }
     }
 }
 
@@ -306,10 +304,7 @@ impl Drop for Counters {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, unmapped once.
         unsafe {
-            libc::munmap(
-                self.base.as_ptr().cast(),
-                self.len * std::mem::size_of::<u64>(),
-            );
+            libc::munmap(self.base.as_ptr().cast(), Self::BYTES);
         }
     }
 }

@@ -165,11 +165,7 @@ impl Metrics {
             *alive.entry(e.kind).or_default() += 1;
             if matches!(e.state, State::Pinned(_)) {
                 *pinned.entry(e.kind).or_default() += 1;
-            }
-        }
-        // Pinned at start (no record): aged from when nstrace first saw them.
-        for e in reg.alive() {
-            if matches!(e.state, State::Pinned(_)) {
+                // Pinned at start (no record): aged from when nstrace first saw it.
                 self.pinned_since.entry(e.key()).or_insert(now);
             }
         }

@@ -261,6 +261,13 @@ fn who(out: &mut String, r: &Record) {
 }
 
 /// What a loss notice says, in words.
+/// Runs the kernel skipped, for the loss notice and the closing summary.
+pub fn skipped_runs(n: u64) -> String {
+    format!(
+        "{n} probe runs skipped by the kernel (another BPF program or bpf() call was active on that CPU)"
+    )
+}
+
 pub fn loss_summary(l: &Loss) -> String {
     let mut parts = Vec::new();
     if l.events > 0 {
@@ -285,10 +292,7 @@ pub fn loss_summary(l: &Loss) -> String {
         ));
     }
     if l.skipped > 0 {
-        parts.push(format!(
-            "{} probe runs skipped by the kernel (another BPF program or bpf() call was active on that CPU)",
-            l.skipped
-        ));
+        parts.push(skipped_runs(l.skipped));
     }
     parts.join("; ")
 }
