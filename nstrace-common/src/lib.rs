@@ -164,6 +164,10 @@ pub struct Event {
     /// unshare: before the call): a user namespace created without it was
     /// created unprivileged.
     pub admin: u32,
+    /// Tgids of the parent's parent and of its parent: a runtime's helpers
+    /// (runc's children) have often all exited before user space can walk
+    /// /proc from the actor to the runtime (a shim) that names the container.
+    pub elders: [u32; 2],
 }
 
 /// Key of a namespace in the member-count map: kind index in the high half,

@@ -542,6 +542,7 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.pid = (pid_tgid >> 32) as u32;
     e.tid = pid_tgid as u32;
     e.ppid = unsafe { task::parent_tgid(task) };
+    e.elders = unsafe { task::elder_tgids(task) };
     e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     e.emptied = 0;
     e.reaper = 0;

@@ -109,6 +109,15 @@ pub unsafe fn parent_tgid(task: *const u8) -> u32 {
     unsafe { read::<u32>(parent, off!(task_tgid)) }
 }
 
+/// The tgids of `task`'s grandparent and great-grandparent (0 past init:
+/// a failed read gives a null pointer, and reads through it give 0).
+pub unsafe fn elder_tgids(task: *const u8) -> [u32; 2] {
+    let parent = unsafe { read_ptr(task, off!(task_real_parent)) };
+    let grand = unsafe { read_ptr(parent, off!(task_real_parent)) };
+    let great = unsafe { read_ptr(grand, off!(task_real_parent)) };
+    unsafe { [read::<u32>(grand, off!(task_tgid)), read::<u32>(great, off!(task_tgid))] }
+}
+
 /// `struct nsproxy` is a count and eight pointers on every kernel nstrace
 /// runs on: read whole, in one helper call instead of one per kind.
 const NSPROXY_WORDS: usize = 9;

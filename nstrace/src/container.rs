@@ -240,22 +240,23 @@ impl Resolver {
     /// processes that have not entered the container's namespaces yet.
     /// Ancestry walks are cached per ancestor. Else [`Self::for_pid`].
     pub fn for_actor(&mut self, a: &Actor) -> Option<Container> {
-        let (pid, ppid, comm, cgroup) = (a.pid, a.ppid, a.comm.as_str(), a.cgroup);
+        let (pid, comm, cgroup) = (a.pid, a.comm.as_str(), a.cgroup);
+        let up = [a.ppid, a.elders[0], a.elders[1]];
         if !self.unified || cgroup == 0 {
             if a.mnt_ns != 0 && a.mnt_ns == self.host_mnt {
-                let found = self.ancestry(pid, Some((ppid, comm)));
+                let found = self.ancestry(pid, Some(comm), &up);
                 return found.map(|(id, runtime)| self.container(id, runtime));
             }
-            return self.for_pid(pid, ppid, comm);
+            return self.for_pid(pid, &up, comm);
         }
         let verdict = match self.by_cgroup.get(&cgroup) {
             Some(v) => v.clone(),
             None => match self.learn_cgroup(pid, cgroup) {
                 Some(v) => v,
-                None => return self.for_pid(pid, ppid, comm),
+                None => return self.for_pid(pid, &up, comm),
             },
         };
-        let found = verdict.or_else(|| self.ancestry(pid, Some((ppid, comm))));
+        let found = verdict.or_else(|| self.ancestry(pid, Some(comm), &up));
         found.map(|(id, runtime)| self.container(id, runtime))
     }
 
@@ -304,25 +305,26 @@ impl Resolver {
         }
     }
 
-    /// The container `pid` (child of `ppid`) is part of, or None for a host
-    /// process. A process already gone (runc's short-lived children) is
-    /// looked up through its parent.
-    pub fn for_pid(&mut self, pid: u32, ppid: u32, comm: &str) -> Option<Container> {
+    /// The container `pid` is part of, or None for a host process; `up`:
+    /// its parent and elders as the kernel saw them (0: unknown). A process
+    /// already gone (runc's short-lived children) is looked up through them.
+    pub fn for_pid(&mut self, pid: u32, up: &[u32], comm: &str) -> Option<Container> {
         if let Some(c) = self.by_pid.get(&pid) {
             return c.clone();
         }
         if self.by_pid.len() > 8192 {
             self.by_pid.clear();
         }
+        let ppid = up.first().copied().unwrap_or(0);
         let (found, gone) = match cgroup_of(pid) {
             Some(text) => (
-                from_cgroup(&text).or_else(|| self.ancestry(pid, Some((ppid, comm)))),
+                from_cgroup(&text).or_else(|| self.ancestry(pid, Some(comm), up)),
                 false,
             ),
             None if ppid > 1 => (
                 cgroup_of(ppid)
                     .and_then(|t| from_cgroup(&t))
-                    .or_else(|| self.ancestry(ppid, None)),
+                    .or_else(|| self.ancestry(ppid, None, &up[1..])),
                 true,
             ),
             None => (None, true),
@@ -342,14 +344,16 @@ impl Resolver {
     }
 
     /// The runtime process among `pid` and its ancestors, by their command
-    /// lines; `known`: pid's parent and command name, when the event told.
-    fn ancestry(&mut self, pid: u32, known: Option<(u32, &str)>) -> Option<Hit> {
+    /// lines; `comm`: pid's command name, and `up`: its first ancestors
+    /// (0: unknown), when the event told. Past those, /proc.
+    fn ancestry(&mut self, pid: u32, comm: Option<&str>, up: &[u32]) -> Option<Hit> {
         let now = Instant::now();
         let mut chain = Vec::new();
-        let (mut p, mut parent) = (pid, known.map(|k| k.0));
+        let mut p = pid;
+        let mut up = up.iter().copied();
         // Only a shim or conmon can match: skip reading other actors' argv.
         let mut maybe_runtime =
-            known.is_none_or(|(_, c)| c.starts_with("containerd-shim") || c == "conmon");
+            comm.is_none_or(|c| c.starts_with("containerd-shim") || c == "conmon");
         let found = loop {
             if let Some((at, hit)) = self.walked.get(&p) {
                 if now.duration_since(*at) < ANCESTRY_TTL {
@@ -366,7 +370,9 @@ impl Resolver {
             if chain.len() >= 12 {
                 break None;
             }
-            match parent.take().or_else(|| crate::procfs::ppid(p)) {
+            // The kernel's record of the parents comes first: a parent that
+            // exited since has no /proc entry, and its children were moved.
+            match up.next().filter(|&pp| pp != 0).or_else(|| crate::procfs::ppid(p)) {
                 Some(pp) if pp > 1 => p = pp,
                 _ => break None,
             }
@@ -450,6 +456,42 @@ mod tests {
             ..Actor::default()
         };
         assert_eq!(r.for_actor(&a), None);
+    }
+
+    #[test]
+    fn an_actor_whose_parents_exited_is_found_through_its_recorded_elders() {
+        // A live process that looks like containerd's shim, three levels
+        // above an actor that, like its parent and grandparent, is gone.
+        let mut shim = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "exec -a containerd-shim-runc-v2 bash -c 'sleep 10; :' _ -namespace k8s.io -id {ID}"
+            ))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cmdline(shim.id()).iter().any(|a| a == ID) {
+            assert!(Instant::now() < deadline, "the fake shim did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let gone = u32::MAX - 3;
+        let a = Actor {
+            pid: gone,
+            ppid: gone + 1,
+            elders: [gone + 2, shim.id()],
+            comm: "runc:[1:CHILD]".into(),
+            mnt_ns: 7,
+            ..Actor::default()
+        };
+        let mut r = Resolver {
+            host_mnt: 7,
+            ..Resolver::default()
+        };
+        let c = r.for_actor(&a);
+        let _ = shim.kill();
+        let _ = shim.wait();
+        let c = c.expect("found through the elders");
+        assert_eq!((c.id.as_str(), c.runtime), (ID, "cri-containerd"));
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
         uid: e.uid,
         euid: e.euid,
         admin: e.admin != 0,
+        elders: e.elders,
     };
     let time_ns = clock.to_unix_ns(e.ts_ns);
     let emptied = NsKind::in_flags(u64::from(e.emptied))
@@ -268,6 +269,7 @@ mod tests {
             cgroup: 0,
             euid: 0,
             admin: 1,
+            elders: [0; 2],
         }
     }
 

@@ -216,6 +216,9 @@ pub struct Actor {
     pub euid: u32,
     /// Had CAP_SYS_ADMIN in its own user namespace (before the call).
     pub admin: bool,
+    /// Grandparent and great-grandparent tgids (0: unknown), for finding the
+    /// container runtime above helpers that have exited.
+    pub elders: [u32; 2],
 }
 
 /// One line of the timeline. Optional fields are absent from JSON when `None`
