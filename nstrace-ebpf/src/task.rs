@@ -115,7 +115,12 @@ pub unsafe fn elder_tgids(task: *const u8) -> [u32; 2] {
     let parent = unsafe { read_ptr(task, off!(task_real_parent)) };
     let grand = unsafe { read_ptr(parent, off!(task_real_parent)) };
     let great = unsafe { read_ptr(grand, off!(task_real_parent)) };
-    unsafe { [read::<u32>(grand, off!(task_tgid)), read::<u32>(great, off!(task_tgid))] }
+    unsafe {
+        [
+            read::<u32>(grand, off!(task_tgid)),
+            read::<u32>(great, off!(task_tgid)),
+        ]
+    }
 }
 
 /// `struct nsproxy` is a count and eight pointers on every kernel nstrace

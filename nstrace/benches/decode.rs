@@ -63,6 +63,7 @@ fn events() -> Vec<Vec<u8>> {
                 uid: 0,
                 euid: 0,
                 admin: 1,
+                elders: [1, 0],
                 cgroup: 0,
             };
             // SAFETY: Event is plain data.

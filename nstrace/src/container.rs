@@ -370,9 +370,11 @@ impl Resolver {
             if chain.len() >= 12 {
                 break None;
             }
-            // The kernel's record of the parents comes first: a parent that
-            // exited since has no /proc entry, and its children were moved.
-            match up.next().filter(|&pp| pp != 0).or_else(|| crate::procfs::ppid(p)) {
+            // A live process's parent now (a subreaper such as the shim
+            // adopts what runc leaves behind); for one that exited, the
+            // parent the kernel recorded at the event.
+            let recorded = up.next().filter(|&pp| pp != 0);
+            match crate::procfs::ppid(p).or(recorded) {
                 Some(pp) if pp > 1 => p = pp,
                 _ => break None,
             }
