@@ -338,7 +338,7 @@ impl Ends {
         counts: &mut dyn MemberCounts,
         src: &mut dyn Holders,
     ) -> Vec<Verdict> {
-        let due: Vec<NsKey> = self
+        let mut due: Vec<NsKey> = self
             .watch
             .iter()
             .filter(|(_, w)| w.next <= now)
@@ -360,7 +360,6 @@ impl Ends {
             })
             .copied()
             .collect();
-        let mut due = due;
         if !rejoined.is_empty() {
             let live = src.threads(&rejoined);
             due.retain(|k| {
