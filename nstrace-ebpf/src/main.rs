@@ -16,6 +16,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod diag;
 mod task;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -145,6 +146,7 @@ fn count(index: u32) {
 fn lost(kind: EventKind) {
     count(COUNTER_LOST);
     count(COUNTER_LOST_BY_KIND + kind as u32);
+    diag::ring_full(kind as u32);
 }
 
 fn current_tid() -> u32 {
@@ -178,8 +180,11 @@ fn adjust(kind: usize, inum: u32, delta: i64) -> u32 {
 
 /// A namespace just created with its first member.
 fn watch_new(kind: usize, inum: u32) {
-    if inum != 0 && MEMBERS.insert(member_key(kind, inum), 1, 0).is_err() {
-        count(COUNTER_MEMBERS_FULL);
+    if inum != 0 {
+        if let Err(e) = MEMBERS.insert(member_key(kind, inum), 1, 0) {
+            count(COUNTER_MEMBERS_FULL);
+            diag::update(diag::Map::Members, e);
+        }
     }
 }
 
@@ -226,10 +231,12 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
             inum: [0; NS_KINDS],
             id: [0; NS_KINDS],
         };
-        if PENDING.insert(tid, &*p, 0).is_err() {
-            count(COUNTER_PENDING_FULL);
-        } else {
-            in_flight(1);
+        match PENDING.insert(tid, &*p, 0) {
+            Ok(()) => in_flight(1),
+            Err(e) => {
+                count(COUNTER_PENDING_FULL);
+                diag::update(diag::Map::Pending, e);
+            }
         }
     }
 }
@@ -265,8 +272,13 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     let uargs: u64 = field(&ctx, ARG0);
     // `struct clone_args` starts with `__u64 flags`; a bad pointer reads as 0
     // and the call will fail with EFAULT, which is not namespace work.
-    let flags: u64 =
-        unsafe { aya_ebpf::helpers::bpf_probe_read_user(uargs as *const u64) }.unwrap_or(0);
+    let flags: u64 = match unsafe { aya_ebpf::helpers::bpf_probe_read_user(uargs as *const u64) } {
+        Ok(f) => f,
+        Err(e) => {
+            diag::clone_args(uargs, e.into());
+            0
+        }
+    };
     if flags & CLONE_NEW_MASK != 0 {
         enter(Syscall::Clone3, flags, -1);
     }
@@ -366,7 +378,9 @@ pub fn task_newtask(ctx: RawTracePointContext) -> i32 {
     let child: *const u8 = ctx.arg::<u64>(0) as *const u8;
     let clone_flags: u64 = ctx.arg::<u64>(1);
     if following() && FOLLOW.get_ptr(current_tgid()).is_some() {
-        let _ = FOLLOW.insert(unsafe { task::tgid_of(child) }, 1, 0);
+        if let Err(e) = FOLLOW.insert(unsafe { task::tgid_of(child) }, 1, 0) {
+            diag::update(diag::Map::Follow, e);
+        }
     }
     // Only a clone asking for new namespaces can have a pending entry.
     if clone_flags & CLONE_NEW_MASK != 0 {
@@ -530,7 +544,9 @@ unsafe fn fill_process(e: &mut Event, kind: EventKind, task: *const u8, emptied:
 fn track(tid: u32, task: *const u8) {
     let mut ptrs = [0u64; NS_KINDS];
     if unsafe { task::ns_ptrs_unless_initial(task, &mut ptrs) } {
-        let _ = TRACKED.insert(tid, 1, 0);
+        if let Err(e) = TRACKED.insert(tid, 1, 0) {
+            diag::update(diag::Map::Tracked, e);
+        }
     }
 }
 

@@ -37,13 +37,18 @@ unsafe fn read<T: Copy + Default>(base: *const u8, offset: u32) -> T {
 #[inline(always)]
 unsafe fn read_field_into<T>(dst: *mut T, base: *const u8, offset: u32) {
     if offset != NO_FIELD {
-        unsafe { read_into(dst, base.wrapping_add(offset as usize) as *const T) };
+        unsafe { read_into(dst, base, offset) };
     }
 }
 
+/// The helper's result goes only to `--debug` diagnostics, whose check the
+/// verifier removes when they are off.
 #[inline(always)]
-unsafe fn read_into<T>(dst: *mut T, src: *const T) {
-    unsafe { gen::bpf_probe_read_kernel(dst.cast(), size_of::<T>() as u32, src.cast()) };
+unsafe fn read_into<T>(dst: *mut T, base: *const u8, offset: u32) {
+    let len = size_of::<T>() as u32;
+    let src = base.wrapping_add(offset as usize);
+    let ret = unsafe { gen::bpf_probe_read_kernel(dst.cast(), len, src.cast()) };
+    crate::diag::read(base, offset, len, ret);
 }
 
 #[inline(always)]
@@ -147,10 +152,24 @@ pub fn watchable_mask(ns: u64) -> u64 {
 /// `task`'s nsproxy and the user namespace of its credentials.
 #[inline(always)]
 unsafe fn roots(task: *const u8) -> (*const u8, u64) {
-    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
-    let cred = unsafe { read_ptr(task, off!(task_real_cred)) };
-    (nsproxy, unsafe { read_ptr(cred, off!(cred_user_ns)) }
+    let nsproxy = unsafe { read_quiet(task, off!(task_nsproxy)) };
+    let cred = unsafe { read_quiet(task, off!(task_real_cred)) };
+    (nsproxy, unsafe { read_quiet(cred, off!(cred_user_ns)) }
         as u64)
+}
+
+/// A pointer read without `--debug` diagnostics, for [`roots`] alone: every
+/// fork and exit on the machine reads these three and most leave right
+/// after, so even the one load the diagnostics leave when off is not spent
+/// there. A wrong offset here still shows, in the reads that follow it.
+#[inline(always)]
+unsafe fn read_quiet(base: *const u8, offset: u32) -> *const u8 {
+    let mut v = 0u64;
+    if offset != NO_FIELD {
+        let src = base.wrapping_add(offset as usize);
+        unsafe { gen::bpf_probe_read_kernel((&raw mut v).cast(), 8, src.cast()) };
+    }
+    v as *const u8
 }
 
 /// Pointers to `task`'s namespace structs, per kind: from the nsproxy (pid
@@ -181,7 +200,7 @@ pub unsafe fn ns_ptrs_unless_initial(task: *const u8, out: &mut [u64; NS_KINDS])
 #[inline(always)]
 unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: &mut [u64; NS_KINDS]) {
     let mut block = [0u64; NSPROXY_WORDS];
-    unsafe { read_into(&mut block, nsproxy as *const [u64; NSPROXY_WORDS]) };
+    unsafe { read_into(&mut block, nsproxy, 0) };
     for (k, slot) in out.iter_mut().enumerate() {
         if k == kind::USER {
             *slot = user;

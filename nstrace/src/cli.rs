@@ -59,6 +59,12 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Print the kernel side's diagnostics on stderr: why a kernel read or a
+    /// map update failed, and records dropped for a full ring. Off by
+    /// default; when off, the kernel's verifier removes the checks.
+    #[arg(long)]
+    pub debug: bool,
+
     /// How namespace ends are detected. `fentry`: the kernel's own free path
     /// is hooked (exact). `tracepoint`: member tasks are counted in the kernel
     /// and an end is reported when the last one leaves and nothing pins the

@@ -280,7 +280,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let ring = cli.buffer_size * 1024 * 1024;
     // fentry where the kernel allows it (exact ends), else tracepoints alone.
     let follow = cli.pid.is_some() || !cli.cmd.is_empty();
-    let mut probes = Probes::load(loader, &layout, ring, follow)?;
+    let mut probes = Probes::load(loader, &layout, ring, follow, cli.debug)?;
     let (exact_ends, fentry_note) = match cli.probe_mode {
         ProbeMode::Tracepoint => (false, None),
         ProbeMode::Fentry => {
@@ -359,6 +359,18 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let mut events =
         unsafe { AsyncFd::register_with_interest(probes.take_events(), Interest::READABLE) }
             .context("watching the ring buffer")?;
+
+    let (mut diagnostics, kernel_log) = match probes.take_diagnostics() {
+        Some((reader, log)) => (
+            // SAFETY: as for the events: the AsyncFd owns the reader and its fd.
+            Some(
+                unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE) }
+                    .context("watching kernel diagnostics")?,
+            ),
+            Some(log),
+        ),
+        None => (None, None),
+    };
 
     let metrics = match cli.metrics {
         Some(addr) => Some(output::metrics::Metrics::serve(addr, ring).await?),
@@ -510,6 +522,11 @@ async fn trace(cli: &Cli) -> Result<i32> {
                 t.collect_caused = false;
                 linger_until = Some(tokio::time::Instant::now() + command::LINGER);
             }
+            guard = async { diagnostics.as_mut().expect("guarded").readable_mut().await }, if diagnostics.is_some() => {
+                let mut guard = guard.context("waiting for kernel diagnostics")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => break,
@@ -536,6 +553,10 @@ async fn trace(cli: &Cli) -> Result<i32> {
         let _ = t.report_losses(&mut reported_losses);
     }
     let losses = t.probes.losses();
+    if let Some(d) = &mut diagnostics {
+        d.get_mut().flush();
+    }
+    drop(diagnostics);
     drop(events);
     let Tracer {
         sink,
@@ -572,6 +593,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
             line.push_str(&format!(", {} undecodable", totals.undecodable));
         }
         eprintln!("{line}");
+        if let Some(note) = kernel_log.and_then(|l| l.summary()) {
+            eprintln!("{note}");
+        }
         eprint!("{}", summary::render(&registry, Clock::now_unix_ns()));
     }
     Ok(exit_code)

@@ -14,7 +14,10 @@ use nstrace_common::{
     EVENT_KINDS, EventKind, FREE_SLOTS, FreeTarget, member_key,
 };
 
-use super::offsets::Layout;
+use super::{
+    diagnostics::{self, KernelLog},
+    offsets::Layout,
+};
 use crate::{ends::MemberCounts, error::hinted, procfs::NsKey, record::Loss};
 
 /// (program, category, tracepoint), in attach order: the exits before the
@@ -43,6 +46,7 @@ pub struct Probes {
     counts: Counters,
     members: HashMap<MapData, u64, i64>,
     follow: HashMap<MapData, u32, u8>,
+    diagnostics: Option<(diagnostics::Reader, &'static KernelLog)>,
 }
 
 /// Things the kernel side could not record.
@@ -115,10 +119,17 @@ impl Probes {
         layout: &Layout,
         ring_bytes: u32,
         follow: bool,
+        debug: bool,
     ) -> Result<Self> {
         raise_memlock();
         let targets = free_targets(layout);
         let following = u32::from(follow);
+        // 0 turns every kernel log call off (the verifier drops them).
+        let log_level: u8 = if debug {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
         let mut loader = loader
             .join()
             .map_err(|_| anyhow::anyhow!("reading the kernel's BTF failed"))?;
@@ -129,6 +140,7 @@ impl Probes {
             .override_global("OFFSETS", &layout.offsets, true)
             .override_global("FREE_TARGETS", &targets, true)
             .override_global("FOLLOWING", &following, true)
+            .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
             .map_err(|e| load_error(e.into()))?;
@@ -155,12 +167,18 @@ impl Probes {
         let counts = Counters::map(ebpf.take_map("COUNTS").context("map COUNTS missing")?)?;
         let members = HashMap::try_from(ebpf.take_map("MEMBERS").context("map MEMBERS missing")?)?;
         let follow = HashMap::try_from(ebpf.take_map("FOLLOW").context("map FOLLOW missing")?)?;
+        let diagnostics = if debug {
+            Some(diagnostics::reader(&mut ebpf)?)
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             events: Some(events),
             counts,
             members,
             follow,
+            diagnostics,
         })
     }
 
@@ -201,6 +219,11 @@ impl Probes {
     /// The ring buffer of events; can be taken once.
     pub fn take_events(&mut self) -> RingBuf<MapData> {
         self.events.take().expect("events taken twice")
+    }
+
+    /// The reader of `--debug` diagnostics, if asked for; can be taken once.
+    pub fn take_diagnostics(&mut self) -> Option<(diagnostics::Reader, &'static KernelLog)> {
+        self.diagnostics.take()
     }
 
     /// Follow process `pid` and, from now on, every process it forks.
