@@ -15,6 +15,11 @@ fn main() -> anyhow::Result<()> {
         [Package {
             name: "nstrace-ebpf",
             root_dir,
+            features: if std::env::var_os("CARGO_FEATURE_EBPF_WITHOUT_DIAGNOSTICS").is_some() {
+                &["no-diagnostics"]
+            } else {
+                &[]
+            },
             ..Default::default()
         }],
         Toolchain::default(),

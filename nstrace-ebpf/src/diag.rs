@@ -17,6 +17,7 @@ use aya_log_ebpf::{
     macro_support::{Level, level_enabled},
     warn,
 };
+use nstrace_common::EventKind;
 
 /// Which map an update failed in.
 #[derive(Clone, Copy)]
@@ -46,7 +47,7 @@ impl Map {
 /// level, cannot drop the comparisons.
 #[inline(always)]
 fn on(level: Level) -> bool {
-    level_enabled(level) && level_enabled(level)
+    !cfg!(feature = "no-diagnostics") && level_enabled(level) && level_enabled(level)
 }
 
 /// A `bpf_probe_read_kernel` of `len` bytes at `base + offset` returned `ret`.
@@ -80,15 +81,23 @@ fn update_failed(map: Map, err: i32) {
 
 /// The ring buffer had no room for a record of `kind` (counted as lost too).
 #[inline(always)]
-pub fn ring_full(kind: u32) {
+pub fn ring_full(kind: EventKind) {
     if on(Level::Debug) {
         record_dropped(kind);
     }
 }
 
 #[inline(never)]
-fn record_dropped(kind: u32) {
-    debug!(&(), "ring buffer full: record of kind {} dropped", kind);
+fn record_dropped(kind: EventKind) {
+    let what = match kind {
+        EventKind::Clone => "clone",
+        EventKind::Switch => "unshare/setns",
+        EventKind::Error => "failed syscall",
+        EventKind::Exec => "exec",
+        EventKind::Exit => "exit",
+        EventKind::Freed => "free",
+    };
+    debug!(&(), "ring buffer full: {} record dropped", what);
 }
 
 /// clone3's `struct clone_args` at `addr` could not be read (the call then

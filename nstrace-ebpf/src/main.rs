@@ -146,7 +146,7 @@ fn count(index: u32) {
 fn lost(kind: EventKind) {
     count(COUNTER_LOST);
     count(COUNTER_LOST_BY_KIND + kind as u32);
-    diag::ring_full(kind as u32);
+    diag::ring_full(kind);
 }
 
 fn current_tid() -> u32 {

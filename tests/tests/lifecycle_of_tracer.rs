@@ -42,6 +42,41 @@ fn ctrl_c_detaches_everything_and_exits_zero() {
     }
 }
 
+/// `--debug` loads on every kernel of the matrix (the verifier walks the
+/// diagnostics' code only then), traces as without it, stops clean, and in
+/// namespace work touching every kernel read nstrace makes, the kernel side
+/// reports no failed read and no failed map update: the offsets nstrace
+/// computed for this kernel all read.
+#[test]
+fn debug_loads_and_no_kernel_read_fails() {
+    if !privileged() {
+        return;
+    }
+    let before = program_ids();
+    let tracer = Tracer::start(&["--debug"]);
+    let ours: Vec<u64> = program_ids()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    let g = Group::spawn(&["unshare", "-u", "-i", "-n", "sleep", "30"]);
+    let uts = wait_ns_changed(g.pid(), "uts");
+    tracer.wait_for(1, |r| is(r, "create", "uts", uts));
+    // Its exit: the member-count and exit reads.
+    drop(g);
+    tracer.wait_for(1, |r| r["event"] == "exit" || is(r, "destroy", "uts", uts));
+    let (status, stderr) = tracer.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("nstrace: kernel: warn"),
+        "a kernel read or map update failed: {stderr}"
+    );
+    let still: Vec<u64> = program_ids()
+        .into_iter()
+        .filter(|id| ours.contains(id))
+        .collect();
+    assert!(still.is_empty(), "programs left loaded: {still:?}");
+}
+
 #[test]
 fn sigterm_detaches_everything_and_exits_zero() {
     if privileged() {

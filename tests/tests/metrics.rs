@@ -130,6 +130,11 @@ fn prometheus_scrapes_counts_of_a_scripted_workload_and_the_pinned_gauge() {
         "{page}"
     );
     assert!(page.ends_with("# EOF\n"), "{page}");
+    // Own CPU time only grows: a counter, so that rate() applies.
+    assert!(
+        page.contains("# TYPE nstrace_cpu_seconds counter"),
+        "{page}"
+    );
     let prom = Prometheus::start(port);
     prom.wait("up{job=\"nstrace\"}", |v| v == 1.0);
 
@@ -178,6 +183,7 @@ fn prometheus_scrapes_counts_of_a_scripted_workload_and_the_pinned_gauge() {
     );
     drop(cleanup);
     prom.wait(pinned, |v| v == p0);
+    prom.wait("nstrace_cpu_seconds_total", |v| v > 0.0);
     let (status, stderr) = tracer.stop();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("metrics at http://127.0.0.1:"), "{stderr}");

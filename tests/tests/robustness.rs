@@ -67,6 +67,38 @@ fn clone3_with_bad_arguments_is_reported_or_ignored_and_tracing_goes_on() {
     assert!(!stderr.contains("undecodable"), "{stderr}");
 }
 
+/// With `--debug`, the kernel side says why it could not tell: the
+/// clone3 arguments the kernel itself refused (EFAULT, the syscall's own
+/// answer) were unreadable at the pointer the call passed.
+#[test]
+fn debug_says_why_clone3_arguments_were_unreadable() {
+    if !privileged() {
+        return;
+    }
+    let tracer = Tracer::start(&["--debug"]);
+    let mut bad_ptr = load(&["clone3-bad-pointer"]);
+    assert_eq!(bad_ptr.read_line(), format!("errno {}", libc::EFAULT));
+    bad_ptr.wait();
+    // Diagnostics come through their own ring: give the reader a moment.
+    thread::sleep(Duration::from_millis(300));
+    let (status, stderr) = tracer.stop();
+    assert!(status.success(), "{stderr}");
+    // The pointer nsload passes (4096): the same address, and the kernel's errno.
+    assert!(
+        stderr.contains("nstrace: kernel: debug: clone3 arguments at 0x1000 unreadable: EFAULT"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("kernel diagnostics ("), "{stderr}");
+    // Without --debug, not a word from the kernel side.
+    let tracer = Tracer::start(&[]);
+    let mut bad_ptr = load(&["clone3-bad-pointer"]);
+    assert_eq!(bad_ptr.read_line(), format!("errno {}", libc::EFAULT));
+    bad_ptr.wait();
+    let (status, stderr) = tracer.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("nstrace: kernel:"), "{stderr}");
+}
+
 #[test]
 fn setns_on_a_file_that_is_no_namespace_reports_einval() {
     if !privileged() {
@@ -213,7 +245,7 @@ fn sigkill_mid_burst_then_a_new_start_works() {
 
 /// 100,000 joins as fast as one thread makes them: each one is either
 /// delivered or counted as lost — with the default ring and with a tiny one.
-fn burst_is_delivered_or_counted(extra: &[&str], must_overflow: bool) {
+fn burst_is_delivered_or_counted(extra: &[&str], must_overflow: bool) -> String {
     const ROUND_TRIPS: u64 = 50_000;
     let mut args = vec!["--event", "join"];
     args.extend_from_slice(extra);
@@ -254,6 +286,7 @@ fn burst_is_delivered_or_counted(extra: &[&str], must_overflow: bool) {
         lost_joins > 0 || !must_overflow,
         "a 1 MiB ring held 100,000 joins: the counting path went untested"
     );
+    stderr
 }
 
 #[test]
@@ -270,4 +303,18 @@ fn burst_with_a_tiny_ring_counts_every_loss() {
         return;
     }
     burst_is_delivered_or_counted(&["--buffer-size", "1"], true);
+}
+
+/// With `--debug` the count stays exact, and the kernel side says why
+/// records went missing.
+#[test]
+fn burst_with_a_tiny_ring_and_debug() {
+    if !privileged() {
+        return;
+    }
+    let stderr = burst_is_delivered_or_counted(&["--buffer-size", "1", "--debug"], true);
+    assert!(
+        stderr.contains("nstrace: kernel: debug: ring buffer full: unshare/setns record dropped"),
+        "{stderr}"
+    );
 }

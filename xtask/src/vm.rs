@@ -61,7 +61,7 @@ const PLAN: &[PlanEntry] = &[
     (
         "lifecycle_of_tracer",
         "fentry",
-        &["ctrl_c", "without_privileges"],
+        &["ctrl_c", "without_privileges", "debug_loads"],
     ),
 ];
 

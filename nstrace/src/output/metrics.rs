@@ -64,7 +64,8 @@ struct Series {
     pinned: Family<KindLabel, Gauge>,
     oldest_pinned: Family<KindLabel, Gauge<f64, AtomicU64>>,
     lost: Family<LostLabel, Counter>,
-    cpu: Gauge<f64, AtomicU64>,
+    /// A counter (`_total`), as CPU time only grows: `rate()` works on it.
+    cpu: Counter<f64, AtomicU64>,
     ring_size: Gauge,
     ring_peak: Gauge,
 }
@@ -187,7 +188,10 @@ impl Metrics {
                 .map_or(0.0, |&t| (now - t).max(0) as f64 / 1e9);
             s.oldest_pinned.get_or_create(&label).set(age);
         }
-        s.cpu.set(own_cpu_seconds());
+        let grown = own_cpu_seconds() - s.cpu.get();
+        if grown > 0.0 {
+            s.cpu.inc_by(grown);
+        }
     }
 
     /// Bytes found waiting in the ring at one drain: its peak is how close
@@ -212,7 +216,7 @@ impl Series {
             pinned: Family::default(),
             oldest_pinned: Family::default(),
             lost: Family::default(),
-            cpu: Gauge::default(),
+            cpu: Counter::default(),
             ring_size: Gauge::default(),
             ring_peak: Gauge::default(),
         };

@@ -20,17 +20,31 @@ pub const FLOOR_SCRIPT: &str = include_str!("../../bench/floor.bt");
 /// The tracers compared per operation.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Tracer {
+    /// nstrace built with the diagnostics left out at compile time: the
+    /// baseline for what they cost when off.
+    NstraceBare,
     Nstrace,
+    /// nstrace with its kernel diagnostics on: what they cost when off is
+    /// the difference to `Nstrace` that is *not* there.
+    NstraceDebug,
     Bpftrace,
     Floor,
 }
 
 impl Tracer {
-    pub const ALL: [Tracer; 3] = [Tracer::Nstrace, Tracer::Bpftrace, Tracer::Floor];
+    pub const ALL: [Tracer; 5] = [
+        Tracer::NstraceBare,
+        Tracer::Nstrace,
+        Tracer::NstraceDebug,
+        Tracer::Bpftrace,
+        Tracer::Floor,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
+            Tracer::NstraceBare => "nstrace, diagnostics compiled out",
             Tracer::Nstrace => "nstrace",
+            Tracer::NstraceDebug => "nstrace --debug",
             Tracer::Bpftrace => "bpftrace script",
             Tracer::Floor => "floor (empty programs, nstrace's hooks)",
         }
@@ -52,6 +66,55 @@ impl Cost {
         let ns: u64 = self.by.get(&t).map_or(0, |p| p.values().map(|v| v.1).sum());
         ns as f64 / self.ops.max(1) as f64
     }
+}
+
+/// Instructions the verifier kept in each of nstrace's programs, without
+/// and with `--debug`: what the diagnostics leave in a program when off.
+pub fn kept_instructions(bins: &Bins) -> Result<BTreeMap<String, (u64, u64)>> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for debug in [false, true] {
+        let before = xlated()?;
+        let t = Background::start(
+            Command::new(&bins.nstrace)
+                .arg("--json")
+                .args(debug.then_some("--debug")),
+            "nstrace: tracing",
+            |_| false,
+        )?;
+        let at = xlated()?;
+        t.stop()?;
+        for (id, (name, bytes)) in at {
+            if before.contains_key(&id) {
+                continue;
+            }
+            let e = out.entry(name).or_default();
+            // A BPF instruction is 8 bytes.
+            *(if debug { &mut e.1 } else { &mut e.0 }) = bytes / 8;
+        }
+    }
+    Ok(out)
+}
+
+/// (name, bytes_xlated) of every loaded program, by id.
+fn xlated() -> Result<BTreeMap<u64, (String, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("running bpftool prog show")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["id"].as_u64()?,
+                (
+                    p["name"].as_str().unwrap_or("?").to_string(),
+                    p["bytes_xlated"].as_u64().unwrap_or(0),
+                ),
+            ))
+        })
+        .collect())
 }
 
 /// (name, run_cnt, run_time_ns) of every loaded program, by id.
@@ -88,8 +151,14 @@ fn measure(
     let before = programs()?;
     // Ready: nstrace's start-up line, bpftrace's "Attaching" line.
     let t = match tracer {
-        Tracer::Nstrace => Background::start(
-            Command::new(&bins.nstrace).arg("--json"),
+        Tracer::NstraceBare | Tracer::Nstrace | Tracer::NstraceDebug => Background::start(
+            Command::new(if tracer == Tracer::NstraceBare {
+                &bins.nstrace_bare
+            } else {
+                &bins.nstrace
+            })
+            .arg("--json")
+            .args((tracer == Tracer::NstraceDebug).then_some("--debug")),
             "nstrace: tracing",
             |_| false,
         ),
@@ -300,6 +369,52 @@ pub fn soak(bins: &Bins, small: u64, large: u64) -> Result<Soak> {
     })
 }
 
+/// What `--debug`'s kernel diagnostics cost: per operation with them off
+/// (the default) and on, from the same rotation, and what the verifier
+/// kept of each program either way.
+fn render_debug(w: &mut String, costs: &[Cost], kept: &BTreeMap<String, (u64, u64)>) {
+    writeln!(w, "## Kernel diagnostics (`--debug`)\n").ok();
+    writeln!(
+        w,
+        "The kernel side's aya-log calls are gated by a read-only global that is 0 \
+         without `--debug`; the verifier knows it and drops the gated code, so what \
+         is left when off is one load per check, and none on the path every host fork \
+         and exit takes. BPF run time per operation from the rotation above, against \
+         the same nstrace built with the diagnostics left out at compile time \
+         (`--features ebpf-without-diagnostics`); no diagnostic fires in these \
+         workloads, so `--debug` is the checks' own cost:\n"
+    )
+    .ok();
+    writeln!(
+        w,
+        "| workload | compiled out ns per op | off (default) ns per op | off vs compiled out | `--debug` ns per op |"
+    )
+    .ok();
+    writeln!(w, "|---|---:|---:|---:|---:|").ok();
+    for c in costs {
+        let (bare, off) = (c.per_op(Tracer::NstraceBare), c.per_op(Tracer::Nstrace));
+        writeln!(
+            w,
+            "| {} | {bare:.0} | {off:.0} | {:+.1}% | {:.0} |",
+            c.title,
+            (off / bare.max(1.0) - 1.0) * 100.0,
+            c.per_op(Tracer::NstraceDebug)
+        )
+        .ok();
+    }
+    writeln!(
+        w,
+        "\nInstructions the verifier kept (`bpftool prog show`, bytes_xlated / 8):\n"
+    )
+    .ok();
+    writeln!(w, "| program | off | `--debug` |").ok();
+    writeln!(w, "|---|---:|---:|").ok();
+    for (name, (off, on)) in kept {
+        writeln!(w, "| `{name}` | {off} | {on} |").ok();
+    }
+    writeln!(w).ok();
+}
+
 /// The markdown of the hot-path tables, and the verdicts on issue 12's
 /// targets.
 pub fn render(
@@ -307,7 +422,9 @@ pub fn render(
     ready_ms: &[f64],
     soak: &Soak,
     cpu_per_record_us: f64,
+    (alt_glibc_us, musl_us): (f64, f64),
     peak_rss_kib: u64,
+    kept: &BTreeMap<String, (u64, u64)>,
 ) -> (String, Vec<String>) {
     let mut s = String::new();
     let w = &mut s;
@@ -381,6 +498,7 @@ pub fn render(
             ),
         ));
     }
+    render_debug(w, costs, kept);
     let mut sorted = ready_ms.to_vec();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
@@ -407,6 +525,13 @@ pub fn render(
         w,
         "nstrace's CPU (user + system, from ready to exit) over the records it \
          wrote, JSON, churn workload, median round: **{cpu_per_record_us:.2} µs per record**.\n"
+    )
+    .ok();
+    writeln!(
+        w,
+        "The static build `cargo xtask dist` ships (musl libc: its own allocator and \
+         stdio) against this glibc build, alternating rounds of the same workload: \
+         musl **{musl_us:.2} µs**, glibc {alt_glibc_us:.2} µs per record.\n"
     )
     .ok();
     verdicts.push(super::verdict(

@@ -86,6 +86,9 @@ type Table = (&'static str, u64, Vec<(Mode, Sample)>);
 
 struct Bins {
     nstrace: PathBuf,
+    /// nstrace with the kernel diagnostics compiled out (the baseline of
+    /// what `--debug` costs when off).
+    nstrace_bare: PathBuf,
     nsload: PathBuf,
 }
 
@@ -101,8 +104,21 @@ pub fn run(opts: &Opts) -> Result<()> {
         "nstrace-tests",
         "--bins",
     ]))?;
+    let bare_dir = workspace_root().join("target/bench-bare");
+    sh(Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "nstrace",
+            "--features",
+            "ebpf-without-diagnostics",
+            "--target-dir",
+        ])
+        .arg(&bare_dir))?;
     let target = workspace_root().join("target/release");
     let bins = Bins {
+        nstrace_bare: bare_dir.join("release/nstrace"),
         nstrace: target.join("nstrace"),
         nsload: target.join("nsload"),
     };
@@ -141,13 +157,23 @@ pub fn run(opts: &Opts) -> Result<()> {
         opts.forkexit,
         opts.churn,
     )?;
+    let kept = hotpath::kept_instructions(&bins)?;
     let ready = hotpath::start_to_ready(&bins, 5)?;
     eprintln!("bench: start to ready, ms: {ready:?}");
     let soak = hotpath::soak(&bins, 10_000, opts.soak)?;
     let churn_ns = &tables[0].2[1].1;
     let cpu_per_record = churn_ns.cpu / churn_ns.records.max(1) as f64 * 1e6;
     let peak = tables.iter().map(|t| t.2[1].1.rss_kib).max().unwrap_or(0);
-    let hot = hotpath::render(&costs, &ready, &soak, cpu_per_record, peak);
+    let static_per_record = static_cpu_per_record(&bins, &script, opts)?;
+    let hot = hotpath::render(
+        &costs,
+        &ready,
+        &soak,
+        cpu_per_record,
+        static_per_record,
+        peak,
+        &kept,
+    );
     let burst = run_burst(&bins, opts.burst)?;
     let decode_rate = decode_benchmark()?;
 
@@ -468,6 +494,48 @@ fn run_one(bins: &Bins, script: &Path, mode: Mode, name: &str, n: u64) -> Result
             })
         }
     }
+}
+
+/// User-space CPU per record of the static (musl) build that `cargo xtask
+/// dist` ships, beside the glibc build, alternating, churn workload: musl's
+/// allocator and stdio are not glibc's. Medians of `opts.rounds`: (glibc, musl).
+fn static_cpu_per_record(bins: &Bins, script: &Path, opts: &Opts) -> Result<(f64, f64)> {
+    sh(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "nstrace",
+        "--target",
+        crate::dist::TARGET,
+    ]))?;
+    let musl = Bins {
+        nstrace: workspace_root().join(format!("target/{}/release/nstrace", crate::dist::TARGET)),
+        nstrace_bare: bins.nstrace_bare.clone(),
+        nsload: bins.nsload.clone(),
+    };
+    let (mut glibc_us, mut musl_us) = (Vec::new(), Vec::new());
+    for round in 0..opts.rounds {
+        let order: [(&Bins, &mut Vec<f64>); 2] = if round % 2 == 0 {
+            [(bins, &mut glibc_us), (&musl, &mut musl_us)]
+        } else {
+            [(&musl, &mut musl_us), (bins, &mut glibc_us)]
+        };
+        for (b, into) in order {
+            let s = run_one(b, script, Mode::Nstrace, "churn", opts.churn)?;
+            into.push(s.cpu / s.records.max(1) as f64 * 1e6);
+        }
+        eprintln!(
+            "bench: per record round {}: glibc {:.2} µs, musl {:.2} µs",
+            round + 1,
+            glibc_us[round],
+            musl_us[round]
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(&mut glibc_us), median(&mut musl_us)))
 }
 
 /// From nstrace's closing line "nstrace: N records (M kernel events), L lost".
