@@ -247,6 +247,7 @@ pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
     if flags & CLONE_NEW_MASK != 0 {
         enter(Syscall::Unshare, flags, -1);
     }
+    diag::flush();
     0
 }
 
@@ -255,6 +256,7 @@ pub fn sys_enter_setns(ctx: TracePointContext) -> u32 {
     let fd: u64 = field(&ctx, ARG0);
     let nstype: u64 = field(&ctx, ARG1);
     enter(Syscall::Setns, nstype as u32 as u64, fd as i32);
+    diag::flush();
     0
 }
 
@@ -264,6 +266,7 @@ pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
     if flags & CLONE_NEW_MASK != 0 {
         enter(Syscall::Clone, flags, -1);
     }
+    diag::flush();
     0
 }
 
@@ -282,6 +285,7 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     if flags & CLONE_NEW_MASK != 0 {
         enter(Syscall::Clone3, flags, -1);
     }
+    diag::flush();
     0
 }
 
@@ -365,6 +369,7 @@ fn exit(ctx: &TracePointContext) {
 #[tracepoint]
 pub fn sys_exit_ns(ctx: TracePointContext) -> u32 {
     exit(&ctx);
+    diag::flush();
     0
 }
 
@@ -375,6 +380,13 @@ pub fn sys_exit_ns(ctx: TracePointContext) -> u32 {
 /// parent, after the child got its namespaces and before it first runs.
 #[raw_tracepoint(tracepoint = "task_newtask")]
 pub fn task_newtask(ctx: RawTracePointContext) -> i32 {
+    new_task(&ctx);
+    diag::flush();
+    0
+}
+
+#[inline(always)]
+fn new_task(ctx: &RawTracePointContext) {
     let child: *const u8 = ctx.arg::<u64>(0) as *const u8;
     let clone_flags: u64 = ctx.arg::<u64>(1);
     if following() && FOLLOW.get_ptr(current_tgid()).is_some() {
@@ -386,7 +398,7 @@ pub fn task_newtask(ctx: RawTracePointContext) -> i32 {
     if clone_flags & CLONE_NEW_MASK != 0 {
         if let Some(p) = PENDING.get_ptr_mut(current_tid()) {
             clone_created(p, child);
-            return 0;
+            return;
         }
     }
     // Any fork or new thread: one more member wherever the child is.
@@ -398,7 +410,6 @@ pub fn task_newtask(ctx: RawTracePointContext) -> i32 {
             adjust(k, inums[k], 1);
         }
     }
-    0
 }
 
 /// A clone/clone3 with `CLONE_NEW*` flags made `child`.
@@ -424,14 +435,16 @@ fn clone_created(p: *mut Pending, child: *const u8) {
         }
         entry.submit(0);
     } else {
-        let mut set = NsSet {
-            inum: [0; NS_KINDS],
-            id: [0; NS_KINDS],
-        };
-        let mut ptrs = [0u64; NS_KINDS];
-        unsafe { task::ns_ptrs(child, &mut ptrs) };
-        unsafe { task::watchable_inums(&ptrs, &mut set.inum) };
-        count_child(flags, &set, &ptrs);
+        // The pending entry's spare arrays again: a set and its pointers on
+        // the stack put task_newtask's frame past 6.1's limit once a callee
+        // needs a frame of its own (the `--debug` object's).
+        unsafe {
+            let (set, ptrs) = (&mut (*p).after, &mut (*p).after_ptrs);
+            set.inum = [0; NS_KINDS];
+            task::ns_ptrs(child, ptrs);
+            task::watchable_inums(ptrs, &mut set.inum);
+            count_child(flags, set, ptrs);
+        }
         lost(EventKind::Clone);
     }
     track(tid, task::current());
@@ -454,6 +467,13 @@ fn count_child(flags: u64, set: &NsSet, ptrs: &[u64; NS_KINDS]) {
 /// Runs before the kernel drops the task's namespaces (`exit_task_namespaces`).
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    process_exit();
+    diag::flush();
+    0
+}
+
+#[inline(always)]
+fn process_exit() {
     let tid = current_tid();
     forget_followed(tid);
     let task = task::current();
@@ -461,7 +481,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     // exits on a machine end here, after three reads and no map.
     let mut ptrs = [0u64; NS_KINDS];
     if !unsafe { task::ns_ptrs_unless_initial(task, &mut ptrs) } {
-        return 0;
+        return;
     }
     let tracked = unsafe { TRACKED.get(tid) }.is_some();
     if tracked {
@@ -475,7 +495,6 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if tracked || emptied != 0 || reaper {
         emit_process(EventKind::Exit, emptied, reaper as u32);
     }
-    0
 }
 
 /// An exiting task leaves each of its watchable namespaces (`inums`, 0 for
@@ -642,6 +661,7 @@ macro_rules! free_slots {
         #[fentry]
         pub fn $name(ctx: FEntryContext) -> i32 {
             ns_freed(&ctx, $slot);
+            diag::flush();
             0
         }
     )*};

@@ -41,8 +41,8 @@ unsafe fn read_field_into<T>(dst: *mut T, base: *const u8, offset: u32) {
     }
 }
 
-/// The helper's result goes only to `--debug` diagnostics, whose check the
-/// verifier removes when they are off.
+/// The helper's result goes only to `--debug` diagnostics (nothing in the
+/// object built without them).
 #[inline(always)]
 unsafe fn read_into<T>(dst: *mut T, base: *const u8, offset: u32) {
     let len = size_of::<T>() as u32;
@@ -152,24 +152,10 @@ pub fn watchable_mask(ns: u64) -> u64 {
 /// `task`'s nsproxy and the user namespace of its credentials.
 #[inline(always)]
 unsafe fn roots(task: *const u8) -> (*const u8, u64) {
-    let nsproxy = unsafe { read_quiet(task, off!(task_nsproxy)) };
-    let cred = unsafe { read_quiet(task, off!(task_real_cred)) };
-    (nsproxy, unsafe { read_quiet(cred, off!(cred_user_ns)) }
+    let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
+    let cred = unsafe { read_ptr(task, off!(task_real_cred)) };
+    (nsproxy, unsafe { read_ptr(cred, off!(cred_user_ns)) }
         as u64)
-}
-
-/// A pointer read without `--debug` diagnostics, for [`roots`] alone: every
-/// fork and exit on the machine reads these three and most leave right
-/// after, so even the one load the diagnostics leave when off is not spent
-/// there. A wrong offset here still shows, in the reads that follow it.
-#[inline(always)]
-unsafe fn read_quiet(base: *const u8, offset: u32) -> *const u8 {
-    let mut v = 0u64;
-    if offset != NO_FIELD {
-        let src = base.wrapping_add(offset as usize);
-        unsafe { gen::bpf_probe_read_kernel((&raw mut v).cast(), 8, src.cast()) };
-    }
-    v as *const u8
 }
 
 /// Pointers to `task`'s namespace structs, per kind: from the nsproxy (pid

@@ -60,8 +60,9 @@ pub struct Cli {
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Print the kernel side's diagnostics on stderr: why a kernel read or a
-    /// map update failed, and records dropped for a full ring. Off by
-    /// default; when off, the kernel's verifier removes the checks.
+    /// map update failed, and records dropped for a full ring. Loads a build
+    /// of the kernel programs with the diagnostics compiled in (slower to
+    /// start); without it they are not in the programs at all.
     #[arg(long)]
     pub debug: bool,
 

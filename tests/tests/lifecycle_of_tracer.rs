@@ -42,8 +42,8 @@ fn ctrl_c_detaches_everything_and_exits_zero() {
     }
 }
 
-/// `--debug` loads on every kernel of the matrix (the verifier walks the
-/// diagnostics' code only then), traces as without it, stops clean, and in
+/// `--debug` loads on every kernel of the matrix (it is a second eBPF object,
+/// the diagnostics compiled in), traces as without it, stops clean, and in
 /// namespace work touching every kernel read nstrace makes, the kernel side
 /// reports no failed read and no failed map update: the offsets nstrace
 /// computed for this kernel all read.
@@ -64,8 +64,19 @@ fn debug_loads_and_no_kernel_read_fails() {
     // Its exit: the member-count and exit reads.
     drop(g);
     tracer.wait_for(1, |r| r["event"] == "exit" || is(r, "destroy", "uts", uts));
+    // And one failure the kernel itself answers for, so that the silence
+    // above is known to come from a working log path: clone3 with arguments
+    // at an unmapped address fails with EFAULT and creates nothing.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, 4096usize, 88usize) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!((ret, errno), (-1, Some(libc::EFAULT)));
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let (status, stderr) = tracer.stop();
     assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("nstrace: kernel: debug: clone3 arguments at 0x1000 unreadable: EFAULT"),
+        "{stderr}"
+    );
     assert!(
         !stderr.contains("nstrace: kernel: warn"),
         "a kernel read or map update failed: {stderr}"

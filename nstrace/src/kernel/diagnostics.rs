@@ -36,6 +36,9 @@ impl Log for KernelLog {
         *n += 1;
         if *n <= SHOWN_PER_SITE {
             let msg = name_errnos(&record.args().to_string());
+            // The kernel side counts further failures of one program run
+            // (it reports the first); none is not worth saying.
+            let msg = msg.replace(" (0 more in the same program run)", "");
             let mut err = std::io::stderr().lock();
             let level = record.level().as_str().to_ascii_lowercase();
             let _ = write!(err, "nstrace: kernel: {level}: {msg}");

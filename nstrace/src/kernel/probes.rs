@@ -38,6 +38,10 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[("task_newtask", "task_newtask")];
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nstrace"));
+/// The same programs with the kernel-side diagnostics compiled in, for
+/// `--debug` only (see build.rs).
+static DEBUG_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/debug/nstrace"));
 
 pub struct Probes {
     // Owns the programs and their links: dropping it detaches everything.
@@ -124,12 +128,6 @@ impl Probes {
         raise_memlock();
         let targets = free_targets(layout);
         let following = u32::from(follow);
-        // 0 turns every kernel log call off (the verifier drops them).
-        let log_level: u8 = if debug {
-            aya_log::Level::Debug as u8
-        } else {
-            0
-        };
         let mut loader = loader
             .join()
             .map_err(|_| anyhow::anyhow!("reading the kernel's BTF failed"))?;
@@ -140,9 +138,8 @@ impl Probes {
             .override_global("OFFSETS", &layout.offsets, true)
             .override_global("FREE_TARGETS", &targets, true)
             .override_global("FOLLOWING", &following, true)
-            .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries("EVENTS", ring_bytes)
-            .load(OBJECT)
+            .load(if debug { DEBUG_OBJECT } else { OBJECT })
             .map_err(|e| load_error(e.into()))?;
         drop(loader);
         Self::release_freed_memory();
@@ -490,6 +487,15 @@ fn raise_memlock() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Diagnostics off cost nothing because the object loaded without
+    /// `--debug` has none: no aya-log map, no log level to check.
+    #[test]
+    fn only_the_debug_object_carries_diagnostics() {
+        let has = |obj: &[u8], what: &[u8]| obj.windows(what.len()).any(|w| w == what);
+        assert!(!has(OBJECT, b"AYA_LOG"));
+        assert!(has(DEBUG_OBJECT, b"AYA_LOGS"));
+    }
 
     #[test]
     fn recursion_misses_are_read_from_fdinfo() {

@@ -86,9 +86,6 @@ type Table = (&'static str, u64, Vec<(Mode, Sample)>);
 
 struct Bins {
     nstrace: PathBuf,
-    /// nstrace with the kernel diagnostics compiled out (the baseline of
-    /// what `--debug` costs when off).
-    nstrace_bare: PathBuf,
     nsload: PathBuf,
 }
 
@@ -104,21 +101,8 @@ pub fn run(opts: &Opts) -> Result<()> {
         "nstrace-tests",
         "--bins",
     ]))?;
-    let bare_dir = workspace_root().join("target/bench-bare");
-    sh(Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "nstrace",
-            "--features",
-            "ebpf-without-diagnostics",
-            "--target-dir",
-        ])
-        .arg(&bare_dir))?;
     let target = workspace_root().join("target/release");
     let bins = Bins {
-        nstrace_bare: bare_dir.join("release/nstrace"),
         nstrace: target.join("nstrace"),
         nsload: target.join("nsload"),
     };
@@ -158,8 +142,10 @@ pub fn run(opts: &Opts) -> Result<()> {
         opts.churn,
     )?;
     let kept = hotpath::kept_instructions(&bins)?;
-    let ready = hotpath::start_to_ready(&bins, 5)?;
+    let ready = hotpath::start_to_ready(&bins, 5, false)?;
     eprintln!("bench: start to ready, ms: {ready:?}");
+    let debug_ready = hotpath::start_to_ready(&bins, 5, true)?;
+    eprintln!("bench: start to ready with --debug, ms: {debug_ready:?}");
     let soak = hotpath::soak(&bins, 10_000, opts.soak)?;
     let churn_ns = &tables[0].2[1].1;
     let cpu_per_record = churn_ns.cpu / churn_ns.records.max(1) as f64 * 1e6;
@@ -167,7 +153,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     let static_per_record = static_cpu_per_record(&bins, &script, opts)?;
     let hot = hotpath::render(
         &costs,
-        &ready,
+        (&ready, &debug_ready),
         &soak,
         cpu_per_record,
         static_per_record,
@@ -510,7 +496,6 @@ fn static_cpu_per_record(bins: &Bins, script: &Path, opts: &Opts) -> Result<(f64
     ]))?;
     let musl = Bins {
         nstrace: workspace_root().join(format!("target/{}/release/nstrace", crate::dist::TARGET)),
-        nstrace_bare: bins.nstrace_bare.clone(),
         nsload: bins.nsload.clone(),
     };
     let (mut glibc_us, mut musl_us) = (Vec::new(), Vec::new());
