@@ -66,6 +66,12 @@ pub struct Cli {
     #[arg(long)]
     pub debug: bool,
 
+    /// Also write JSON Lines to FILE (every record, whatever the filters,
+    /// between a `start` and a `stop` line) while stdout keeps the timeline;
+    /// `nstrace report FILE` sums it up later, anywhere.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+
     /// How namespace ends are detected. `fentry`: the kernel's own free path
     /// is hooked (exact). `tracepoint`: member tasks are counted in the kernel
     /// and an end is reported when the last one leaves and nothing pins the
@@ -169,6 +175,16 @@ pub enum Command {
         /// Print trees: user namespaces with what they own, and PID namespace nesting.
         #[arg(long, conflicts_with = "json")]
         tree: bool,
+    },
+    /// Sum up a saved trace offline (written by `--output FILE` or `--json >
+    /// FILE`): the closing summary the live run printed.
+    Report {
+        /// The JSON Lines trace.
+        #[arg(value_name = "FILE.jsonl")]
+        file: std::path::PathBuf,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -7,7 +7,7 @@
 //! - [`procfs`] reads namespaces from /proc; [`registry`] keeps what is alive;
 //!   [`ends`] decides when a namespace is pinned or gone (fentry, nsfs
 //!   handles, or inference, side by side);
-//! - [`listing`] is `nstrace ls`; [`generate`] writes the man page and completions; [`summary`] is the closing summary;
+//! - [`listing`] is `nstrace ls`; [`report`] is `nstrace report` (a saved trace, offline); [`generate`] writes the man page and completions; [`summary`] is the closing summary;
 //! - [`output`] prints records, one layer per format;
 //! - [`session`] ties them together until Ctrl-C.
 
@@ -26,6 +26,7 @@ pub mod output;
 pub mod procfs;
 pub mod record;
 pub mod registry;
+pub mod report;
 pub mod session;
 pub mod summary;
 pub mod time;

@@ -139,6 +139,17 @@ pub enum EndCause {
 }
 
 impl EndCause {
+    pub const ALL: [EndCause; 4] = [
+        EndCause::LastMemberLeft,
+        EndCause::PinReleased,
+        EndCause::KernelFreed,
+        EndCause::InodeReused,
+    ];
+
+    pub fn from_name(name: &str) -> Option<EndCause> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             EndCause::LastMemberLeft => "last-member-left",
@@ -161,6 +172,12 @@ pub enum EndMethod {
 }
 
 impl EndMethod {
+    pub const ALL: [EndMethod; 3] = [EndMethod::Fentry, EndMethod::NsfsHandle, EndMethod::Inference];
+
+    pub fn from_name(name: &str) -> Option<EndMethod> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             EndMethod::Fentry => "fentry",
@@ -188,6 +205,12 @@ pub enum Syscall {
 }
 
 impl Syscall {
+    pub const ALL: [Syscall; 4] = [Syscall::Clone, Syscall::Clone3, Syscall::Unshare, Syscall::Setns];
+
+    pub fn from_name(name: &str) -> Option<Syscall> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Syscall::Clone => "clone",
@@ -268,4 +291,26 @@ pub struct Record {
     /// The actor (or, for pinned/destroy, the namespace's creator) descends
     /// from a followed process (`--pid`, command mode).
     pub followed: bool,
+}
+
+/// The first line of a JSON trace: when and where tracing began, and the
+/// namespaces alive then (what a saved trace needs to be summed up later).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Start {
+    pub time_ns: i128,
+    pub kernel: String,
+    /// How ends are decided (the start-up line's words).
+    pub ends: String,
+    /// (kind, inode, ns_id) of every namespace alive at start.
+    pub alive: Vec<(NsKind, u32, Option<u64>)>,
+}
+
+/// The last line of a JSON trace: when tracing stopped, and what it wrote
+/// and lost (the closing line's numbers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stop {
+    pub time_ns: i128,
+    pub records: u64,
+    pub kernel_events: u64,
+    pub lost: u64,
 }

@@ -109,6 +109,41 @@ impl Registry {
         reg
     }
 
+    /// Seeds the registry with the namespaces a saved trace says were alive
+    /// at its start (`nstrace report`).
+    pub fn from_start(alive: &[(NsKind, u32, Option<u64>)]) -> Self {
+        let mut reg = Registry::default();
+        for &(kind, inode, ns_id) in alive {
+            let mut e = Entry::new(kind, inode);
+            e.preexisting = true;
+            e.ns_id = ns_id;
+            reg.alive.insert((kind, inode), e);
+        }
+        reg
+    }
+
+    /// Learns from a record of a saved trace as the live session did when
+    /// it wrote it: creates and joins observed, pins and ends applied.
+    pub fn replay(&mut self, r: &mut Record) {
+        let key = r.kind.zip(r.inode);
+        match (r.event, key) {
+            (EventType::Create | EventType::Join, _) => {
+                self.observe(r);
+            }
+            (EventType::Pinned, Some(key)) => {
+                self.pin(key, r.pinned_by.clone(), r.time_ns);
+            }
+            (EventType::Destroy, Some(key)) => {
+                let cause = r.end.unwrap_or(EndCause::LastMemberLeft);
+                if let Some(e) = self.alive.get_mut(&key) {
+                    e.init_exited = r.init_pid;
+                }
+                self.end(key, cause, r.time_ns, r.actor.clone());
+            }
+            _ => {}
+        }
+    }
+
     pub fn get(&self, key: NsKey) -> Option<&Entry> {
         self.alive.get(&key)
     }

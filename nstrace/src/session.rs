@@ -25,7 +25,7 @@ use crate::{
     listing,
     output::{self, Sink},
     procfs::{self, NsKey},
-    record::{EventType, NsKind},
+    record::{EventType, NsKind, Start, Stop},
     registry::Registry,
     summary,
     time::Clock,
@@ -44,6 +44,7 @@ pub struct Totals {
 pub async fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Some(Command::Ls { json, tree }) => ls(*json, *tree).map(|()| 0),
+        Some(Command::Report { file, json }) => crate::report::run(file, *json).map(|()| 0),
         None => trace(cli).await,
     }
 }
@@ -67,6 +68,9 @@ fn ls(json: bool, tree: bool) -> Result<()> {
 struct Tracer<'a> {
     clock: Clock,
     sink: Box<dyn Sink + 'a>,
+    /// `--output FILE`: every record, unfiltered, as JSON Lines.
+    saved: Option<Box<dyn Sink + 'a>>,
+    saved_records: u64,
     probes: Probes,
     registry: Registry,
     ends: Ends,
@@ -132,7 +136,7 @@ impl Tracer<'_> {
             let each = (8 + std::mem::size_of::<nstrace_common::Event>()).next_multiple_of(8);
             m.ring_backlog(read * each as u64);
         }
-        self.sink.flush()?;
+        self.flush()?;
         Ok(more)
     }
 
@@ -154,7 +158,7 @@ impl Tracer<'_> {
         for r in self.ends.apply(verdicts, now, &mut self.registry) {
             self.emit(&r)?;
         }
-        self.sink.flush()?;
+        self.flush()?;
         Ok(more)
     }
 
@@ -187,8 +191,11 @@ impl Tracer<'_> {
         if !io::stdout().is_terminal() {
             eprintln!("nstrace: warning: {}", output::text::loss_summary(&loss));
         }
+        if let Some(f) = &mut self.saved {
+            f.lost(&loss)?;
+        }
         self.sink.lost(&loss)?;
-        self.sink.flush()
+        self.flush()
     }
 
     fn handle(&mut self, d: decode::Decoded) -> io::Result<()> {
@@ -239,9 +246,20 @@ impl Tracer<'_> {
         Ok(())
     }
 
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(f) = &mut self.saved {
+            f.flush()?;
+        }
+        self.sink.flush()
+    }
+
     fn emit(&mut self, r: &crate::record::Record) -> io::Result<()> {
         if let Some(m) = &mut self.metrics {
             m.record(r);
+        }
+        if let Some(f) = &mut self.saved {
+            f.record(r)?;
+            self.saved_records += 1;
         }
         if !self.filter.matches(r) {
             return Ok(());
@@ -372,6 +390,19 @@ async fn trace(cli: &Cli) -> Result<i32> {
         None => (None, None),
     };
 
+    let saved: Option<Box<dyn Sink>> = match &cli.output {
+        Some(path) => {
+            let f = std::fs::File::create(path).map_err(|e| {
+                hinted(
+                    format!("cannot write {}: {e}", path.display()),
+                    "give --output a path in a writable directory",
+                )
+            })?;
+            Some(output::sink(true, false, io::BufWriter::new(f)))
+        }
+        None => None,
+    };
+
     let metrics = match cli.metrics {
         Some(addr) => Some(output::metrics::Metrics::serve(addr, ring).await?),
         None => None,
@@ -434,6 +465,24 @@ async fn trace(cli: &Cli) -> Result<i32> {
     }
 
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let start = Start {
+        time_ns: Clock::now_unix_ns(),
+        kernel: host.kernel_release.clone(),
+        ends: match ends.method() {
+            Method::Fentry => "fentry",
+            Method::Handles(_) => "nsfs-handle",
+            Method::Inference => "inference",
+        }
+        .to_string(),
+        alive: {
+            let mut v: Vec<_> = registry
+                .alive()
+                .map(|e| (e.kind, e.inode, e.ns_id))
+                .collect();
+            v.sort();
+            v
+        },
+    };
 
     let stdout = io::stdout();
     let mut t = Tracer {
@@ -446,6 +495,8 @@ async fn trace(cli: &Cli) -> Result<i32> {
             ),
             io::BufWriter::new(stdout.lock()),
         ),
+        saved,
+        saved_records: 0,
         probes,
         registry,
         ends,
@@ -463,6 +514,11 @@ async fn trace(cli: &Cli) -> Result<i32> {
         held: None,
         metrics,
     };
+    if let Some(f) = &mut t.saved {
+        f.start(&start)?;
+    }
+    t.sink.start(&start)?;
+    t.flush()?;
     // A scrape right after start sees the gauges, not an empty page.
     if let Some(m) = &mut t.metrics {
         m.refresh(&t.registry, t.clock.now_as_event_ns());
@@ -558,14 +614,33 @@ async fn trace(cli: &Cli) -> Result<i32> {
     }
     drop(diagnostics);
     drop(events);
+    // One end time for the stop line and the summary: `report` on the
+    // saved trace then prints the same ages.
+    let end_ns = Clock::now_unix_ns();
+    let stop = |records| Stop {
+        time_ns: end_ns,
+        records,
+        kernel_events: t.totals.events,
+        lost: losses.records,
+    };
+    let (to_stdout, to_file) = (stop(t.totals.records), stop(t.saved_records));
+    if let Some(f) = &mut t.saved {
+        f.stop(&to_file)?;
+        f.flush()?;
+    }
+    if !output_closed {
+        let _ = t.sink.stop(&to_stdout).and_then(|()| t.sink.flush());
+    }
     let Tracer {
         sink,
+        saved,
         probes,
         registry,
         totals,
         ..
     } = t;
     drop(sink);
+    drop(saved);
     // Detaches and unloads every program.
     drop(probes);
     if !cli.quiet {
@@ -596,7 +671,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         if let Some(note) = kernel_log.and_then(|l| l.summary()) {
             eprintln!("{note}");
         }
-        eprint!("{}", summary::render(&registry, Clock::now_unix_ns()));
+        eprint!("{}", summary::render(&registry, end_ns));
     }
     Ok(exit_code)
 }

@@ -79,6 +79,83 @@ pub fn render(reg: &Registry, now_ns: i128) -> String {
     s
 }
 
+/// The closing line and summary of a saved trace, as the live run printed
+/// them (`nstrace report`), with a note where the trace was cut short.
+pub fn closing(saved: &crate::report::Saved) -> String {
+    let mut s = String::new();
+    match saved.stop {
+        Some(st) => {
+            let _ = writeln!(
+                s,
+                "nstrace: {} records ({} kernel events), {} lost",
+                st.records, st.kernel_events, st.lost
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "nstrace: {} records, {} lost (no stop line: the trace was cut short; summed up to its last record)",
+                saved.records, saved.lost
+            );
+        }
+    }
+    if saved.start.is_none() {
+        let _ = writeln!(
+            s,
+            "nstrace: no start line: namespaces alive before the trace are not counted"
+        );
+    }
+    s.push_str(&render(&saved.registry, saved.end_ns()));
+    s
+}
+
+/// The summary as one JSON object (`nstrace report --json`).
+pub fn to_json(saved: &crate::report::Saved) -> serde_json::Value {
+    use serde_json::json;
+    let reg = &saved.registry;
+    let end = saved.end_ns();
+    let totals = reg.totals();
+    let kinds: serde_json::Map<String, serde_json::Value> = NsKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let t = totals.get(&kind).copied().unwrap_or_default();
+            let alive = reg.alive().filter(|e| e.kind == kind).count();
+            (
+                kind.name().to_string(),
+                json!({"created": t.created, "joined": t.joined, "destroyed": t.destroyed, "alive": alive}),
+            )
+        })
+        .collect();
+    let entry = |e: &Entry| {
+        json!({
+            "ns_type": e.kind.name(),
+            "ns_inode": e.inode,
+            "ns_id": e.ns_id,
+            "ns_created": e.born.as_ref().map(|b| json!({
+                "time": crate::time::rfc3339(b.time_ns),
+                "pid": b.pid,
+                "comm": b.comm,
+                "syscall": b.syscall.name(),
+            })),
+            "pinned_by": match &e.state {
+                State::Pinned(by) => json!(by),
+                State::Alive => serde_json::Value::Null,
+            },
+            "lifetime_ns": e.lifetime_ns().map(|l| l as i64),
+            "age_ns": e.born.as_ref().filter(|_| e.ended_ns.is_none()).map(|b| (end - b.time_ns) as i64),
+        })
+    };
+    json!({
+        "start": saved.start.as_ref().map(|s| crate::time::rfc3339(s.time_ns)),
+        "stop": saved.stop.map(|s| crate::time::rfc3339(s.time_ns)),
+        "records": saved.stop.map_or(saved.records, |s| s.records),
+        "lost": saved.stop.map_or(saved.lost, |s| s.lost),
+        "kinds": kinds,
+        "possible_leaks": reg.leaks().into_iter().map(entry).collect::<Vec<_>>(),
+        "longest_ended": reg.longest_ended().map(entry),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,6 +182,43 @@ pub fn rfc3339(unix_ns: i128) -> Stamp {
     s
 }
 
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`rfc3339`]: `2026-11-22T20:31:05.123456789Z` (UTC, a
+/// fraction of up to nine digits) in Unix nanoseconds; `None` if malformed.
+pub fn parse_rfc3339(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let frac = &s[19..s.len() - 1];
+    let nanos: i128 = match frac.strip_prefix('.') {
+        None if frac.is_empty() => 0,
+        Some(f) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|c| c.is_ascii_digit()) => {
+            f.parse::<i128>().ok()? * 10i128.pow(9 - f.len() as u32)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(i64::from(y), mo, d);
+    let secs = i128::from(days) * 86_400 + i128::from(h * 3600 + mi * 60 + sec);
+    Some(secs * 1_000_000_000 + nanos)
+}
+
 /// `20:31:05.123456` (UTC), for the text timeline.
 pub fn time_of_day(unix_ns: i128) -> Stamp {
     let (_, sod, nanos) = split(unix_ns);
@@ -216,6 +253,18 @@ mod tests {
             rfc3339(4_102_444_799 * 1_000_000_000 + 999_999_999),
             "2099-12-31T23:59:59.999999999Z"
         );
+    }
+
+    #[test]
+    fn rfc3339_parses_back() {
+        for ns in [0i128, 1_709_210_096_000_000_007, 1_795_000_000_123_456_789, 951_782_400_000_000_000] {
+            assert_eq!(parse_rfc3339(&rfc3339(ns)), Some(ns), "{}", rfc3339(ns));
+        }
+        assert_eq!(parse_rfc3339("2024-02-29T12:34:56Z"), Some(1_709_210_096_000_000_000));
+        assert_eq!(parse_rfc3339("2024-02-29T12:34:56.5Z"), Some(1_709_210_096_500_000_000));
+        assert_eq!(parse_rfc3339("2024-02-29 12:34:56Z"), None);
+        assert_eq!(parse_rfc3339("2024-13-29T12:34:56Z"), None);
+        assert_eq!(parse_rfc3339("nonsense"), None);
     }
 
     #[test]

@@ -9,8 +9,11 @@ use super::Sink;
 use crate::{
     container::Container,
     errno,
-    record::{EventType, Loss, NsKind, Record, flag_names},
-    time::rfc3339,
+    record::{
+        Actor, Birth, EndCause, EndMethod, EventType, Loss, NsKind, Record, Start, Stop, Syscall,
+        flag_names,
+    },
+    time::{parse_rfc3339, rfc3339},
 };
 
 pub struct JsonSink<W: Write> {
@@ -159,6 +162,154 @@ pub fn loss_to_json(l: &Loss) -> Value {
     })
 }
 
+/// The `start` line: `{"event": "start", "time", "kernel", "ends", "alive": [...]}`.
+pub fn start_to_json(st: &Start) -> Value {
+    let alive: Vec<Value> = st
+        .alive
+        .iter()
+        .map(|(k, i, id)| json!({"ns_type": k.name(), "ns_inode": i, "ns_id": id}))
+        .collect();
+    json!({
+        "time": rfc3339(st.time_ns),
+        "event": "start",
+        "kernel": st.kernel,
+        "ends": st.ends,
+        "alive": alive,
+    })
+}
+
+/// The `stop` line: `{"event": "stop", "time", "records", "kernel_events", "lost"}`.
+pub fn stop_to_json(st: &Stop) -> Value {
+    json!({
+        "time": rfc3339(st.time_ns),
+        "event": "stop",
+        "records": st.records,
+        "kernel_events": st.kernel_events,
+        "lost": st.lost,
+    })
+}
+
+/// One line of a saved trace, read back (`nstrace report`).
+#[derive(Debug)]
+pub enum Line {
+    Start(Start),
+    Record(Box<Record>),
+    /// A loss notice: kernel events dropped since the previous one.
+    Lost(u64),
+    Stop(Stop),
+}
+
+/// Reads one JSON line as nstrace wrote it; `Err` says what is wrong.
+pub fn parse_line(text: &str) -> Result<Line, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let time = |v: &Value| {
+        v["time"]
+            .as_str()
+            .and_then(parse_rfc3339)
+            .ok_or("no valid \"time\"")
+    };
+    let u64_of = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let event = v["event"].as_str().ok_or("no \"event\"")?;
+    Ok(match event {
+        "start" => Line::Start(Start {
+            time_ns: time(&v)?,
+            kernel: v["kernel"].as_str().unwrap_or_default().to_string(),
+            ends: v["ends"].as_str().unwrap_or_default().to_string(),
+            alive: v["alive"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| {
+                    Some((
+                        NsKind::from_name(n["ns_type"].as_str()?)?,
+                        u32::try_from(n["ns_inode"].as_u64()?).ok()?,
+                        n["ns_id"].as_u64(),
+                    ))
+                })
+                .collect(),
+        }),
+        "stop" => Line::Stop(Stop {
+            time_ns: time(&v)?,
+            records: u64_of(&v, "records"),
+            kernel_events: u64_of(&v, "kernel_events"),
+            lost: u64_of(&v, "lost"),
+        }),
+        "lost" => Line::Lost(u64_of(&v, "kernel_events")),
+        name => {
+            let event = EventType::from_name(name).ok_or_else(|| format!("unknown event {name:?}"))?;
+            Line::Record(Box::new(record_from_json(&v, event, time(&v)?)))
+        }
+    })
+}
+
+fn record_from_json(v: &Value, event: EventType, time_ns: i128) -> Record {
+    let u32_of = |v: &Value, k: &str| v[k].as_u64().and_then(|n| u32::try_from(n).ok());
+    let str_of = |v: &Value, k: &str| v[k].as_str().map(str::to_string);
+    let actor = u32_of(v, "pid").map(|pid| {
+        let uid = u32_of(v, "uid").unwrap_or(0);
+        Actor {
+            pid,
+            tid: u32_of(v, "tid").unwrap_or(pid),
+            ppid: u32_of(v, "ppid").unwrap_or(0),
+            comm: str_of(v, "comm").unwrap_or_default(),
+            vpid: u32_of(v, "vpid").unwrap_or(0),
+            uid,
+            euid: u32_of(v, "euid").unwrap_or(uid),
+            admin: !v["unprivileged"].as_bool().unwrap_or(false),
+            ..Actor::default()
+        }
+    });
+    let container = |c: &Value| {
+        Some(Container {
+            id: c["id"].as_str()?.to_string(),
+            runtime: crate::container::runtime_name(c["runtime"].as_str().unwrap_or("")),
+            name: str_of(c, "name"),
+            pod: str_of(c, "pod"),
+            namespace: str_of(c, "namespace"),
+        })
+    };
+    let born = &v["ns_created"];
+    Record {
+        time_ns,
+        event,
+        kind: v["ns_type"].as_str().and_then(NsKind::from_name),
+        inode: u32_of(v, "ns_inode"),
+        ns_id: v["ns_id"].as_u64(),
+        prev_inode: u32_of(v, "prev_inode"),
+        syscall: v["syscall"].as_str().and_then(Syscall::from_name),
+        flags: v["raw_flags"]
+            .as_str()
+            .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+            .unwrap_or(0),
+        actor,
+        child_pid: u32_of(v, "child_pid"),
+        fd: v["fd"].as_i64().and_then(|n| i32::try_from(n).ok()),
+        errno: v["errno_num"].as_i64().and_then(|n| i32::try_from(n).ok()),
+        owner_inode: u32_of(v, "owner_user_ns"),
+        parent_inode: u32_of(v, "parent_pid_ns"),
+        born: (|| {
+            Some(Birth {
+                time_ns: parse_rfc3339(born["time"].as_str()?)?,
+                pid: u32_of(born, "pid")?,
+                comm: str_of(born, "comm")?,
+                syscall: Syscall::from_name(born["syscall"].as_str()?)?,
+            })
+        })(),
+        end: v["end"].as_str().and_then(EndCause::from_name),
+        end_by: v["end_by"].as_str().and_then(EndMethod::from_name),
+        init_pid: u32_of(v, "init_pid"),
+        pinned_by: v["pinned_by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect(),
+        container: container(&v["container"]),
+        ns_container: container(&v["ns_container"]),
+        followed: false,
+    }
+}
+
 impl<W: Write> Sink for JsonSink<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, &RecordJson(r))?;
@@ -167,6 +318,16 @@ impl<W: Write> Sink for JsonSink<W> {
 
     fn lost(&mut self, l: &Loss) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, &loss_to_json(l))?;
+        self.out.write_all(b"\n")
+    }
+
+    fn start(&mut self, st: &Start) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &start_to_json(st))?;
+        self.out.write_all(b"\n")
+    }
+
+    fn stop(&mut self, st: &Stop) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &stop_to_json(st))?;
         self.out.write_all(b"\n")
     }
 
@@ -205,6 +366,69 @@ mod tests {
             }),
             ..Record::default()
         }
+    }
+
+    #[test]
+    fn records_read_back_as_written() {
+        let mut r = record();
+        r.container = Some(Container {
+            id: "abc".into(),
+            runtime: "docker",
+            name: Some("web".into()),
+            pod: None,
+            namespace: None,
+        });
+        r.owner_inode = Some(4026531837);
+        let back = match parse_line(&to_json(&r).to_string()).unwrap() {
+            Line::Record(b) => *b,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(back, r);
+        let d = Record {
+            time_ns: 3_000,
+            event: EventType::Destroy,
+            kind: Some(NsKind::Pid),
+            inode: Some(7),
+            end: Some(crate::record::EndCause::PinReleased),
+            end_by: Some(crate::record::EndMethod::NsfsHandle),
+            born: Some(Birth {
+                time_ns: 1_000,
+                pid: 5,
+                comm: "unshare".into(),
+                syscall: Syscall::Unshare,
+            }),
+            ..Record::default()
+        };
+        match parse_line(&to_json(&d).to_string()).unwrap() {
+            Line::Record(b) => assert_eq!(*b, d),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn start_and_stop_read_back() {
+        let st = Start {
+            time_ns: 5_000_000_001,
+            kernel: "6.18.0".into(),
+            ends: "fentry".into(),
+            alive: vec![(NsKind::Net, 4026531840, Some(1)), (NsKind::Uts, 4026531838, None)],
+        };
+        match parse_line(&start_to_json(&st).to_string()).unwrap() {
+            Line::Start(back) => assert_eq!(back, st),
+            other => panic!("{other:?}"),
+        }
+        let sp = Stop {
+            time_ns: 9_000_000_000,
+            records: 3,
+            kernel_events: 4,
+            lost: 1,
+        };
+        match parse_line(&stop_to_json(&sp).to_string()).unwrap() {
+            Line::Stop(back) => assert_eq!(back, sp),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_line("{").is_err());
+        assert!(parse_line(r#"{"event":"born","time":"2024-02-29T12:34:56Z"}"#).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod text;
 
 use std::io::{self, Write};
 
-use crate::record::{Loss, Record};
+use crate::record::{Loss, Record, Start, Stop};
 
 /// A destination for records. Callers `flush` after each batch so a pipe
 /// (`| jq`) sees records as they happen.
@@ -14,6 +14,15 @@ pub trait Sink {
     fn record(&mut self, r: &Record) -> io::Result<()>;
     /// A gap in the stream: records the kernel side could not deliver.
     fn lost(&mut self, l: &Loss) -> io::Result<()>;
+    /// Where the stream begins (JSON writes it; the timeline has its
+    /// start-up line on stderr instead).
+    fn start(&mut self, _st: &Start) -> io::Result<()> {
+        Ok(())
+    }
+    /// Where the stream ends.
+    fn stop(&mut self, _st: &Stop) -> io::Result<()> {
+        Ok(())
+    }
     fn flush(&mut self) -> io::Result<()>;
 }
 
