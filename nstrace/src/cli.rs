@@ -72,6 +72,18 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
 
+    /// When tracing stops, write the namespaces' lifetimes as a Perfetto
+    /// trace to FILE (open it in ui.perfetto.dev). Draws the records shown
+    /// (the filters apply); keeps one lane per namespace in memory until
+    /// then.
+    #[arg(long, value_name = "FILE")]
+    pub perfetto: Option<std::path::PathBuf>,
+
+    /// When tracing stops, write the namespaces' lifetimes as one
+    /// self-contained HTML page to FILE (zoom, hover; no network needed).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+
     /// How namespace ends are detected. `fentry`: the kernel's own free path
     /// is hooked (exact). `tracepoint`: member tasks are counted in the kernel
     /// and an end is reported when the last one leaves and nothing pins the
@@ -185,6 +197,13 @@ pub enum Command {
         /// Print the summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Also write the trace's namespace lifetimes as a Perfetto trace
+        /// (open it in ui.perfetto.dev).
+        #[arg(long, value_name = "OUT")]
+        perfetto: Option<std::path::PathBuf>,
+        /// Also write them as one self-contained HTML page.
+        #[arg(long, value_name = "OUT")]
+        html: Option<std::path::PathBuf>,
     },
 }
 

@@ -8,7 +8,8 @@
 //!   [`ends`] decides when a namespace is pinned or gone (fentry, nsfs
 //!   handles, or inference, side by side);
 //! - [`listing`] is `nstrace ls`; [`report`] is `nstrace report` (a saved trace, offline); [`generate`] writes the man page and completions; [`summary`] is the closing summary;
-//! - [`output`] prints records, one layer per format;
+//! - [`output`] prints records, one layer per format; [`timeline`] is the
+//!   lanes model its pictures (Perfetto, HTML) draw;
 //! - [`session`] ties them together until Ctrl-C.
 
 pub mod cli;
@@ -30,3 +31,4 @@ pub mod report;
 pub mod session;
 pub mod summary;
 pub mod time;
+pub mod timeline;

@@ -12,9 +12,11 @@ use anyhow::Result;
 use crate::{
     error::hinted,
     output::json::{Line, parse_line},
+    output::Pictures,
     record::{Start, Stop},
     registry::Registry,
     summary,
+    timeline::Timeline,
 };
 
 /// What a saved trace holds, read back.
@@ -28,6 +30,7 @@ pub struct Saved {
     pub lost: u64,
     /// The last record's time: the end, when there is no stop line.
     pub last_ns: i128,
+    pub timeline: Timeline,
 }
 
 impl Saved {
@@ -50,6 +53,7 @@ pub fn read(path: &Path) -> Result<Saved> {
         records: 0,
         lost: 0,
         last_ns: 0,
+        timeline: Timeline::default(),
     };
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| hinted(format!("reading {}: {e}", path.display()), HINT))?;
@@ -61,23 +65,33 @@ pub fn read(path: &Path) -> Result<Saved> {
         match parsed {
             Line::Start(st) => {
                 saved.registry = Registry::from_start(&st.alive);
+                saved.timeline.start(&st);
                 saved.start = Some(st);
             }
             Line::Record(mut r) => {
                 saved.records += 1;
                 saved.last_ns = saved.last_ns.max(r.time_ns);
+                saved.timeline.record(&r);
                 saved.registry.replay(&mut r);
             }
             Line::Lost(n) => saved.lost += n,
-            Line::Stop(st) => saved.stop = Some(st),
+            Line::Stop(st) => {
+                saved.timeline.stop(&st);
+                saved.stop = Some(st);
+            }
         }
     }
     Ok(saved)
 }
 
-/// Prints the closing summary of the trace at `path` (`json`: as one object).
-pub fn run(path: &Path, json: bool) -> Result<()> {
+/// Prints the closing summary of the trace at `path` (`json`: as one
+/// object), and draws the pictures asked for.
+pub fn run(path: &Path, json: bool, perfetto: Option<&Path>, html: Option<&Path>) -> Result<()> {
+    let pictures = Pictures::create(perfetto, html)?;
     let saved = read(path)?;
+    if let Some(p) = pictures {
+        p.write(&saved.timeline)?;
+    }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if json {

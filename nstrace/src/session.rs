@@ -44,7 +44,12 @@ pub struct Totals {
 pub async fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Some(Command::Ls { json, tree }) => ls(*json, *tree).map(|()| 0),
-        Some(Command::Report { file, json }) => crate::report::run(file, *json).map(|()| 0),
+        Some(Command::Report {
+            file,
+            json,
+            perfetto,
+            html,
+        }) => crate::report::run(file, *json, perfetto.as_deref(), html.as_deref()).map(|()| 0),
         None => trace(cli).await,
     }
 }
@@ -71,6 +76,8 @@ struct Tracer<'a> {
     /// `--output FILE`: every record, unfiltered, as JSON Lines.
     saved: Option<Box<dyn Sink + 'a>>,
     saved_records: u64,
+    /// `--perfetto`/`--html`: the lanes drawn when tracing stops.
+    timeline: Option<crate::timeline::Timeline>,
     probes: Probes,
     registry: Registry,
     ends: Ends,
@@ -265,6 +272,9 @@ impl Tracer<'_> {
             return Ok(());
         }
         self.totals.records += 1;
+        if let Some(t) = &mut self.timeline {
+            t.record(r);
+        }
         self.sink.record(r)
     }
 
@@ -288,6 +298,23 @@ const FINAL_VERDICTS: Duration = Duration::from_millis(400);
 async fn trace(cli: &Cli) -> Result<i32> {
     let loader = crate::kernel::probes::prepare_loader();
     let host = preflight::check()?;
+    // Output files first: a path that cannot be written fails before any
+    // program loads.
+    let saved: Option<Box<dyn Sink>> = match &cli.output {
+        Some(path) => {
+            let f = std::fs::File::create(path).map_err(|e| {
+                hinted(
+                    format!("cannot write {}: {e}", path.display()),
+                    "give --output a path in a writable directory",
+                )
+            })?;
+            Some(output::sink(true, false, io::BufWriter::new(f)))
+        }
+        None => None,
+    };
+
+    let pictures = output::Pictures::create(cli.perfetto.as_deref(), cli.html.as_deref())?;
+
     let layout = offsets::from_running_kernel().map_err(|e| {
         hinted(
             format!("cannot read the kernel's struct layouts from BTF: {e:#}"),
@@ -390,19 +417,6 @@ async fn trace(cli: &Cli) -> Result<i32> {
         None => (None, None),
     };
 
-    let saved: Option<Box<dyn Sink>> = match &cli.output {
-        Some(path) => {
-            let f = std::fs::File::create(path).map_err(|e| {
-                hinted(
-                    format!("cannot write {}: {e}", path.display()),
-                    "give --output a path in a writable directory",
-                )
-            })?;
-            Some(output::sink(true, false, io::BufWriter::new(f)))
-        }
-        None => None,
-    };
-
     let metrics = match cli.metrics {
         Some(addr) => Some(output::metrics::Metrics::serve(addr, ring).await?),
         None => None,
@@ -497,6 +511,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         ),
         saved,
         saved_records: 0,
+        timeline: pictures.as_ref().map(|_| crate::timeline::Timeline::default()),
         probes,
         registry,
         ends,
@@ -519,6 +534,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
     }
     t.sink.start(&start)?;
     t.flush()?;
+    if let Some(tl) = &mut t.timeline {
+        tl.start(&start);
+    }
     // A scrape right after start sees the gauges, not an empty page.
     if let Some(m) = &mut t.metrics {
         m.refresh(&t.registry, t.clock.now_as_event_ns());
@@ -631,12 +649,16 @@ async fn trace(cli: &Cli) -> Result<i32> {
     if !output_closed {
         let _ = t.sink.stop(&to_stdout).and_then(|()| t.sink.flush());
     }
+    if let Some(tl) = &mut t.timeline {
+        tl.stop(&to_stdout);
+    }
     let Tracer {
         sink,
         saved,
         probes,
         registry,
         totals,
+        timeline,
         ..
     } = t;
     drop(sink);
@@ -672,6 +694,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
             eprintln!("{note}");
         }
         eprint!("{}", summary::render(&registry, end_ns));
+    }
+    if let (Some(p), Some(tl)) = (pictures, timeline) {
+        p.write(&tl)?;
     }
     Ok(exit_code)
 }

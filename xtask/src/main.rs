@@ -5,6 +5,7 @@
 mod bench;
 mod dist;
 mod docker;
+mod picture;
 mod setup;
 mod vm;
 
@@ -69,6 +70,9 @@ enum Task {
         #[arg(long)]
         static_binary: bool,
     },
+    /// Draw the README's picture, docs/timeline.png: the HTML timeline of a
+    /// `docker run`/`exec`/`rm` and an `ip netns` session (as root).
+    Picture,
     /// Measure overhead, throughput and loss against bpftrace and strace
     /// (as root; installs bpftrace and strace), and write docs/performance.md.
     Bench {
@@ -102,6 +106,9 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
         Task::Dist => setup::run().and_then(|()| dist::run()),
+        Task::Picture => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| picture::run()),
         Task::Run { args } => setup::run()
             .and_then(|()| build())
             .and_then(|()| run(&args)),

@@ -22,7 +22,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// container runtime and a local image for the container tests (busybox also
 /// runs the VM guests' /init); qemu-system-x86 and cpio: the kernel matrix;
 /// prometheus: the server that scrapes `--metrics` in the tests; man-db: the
-/// .deb's man page rendered.
+/// .deb's man page rendered; chromium: the HTML timeline opened headless;
+/// python3-venv: the environment of the `perfetto` package that reads the
+/// Perfetto traces back.
 const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "iproute2",
@@ -34,11 +36,18 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",
     "prometheus",
     "man-db",
+    "chromium",
+    "python3-venv",
 ];
+
+/// PyPI packages the tests read Perfetto traces with (its trace protos need
+/// protobuf 6.31 or later, newer than Debian's).
+const PYTHON_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf>=6.31.1,<8"];
 
 pub fn run() -> Result<()> {
     debian_packages(DEBIAN_PACKAGES)?;
     nightly_with_rust_src()?;
+    python_env()?;
     let linker = bpf_linker()?;
     eprintln!("xtask: setup complete (bpf-linker at {})", linker.display());
     Ok(())
@@ -141,6 +150,26 @@ fn nightly_with_rust_src() -> Result<()> {
         sh(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     Ok(())
+}
+
+/// Debian's Python with [`PYTHON_PACKAGES`], in the cache
+/// (`$NSTRACE_CACHE/python`); tests run its `bin/python3`.
+pub fn python_env() -> Result<()> {
+    let env = cache_dir().join("python");
+    let python = env.join("bin/python3");
+    let ready = Command::new(&python)
+        .args(["-c", "import perfetto.protos.perfetto.trace.perfetto_trace_pb2"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ready {
+        return Ok(());
+    }
+    eprintln!("xtask: making the Python environment at {}", env.display());
+    let _ = std::fs::remove_dir_all(&env);
+    sh(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&env))?;
+    sh(Command::new(env.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_PACKAGES))
 }
 
 pub fn cache_dir() -> PathBuf {

@@ -1,12 +1,76 @@
 //! Output layers: one module per format, all fed [`Record`]s.
 
+pub mod html;
 pub mod json;
 pub mod metrics;
+pub mod perfetto;
 pub mod text;
 
-use std::io::{self, Write};
+use std::{
+    fs::File,
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
 
-use crate::record::{Loss, Record, Start, Stop};
+use crate::{
+    error::hinted,
+    record::{Loss, Record, Start, Stop},
+    timeline::Timeline,
+};
+
+/// The picture files asked for (`--perfetto`, `--html`), created up front
+/// so that a path that cannot be written fails before any tracing.
+pub struct Pictures {
+    perfetto: Option<(PathBuf, File)>,
+    html: Option<(PathBuf, File)>,
+}
+
+fn create(path: &Path) -> anyhow::Result<(PathBuf, File)> {
+    let f = File::create(path).map_err(|e| {
+        hinted(
+            format!("cannot write {}: {e}", path.display()),
+            "give a path in a writable directory",
+        )
+    })?;
+    Ok((path.to_path_buf(), f))
+}
+
+impl Pictures {
+    /// None when no picture is asked for.
+    pub fn create(perfetto: Option<&Path>, html: Option<&Path>) -> anyhow::Result<Option<Self>> {
+        if perfetto.is_none() && html.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Pictures {
+            perfetto: perfetto.map(create).transpose()?,
+            html: html.map(create).transpose()?,
+        }))
+    }
+
+    /// Draws `t` into the files; says on stderr where they are.
+    pub fn write(self, t: &Timeline) -> anyhow::Result<()> {
+        let fail = |path: &Path, e: io::Error| {
+            anyhow::anyhow!("writing {}: {e}", path.display())
+        };
+        if let Some((path, f)) = self.perfetto {
+            perfetto::write(t, io::BufWriter::new(f)).map_err(|e| fail(&path, e))?;
+            eprintln!(
+                "nstrace: wrote {} ({} namespaces; open it in https://ui.perfetto.dev)",
+                path.display(),
+                t.lanes.len()
+            );
+        }
+        if let Some((path, f)) = self.html {
+            html::write(t, io::BufWriter::new(f)).map_err(|e| fail(&path, e))?;
+            eprintln!(
+                "nstrace: wrote {} ({} namespaces; open it in a browser)",
+                path.display(),
+                t.lanes.len()
+            );
+        }
+        Ok(())
+    }
+}
 
 /// A destination for records. Callers `flush` after each batch so a pipe
 /// (`| jq`) sees records as they happen.

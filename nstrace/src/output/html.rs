@@ -1,0 +1,121 @@
+//! One self-contained HTML page drawing a [`Timeline`]: lanes grouped by
+//! container, hover details, zoom and pan; no network at view time (the
+//! page, its script and its data are one file, fine to attach to a bug).
+//!
+//! The page is `timeline.html` with the timeline's data put in as JSON;
+//! times in it are nanoseconds from the trace's beginning (epoch
+//! nanoseconds do not fit a JavaScript number exactly).
+
+use std::io::{self, Write};
+
+use serde_json::{Value, json};
+
+use crate::{
+    time::rfc3339,
+    timeline::{Lane, Timeline},
+};
+
+const PAGE: &str = include_str!("timeline.html");
+const SLOT: &str = "/*NSTRACE_DATA*/";
+
+/// The data the page draws (see the template's script for its use).
+pub fn data(t: &Timeline) -> Value {
+    let origin = t.begin_ns();
+    let end = t.end_ns();
+    let rel = |ns: i128| (ns - origin).max(0) as u64;
+    let lane = |l: &Lane| {
+        json!({
+            "kind": l.kind.name(),
+            "inode": l.inode,
+            "ns_id": l.ns_id,
+            "title": l.title(),
+            "begin": rel(l.begin_ns),
+            "end": rel(l.end_ns(end)),
+            "pinned": l.pinned.as_ref().map(|(at, _)| rel(*at)),
+            "pinned_by": l.pinned.as_ref().map(|(_, by)| by.clone()).unwrap_or_default(),
+            "born": l.born.as_ref().map(|b| json!({"comm": b.comm, "pid": b.pid, "syscall": b.syscall.name()})),
+            "created_by": l.born.as_ref().filter(|_| l.created_by.is_some()).map(|b| format!("{} (pid {})", b.comm, b.pid)),
+            "end_cause": l.end.as_ref().map(|e| e.cause.name()),
+            "end_by": l.end.as_ref().and_then(|e| e.by).map(|b| b.name()),
+            "joins": l.joins.iter().map(|j| json!({"t": rel(j.time_ns), "what": j.what, "comm": j.comm, "pid": j.pid})).collect::<Vec<_>>(),
+        })
+    };
+    let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut kinds: Vec<&'static str> = Vec::new();
+    for i in t.ordered() {
+        let l = &t.lanes[i];
+        if !kinds.contains(&l.kind.name()) {
+            kinds.push(l.kind.name());
+        }
+        match groups.last_mut() {
+            Some((name, lanes)) if *name == l.group => lanes.push(lane(l)),
+            _ => groups.push((l.group.clone(), vec![lane(l)])),
+        }
+    }
+    kinds.sort_by_key(|k| crate::record::NsKind::from_name(k));
+    let processes: Vec<Value> = t
+        .processes
+        .iter()
+        .map(|(pid, p)| {
+            json!({
+                "pid": pid,
+                "comm": p.comm,
+                "group": p.group,
+                "marks": p.marks.iter().map(|m| json!({"t": rel(m.time_ns), "what": m.what, "failed": m.failed})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "start": rfc3339(origin),
+        "kernel": t.kernel,
+        "end": rel(end),
+        "lanes": t.lanes.len(),
+        "kinds": kinds,
+        "groups": groups.into_iter().map(|(name, lanes)| json!({"name": name, "lanes": lanes})).collect::<Vec<_>>(),
+        "processes": processes,
+    })
+}
+
+/// Writes the page for `t`.
+pub fn write(t: &Timeline, mut out: impl Write) -> io::Result<()> {
+    // `</` inside the data would end its script element early.
+    let data = data(t).to_string().replace("</", "<\\/");
+    let (head, tail) = PAGE.split_once(SLOT).expect("the template has a data slot");
+    out.write_all(head.as_bytes())?;
+    out.write_all(data.as_bytes())?;
+    out.write_all(tail.as_bytes())?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Actor, EventType, NsKind, Record, Syscall};
+
+    #[test]
+    fn data_is_relative_and_the_page_holds_it_safely() {
+        let mut t = Timeline::default();
+        t.record(&Record {
+            time_ns: 1_700_000_000_000_000_100,
+            event: EventType::Create,
+            kind: Some(NsKind::Net),
+            inode: Some(7),
+            syscall: Some(Syscall::Unshare),
+            actor: Some(Actor {
+                pid: 1,
+                tid: 1,
+                comm: "</script>".into(),
+                ..Actor::default()
+            }),
+            ..Record::default()
+        });
+        let d = data(&t);
+        assert_eq!(d["groups"][0]["lanes"][0]["begin"], 0);
+        assert_eq!(d["groups"][0]["name"], "host");
+        let mut page = Vec::new();
+        write(&t, &mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(!page.contains(SLOT));
+        assert_eq!(page.matches("</script>").count(), 2, "only the page's own");
+    }
+}

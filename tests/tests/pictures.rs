@@ -1,0 +1,309 @@
+//! The pictures: a Perfetto trace read back by Perfetto's own protos (the
+//! `perfetto` PyPI package) and an HTML page opened in headless Chromium,
+//! both for a scripted workload whose namespaces the kernel names.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use nstrace_tests::*;
+use serde_json::Value;
+
+/// What the workload made, as the kernel named it.
+struct Workload {
+    net: u64,
+    netns_name: String,
+    uts: u64,
+    ipc: u64,
+    nsload_pid: u32,
+}
+
+fn ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+/// `ip netns add` (created, then pinned by its bind mount), `ip netns exec`
+/// (a join), `ip netns delete` (its end), `unshare -u -i` (two namespaces
+/// in one call, gone at once), and a setns the kernel refuses.
+fn workload(tracer: &Tracer) -> Workload {
+    let netns_name = format!("nstrace-pic-{}", std::process::id());
+    ok(Command::new("ip").args(["netns", "add", &netns_name]));
+    let net = std::fs::metadata(format!("/run/netns/{netns_name}"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    ok(Command::new("ip").args(["netns", "exec", &netns_name, "true"]));
+    tracer.wait_for(1, |r| is(r, "pinned", "net", net));
+    ok(Command::new("ip").args(["netns", "delete", &netns_name]));
+    tracer.wait_for(1, |r| is(r, "destroy", "net", net));
+
+    let g = Group::spawn(&["unshare", "-u", "-i", "sleep", "30"]);
+    let uts = wait_ns_changed(g.pid(), "uts");
+    let ipc = ns_inode(g.pid(), "ipc");
+    drop(g);
+    tracer.wait_for(1, |r| is(r, "destroy", "ipc", ipc));
+
+    let mut bad = Group::spawn(&[load_bin().to_str().unwrap(), "setns-not-ns"]);
+    assert_eq!(bad.read_line(), format!("errno {}", libc::EINVAL));
+    let nsload_pid = bad.pid();
+    bad.wait();
+    tracer.wait_for_pid(1, nsload_pid);
+    Workload {
+        net,
+        netns_name,
+        uts,
+        ipc,
+        nsload_pid,
+    }
+}
+
+fn python() -> PathBuf {
+    let cache = std::env::var_os("NSTRACE_CACHE").map_or("/var/cache/nstrace".into(), PathBuf::from);
+    let python = cache.join("python/bin/python3");
+    assert!(
+        python.exists(),
+        "{} missing: run `cargo xtask setup` (it makes the environment with the perfetto package)",
+        python.display()
+    );
+    python
+}
+
+/// The trace as Perfetto's protos read it: `{"tracks": [...], "events": [...]}`.
+fn perfetto_dump(path: &Path) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/perfetto_dump.py");
+    let out = Command::new(python()).arg(script).arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "Perfetto's protos did not read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn track<'a>(dump: &'a Value, name: &str) -> &'a Value {
+    let found: Vec<&Value> = dump["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "tracks named {name}: {found:?}");
+    found[0]
+}
+
+fn parent<'a>(dump: &'a Value, t: &Value) -> &'a Value {
+    dump["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["uuid"] == t["parent"])
+        .unwrap_or_else(|| panic!("no parent of {t}"))
+}
+
+fn events_on<'a>(dump: &'a Value, t: &Value) -> Vec<&'a Value> {
+    dump["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["track"] == t["uuid"])
+        .collect()
+}
+
+/// The shape of one namespace's track: life slice, `members`, then
+/// `pinned` when it was pinned, all closed; and the flow into it starts at
+/// an instant on its creator's thread.
+fn assert_lane(dump: &Value, kind: &str, inode: u64, pinned: bool) -> Vec<Value> {
+    let title = format!("{kind}:[{inode}]");
+    let t = track(dump, &title);
+    let kinds = parent(dump, t);
+    assert_eq!(kinds["name"], format!("{kind} namespaces"));
+    assert_eq!(parent(dump, kinds)["name"], "host (no container)");
+    let ev = events_on(dump, t);
+    let shape: Vec<String> = ev
+        .iter()
+        .filter(|e| e["type"] != "instant")
+        .map(|e| format!("{} {}", e["type"].as_str().unwrap(), e["name"].as_str().unwrap()))
+        .collect();
+    let mut want = vec![format!("begin {title}"), "begin members".into(), "end ".into()];
+    if pinned {
+        want.extend(["begin pinned".into(), "end ".into()]);
+    }
+    want.push("end ".into());
+    assert_eq!(shape, want, "{ev:#?}");
+    let ts: Vec<u64> = ev.iter().map(|e| e["ts"].as_u64().unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+    let life = ev[0];
+    let flow = life["terminating_flow_ids"][0].clone();
+    assert!(flow.is_u64(), "no flow into {title}: {life}");
+    let from: Vec<&Value> = dump["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["flow_ids"].as_array().unwrap().contains(&flow))
+        .collect();
+    assert_eq!(from.len(), 1, "{from:?}");
+    let creator = dump["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["uuid"] == from[0]["track"])
+        .unwrap();
+    assert!(creator["tid"].is_u64(), "the flow starts on a thread: {creator}");
+    assert_eq!(from[0]["ts"], life["ts"]);
+    ev.into_iter().cloned().collect()
+}
+
+fn check_perfetto(dump: &Value, w: &Workload, records: &[Value]) {
+    let net = assert_lane(dump, "net", w.net, true);
+    let pinned = net.iter().find(|e| e["name"] == "pinned").unwrap();
+    let by = pinned["annotations"]["pinned by"].as_str().unwrap();
+    assert!(by.contains(&w.netns_name), "{by}");
+    assert_eq!(net[0]["annotations"]["end"], expected_end("pin-released"));
+    assert!(
+        net.iter()
+            .any(|e| e["type"] == "instant" && e["name"] == "setns net by ip"),
+        "{net:#?}"
+    );
+    // The creator's thread track is the create record's pid and comm.
+    let create = records.iter().find(|r| is(r, "create", "net", w.net)).unwrap();
+    let t = dump["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == create["tid"] && t["pid"] == create["pid"])
+        .unwrap_or_else(|| panic!("no thread track for {create}"));
+    assert_eq!(t["thread_name"], create["comm"]);
+    // Two namespaces, one unshare: one instant on unshare's thread, two flows.
+    let uts = assert_lane(dump, "uts", w.uts, false);
+    let ipc = assert_lane(dump, "ipc", w.ipc, false);
+    let flows = [
+        uts[0]["terminating_flow_ids"][0].clone(),
+        ipc[0]["terminating_flow_ids"][0].clone(),
+    ];
+    let call = dump["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["flow_ids"].as_array().unwrap().contains(&flows[0]))
+        .unwrap();
+    assert_eq!(call["name"], "unshare CLONE_NEWUTS|CLONE_NEWIPC");
+    assert!(call["flow_ids"].as_array().unwrap().contains(&flows[1]));
+    // The refused setns: an instant on nsload's thread.
+    let refused = dump["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str().unwrap().starts_with("setns failed: EINVAL"))
+        .unwrap_or_else(|| panic!("no refused setns"));
+    let on = dump["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["uuid"] == refused["track"])
+        .unwrap();
+    assert_eq!(on["pid"], w.nsload_pid);
+}
+
+/// Opens the page in headless Chromium: the DOM after its script ran, and
+/// what the browser logged.
+fn chromium(page: &Path, extra: &[&str]) -> (String, String) {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--window-size=1400,900",
+        ])
+        .args(extra)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("running chromium (installed by `cargo xtask setup`)");
+    assert!(out.status.success(), "{out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check_html(page: &Path, w: &Workload) {
+    let (dom, log) = chromium(page, &["--dump-dom"]);
+    // The script ran to its end, and logged no error.
+    assert!(dom.contains("data-ready=\"1\""), "the page's script did not finish: {log}");
+    for line in log.lines().filter(|l| l.contains("CONSOLE")) {
+        panic!("the page logged to the console: {line}\n{log}");
+    }
+    assert!(!log.contains("Uncaught"), "{log}");
+    // One lane per namespace of the workload, in the host group.
+    for (kind, inode) in [("net", w.net), ("uts", w.uts), ("ipc", w.ipc)] {
+        let lane = format!("class=\"row lane\" data-kind=\"{kind}\" data-inode=\"{inode}\"");
+        assert_eq!(dom.matches(&lane).count(), 1, "{kind}:[{inode}] in {dom}");
+    }
+    assert!(dom.contains("data-group=\"host\""));
+    assert!(dom.contains("bar pinned"), "the netns's pinned phase is drawn");
+    // A screenshot, for a person to look at after a failure.
+    let shot = page.with_extension("png");
+    chromium(page, &[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{}", png.len());
+}
+
+#[test]
+fn perfetto_and_html_live_and_from_a_saved_trace() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nstrace-pictures-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("trace.jsonl");
+    let (live_pf, live_html) = (dir.join("live.pftrace"), dir.join("live.html"));
+    let tracer = Tracer::start(&[
+        "--output",
+        saved.to_str().unwrap(),
+        "--perfetto",
+        live_pf.to_str().unwrap(),
+        "--html",
+        live_html.to_str().unwrap(),
+    ]);
+    let w = workload(&tracer);
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, stderr, records) = tracer.stop_with_records();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("wrote {}", live_pf.display())), "{stderr}");
+
+    let (pf, page) = (dir.join("report.pftrace"), dir.join("report.html"));
+    let out = Command::new(nstrace_bin())
+        .arg("report")
+        .arg(&saved)
+        .arg("--perfetto")
+        .arg(&pf)
+        .arg("--html")
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    for file in [&live_pf, &pf] {
+        check_perfetto(&perfetto_dump(file), &w, &records);
+    }
+    for file in [&live_html, &page] {
+        check_html(file, &w);
+    }
+}
+
+#[test]
+fn a_picture_path_that_cannot_be_written_fails_before_tracing() {
+    let out = Command::new(nstrace_bin())
+        .args(["--perfetto", "/nonexistent/dir/x.pftrace"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write /nonexistent/dir/x.pftrace") && err.contains("hint:"), "{err}");
+    assert!(!err.contains("tracing namespaces"), "{err}");
+}

@@ -1,0 +1,80 @@
+//! `cargo xtask picture`: the README's picture (docs/timeline.png), made
+//! the way a user would: nstrace with `--html` while a container is run,
+//! exec'd into and removed, and a network namespace is added, entered and
+//! deleted; then the page is shot in headless Chromium.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{docker, nstrace_bin, sh, workspace_root};
+
+pub fn run() -> Result<()> {
+    let daemon = docker::Daemon::ensure(&workspace_root().join("target/dockerd.log"))?;
+    daemon.ensure_image()?;
+    let page = workspace_root().join("target/timeline.html");
+    let mut tracer = Command::new(nstrace_bin())
+        .args(["--html"])
+        .arg(&page)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting nstrace")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(tracer.stderr.take().expect("piped"));
+    let reader = thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = tx.send(line);
+        }
+    });
+    // Ready: the start-up line.
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("nstrace did not start")?;
+        if line.contains("tracing namespaces") {
+            break;
+        }
+    }
+    let step = || thread::sleep(Duration::from_millis(700));
+    let docker = || Command::new("docker");
+    sh(docker().args(["run", "-d", "--name", "nstrace-picture", "--network", "none", docker::IMAGE, "sleep", "30"]))?;
+    step();
+    sh(docker().args(["exec", "nstrace-picture", "true"]))?;
+    step();
+    sh(Command::new("ip").args(["netns", "add", "nstrace-picture"]))?;
+    step();
+    sh(Command::new("ip").args(["netns", "exec", "nstrace-picture", "true"]))?;
+    step();
+    sh(docker().args(["rm", "-f", "nstrace-picture"]))?;
+    step();
+    sh(Command::new("ip").args(["netns", "delete", "nstrace-picture"]))?;
+    step();
+    // SAFETY: a plain signal to our own child.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let _ = reader.join();
+    if !tracer.wait()?.success() {
+        bail!("nstrace failed");
+    }
+    drop(daemon);
+    let png = workspace_root().join("docs/timeline.png");
+    sh(Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+            "--window-size=1400,720",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", page.display())))?;
+    eprintln!("xtask: wrote {}", png.display());
+    Ok(())
+}
