@@ -40,7 +40,10 @@ pub const RUNTIMES: [&str; 5] = ["docker", "podman", "cri-o", "cri-containerd", 
 /// A runtime name read back from a saved trace, as one of [`RUNTIMES`]
 /// (`containerd` for one this version does not know).
 pub fn runtime_name(name: &str) -> &'static str {
-    RUNTIMES.into_iter().find(|r| *r == name).unwrap_or("containerd")
+    RUNTIMES
+        .into_iter()
+        .find(|r| *r == name)
+        .unwrap_or("containerd")
 }
 
 fn is_hex_id(s: &str) -> bool {

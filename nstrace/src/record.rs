@@ -172,7 +172,11 @@ pub enum EndMethod {
 }
 
 impl EndMethod {
-    pub const ALL: [EndMethod; 3] = [EndMethod::Fentry, EndMethod::NsfsHandle, EndMethod::Inference];
+    pub const ALL: [EndMethod; 3] = [
+        EndMethod::Fentry,
+        EndMethod::NsfsHandle,
+        EndMethod::Inference,
+    ];
 
     pub fn from_name(name: &str) -> Option<EndMethod> {
         Self::ALL.into_iter().find(|e| e.name() == name)
@@ -205,7 +209,12 @@ pub enum Syscall {
 }
 
 impl Syscall {
-    pub const ALL: [Syscall; 4] = [Syscall::Clone, Syscall::Clone3, Syscall::Unshare, Syscall::Setns];
+    pub const ALL: [Syscall; 4] = [
+        Syscall::Clone,
+        Syscall::Clone3,
+        Syscall::Unshare,
+        Syscall::Setns,
+    ];
 
     pub fn from_name(name: &str) -> Option<Syscall> {
         Self::ALL.into_iter().find(|s| s.name() == name)

@@ -11,8 +11,8 @@ use anyhow::Result;
 
 use crate::{
     error::hinted,
-    output::json::{Line, parse_line},
     output::Pictures,
+    output::json::{Line, parse_line},
     record::{Start, Stop},
     registry::Registry,
     summary,

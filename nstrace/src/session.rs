@@ -511,7 +511,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
         ),
         saved,
         saved_records: 0,
-        timeline: pictures.as_ref().map(|_| crate::timeline::Timeline::default()),
+        timeline: pictures
+            .as_ref()
+            .map(|_| crate::timeline::Timeline::default()),
         probes,
         registry,
         ends,

@@ -47,13 +47,21 @@ pub struct Lane {
     pub born: Option<Birth>,
     /// Birth, or the trace's start.
     pub begin_ns: i128,
-    /// When the last member left and something still held it.
-    pub pinned: Option<(i128, Vec<String>)>,
+    /// Its phases in order, the first from `begin_ns`: with members, or
+    /// pinned (no member left, something holds it; a join ends that).
+    pub phases: Vec<Phase>,
     pub end: Option<End>,
     pub joins: Vec<Mark>,
     /// The namespace's creation as a mark on its creator's thread, for the
     /// flow from one to the other: index into that process's `marks`.
     pub created_by: Option<(u32, usize)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Phase {
+    pub from_ns: i128,
+    /// What holds it, when pinned; None while it has members.
+    pub pinned_by: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +96,29 @@ pub struct Process {
 impl Lane {
     /// The lane's end: its namespace's end, else the trace's.
     pub fn end_ns(&self, trace_end: i128) -> i128 {
-        self.end.as_ref().map_or(trace_end, |e| e.time_ns).max(self.begin_ns)
+        self.end
+            .as_ref()
+            .map_or(trace_end, |e| e.time_ns)
+            .max(self.begin_ns)
+    }
+
+    /// Enters the phase `pinned_by` says (None: members) at `at`, unless
+    /// already in it (a pinned one then takes the newer holders).
+    fn phase(&mut self, at: i128, pinned_by: Option<Vec<String>>) {
+        let last = self.phases.last_mut().expect("a lane has a phase");
+        match (&last.pinned_by, pinned_by) {
+            (None, None) => {}
+            (Some(_), Some(by)) => last.pinned_by = Some(by),
+            (_, pinned_by) => {
+                let from_ns = at.max(last.from_ns);
+                self.phases.push(Phase { from_ns, pinned_by });
+            }
+        }
+    }
+
+    /// When it was last pinned, and by what, if it was.
+    pub fn pinned(&self) -> Option<&Phase> {
+        self.phases.iter().rev().find(|p| p.pinned_by.is_some())
     }
 
     /// `net:[4026532281]`, as /proc/PID/ns shows it.
@@ -129,7 +159,10 @@ impl Timeline {
     pub fn begin_ns(&self) -> i128 {
         self.start_ns.unwrap_or_else(|| {
             let lanes = self.lanes.iter().map(|l| l.begin_ns);
-            let marks = self.processes.values().flat_map(|p| p.marks.iter().map(|m| m.time_ns));
+            let marks = self
+                .processes
+                .values()
+                .flat_map(|p| p.marks.iter().map(|m| m.time_ns));
             lanes.chain(marks).min().unwrap_or(0)
         })
     }
@@ -166,7 +199,10 @@ impl Timeline {
                         syscall: r.syscall.unwrap_or(crate::record::Syscall::Unshare),
                     }),
                     begin_ns: r.time_ns,
-                    pinned: None,
+                    phases: vec![Phase {
+                        from_ns: r.time_ns,
+                        pinned_by: None,
+                    }],
                     end: None,
                     joins: Vec::new(),
                     created_by: mark,
@@ -176,6 +212,7 @@ impl Timeline {
             }
             (EventType::Join, Some(key)) => {
                 let i = self.lane(key, r);
+                self.lanes[i].phase(r.time_ns, None);
                 if let Some(a) = &r.actor {
                     self.lanes[i].joins.push(Mark {
                         time_ns: r.time_ns,
@@ -193,7 +230,7 @@ impl Timeline {
             }
             (EventType::Pinned, Some(key)) => {
                 let i = self.lane(key, r);
-                self.lanes[i].pinned = Some((r.time_ns, r.pinned_by.clone()));
+                self.lanes[i].phase(r.time_ns, Some(r.pinned_by.clone()));
             }
             (EventType::Destroy, Some(key)) => {
                 let i = self.lane(key, r);
@@ -244,10 +281,16 @@ impl Timeline {
             kind: key.0,
             inode: key.1,
             ns_id,
-            group: r.ns_container.as_ref().map_or(HOST.to_string(), group_label),
+            group: r
+                .ns_container
+                .as_ref()
+                .map_or(HOST.to_string(), group_label),
             born: r.born.clone(),
             begin_ns: begin,
-            pinned: None,
+            phases: vec![Phase {
+                from_ns: begin,
+                pinned_by: None,
+            }],
             end: None,
             joins: Vec::new(),
             created_by: None,
@@ -395,7 +438,12 @@ mod tests {
         assert_eq!(t.lanes.len(), 2);
         let l = &t.lanes[0];
         assert_eq!((l.begin_ns, l.end_ns(t.end_ns())), (200, 500));
-        assert_eq!(l.pinned.as_ref().unwrap().0, 400);
+        let phases: Vec<(i128, bool)> = l
+            .phases
+            .iter()
+            .map(|p| (p.from_ns, p.pinned_by.is_some()))
+            .collect();
+        assert_eq!(phases, [(200, false), (400, true)]);
         assert_eq!(l.joins.len(), 1);
         assert_eq!(l.created_by, Some((42, 0)));
         assert_eq!(t.processes[&42].marks[0].what, "unshare CLONE_NEWNET");
@@ -420,7 +468,10 @@ mod tests {
             });
         }
         assert_eq!(t.lanes.len(), 2);
-        assert_eq!(t.lanes[0].end.as_ref().unwrap().cause, EndCause::InodeReused);
+        assert_eq!(
+            t.lanes[0].end.as_ref().unwrap().cause,
+            EndCause::InodeReused
+        );
         assert!(t.lanes[1].end.is_none());
     }
 

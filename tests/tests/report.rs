@@ -30,7 +30,13 @@ fn report_on_a_saved_trace_gives_the_live_summary() {
     let tracer = Tracer::start_text(&["--output", path.to_str().unwrap()]);
     // Ends, and a leak (a UTS namespace held by a sleeper, alive at stop).
     for _ in 0..3 {
-        assert!(Command::new("unshare").args(["-u", "-i", "true"]).status().unwrap().success());
+        assert!(
+            Command::new("unshare")
+                .args(["-u", "-i", "true"])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
     let sleeper = Group::spawn(&["unshare", "-u", "sleep", "30"]);
     let uts = wait_ns_changed(sleeper.pid(), "uts");
@@ -45,9 +51,12 @@ fn report_on_a_saved_trace_gives_the_live_summary() {
 
     // The file: a start line with the namespaces alive then, the records, a stop line.
     let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["event"], "start", "{}", text);
-    let init_uts = ns_inode(1, "uts");
+    let init_uts = ns_inode(std::process::id(), "uts");
     assert!(
         lines[0]["alive"]
             .as_array()
@@ -60,7 +69,11 @@ fn report_on_a_saved_trace_gives_the_live_summary() {
     assert_eq!(lines.last().unwrap()["event"], "stop");
     assert!(lines.iter().any(|r| is(r, "create", "uts", uts)));
 
-    let out = Command::new(nstrace_bin()).arg("report").arg(&path).output().unwrap();
+    let out = Command::new(nstrace_bin())
+        .arg("report")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let report = String::from_utf8(out.stdout).unwrap();
     assert_eq!(report.trim_end(), live.trim_end());
@@ -92,11 +105,18 @@ fn report_of_a_missing_or_foreign_file_is_an_error_with_a_hint() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot read /nonexistent/trace.jsonl") && err.contains("hint:"), "{err}");
+    assert!(
+        err.contains("cannot read /nonexistent/trace.jsonl") && err.contains("hint:"),
+        "{err}"
+    );
     let dir = tempdir();
     let path = dir.join("not-a-trace.jsonl");
     std::fs::write(&path, "{\"event\":\"create\"}\nhello\n").unwrap();
-    let out = Command::new(nstrace_bin()).arg("report").arg(&path).output().unwrap();
+    let out = Command::new(nstrace_bin())
+        .arg("report")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 1") && err.contains("hint:"), "{err}");

@@ -44,7 +44,17 @@ pub fn run() -> Result<()> {
     }
     let step = || thread::sleep(Duration::from_millis(700));
     let docker = || Command::new("docker");
-    sh(docker().args(["run", "-d", "--name", "nstrace-picture", "--network", "none", docker::IMAGE, "sleep", "30"]))?;
+    sh(docker().args([
+        "run",
+        "-d",
+        "--name",
+        "nstrace-picture",
+        "--network",
+        "none",
+        docker::IMAGE,
+        "sleep",
+        "30",
+    ]))?;
     step();
     sh(docker().args(["exec", "nstrace-picture", "true"]))?;
     step();

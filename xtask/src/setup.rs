@@ -158,7 +158,10 @@ pub fn python_env() -> Result<()> {
     let env = cache_dir().join("python");
     let python = env.join("bin/python3");
     let ready = Command::new(&python)
-        .args(["-c", "import perfetto.protos.perfetto.trace.perfetto_trace_pb2"])
+        .args([
+            "-c",
+            "import perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if ready {
@@ -166,7 +169,10 @@ pub fn python_env() -> Result<()> {
     }
     eprintln!("xtask: making the Python environment at {}", env.display());
     let _ = std::fs::remove_dir_all(&env);
-    sh(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&env))?;
+    sh(Command::new("/usr/bin/python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&env))?;
     sh(Command::new(env.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .args(PYTHON_PACKAGES))

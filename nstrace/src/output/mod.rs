@@ -49,9 +49,7 @@ impl Pictures {
 
     /// Draws `t` into the files; says on stderr where they are.
     pub fn write(self, t: &Timeline) -> anyhow::Result<()> {
-        let fail = |path: &Path, e: io::Error| {
-            anyhow::anyhow!("writing {}: {e}", path.display())
-        };
+        let fail = |path: &Path, e: io::Error| anyhow::anyhow!("writing {}: {e}", path.display());
         if let Some((path, f)) = self.perfetto {
             perfetto::write(t, io::BufWriter::new(f)).map_err(|e| fail(&path, e))?;
             eprintln!(

@@ -238,7 +238,10 @@ pub fn write(t: &Timeline, mut out: impl Write) -> io::Result<()> {
                 TrackEvent {
                     name: Some(m.what.clone()),
                     categories: vec![if m.failed { "failed" } else { "create" }.into()],
-                    debug_annotations: vec![number("pid", m.pid.into()), number("tid", m.tid.into())],
+                    debug_annotations: vec![
+                        number("pid", m.pid.into()),
+                        number("tid", m.tid.into()),
+                    ],
                     flow_ids: flows.remove(&(pid, i)).unwrap_or_default(),
                     ..Default::default()
                 },
@@ -331,7 +334,7 @@ fn life(w: &mut Writer, lane: &Lane, track: u64, flow: u64, trace_end: i128) {
         }
         None => notes.push(flag("alive at the trace's end", true)),
     }
-    if let Some((_, by)) = &lane.pinned {
+    if let Some(by) = lane.pinned().and_then(|p| p.pinned_by.as_ref()) {
         notes.push(text("pinned by", by.join(", ")));
     }
     w.event(
@@ -350,29 +353,28 @@ fn life(w: &mut Writer, lane: &Lane, track: u64, flow: u64, trace_end: i128) {
             ..Default::default()
         },
     );
-    let members_end = lane.pinned.as_ref().map_or(end, |(at, _)| (*at).clamp(lane.begin_ns, end));
-    w.event(
-        lane.begin_ns,
-        track,
-        SLICE_BEGIN,
-        TrackEvent {
-            name: Some("members".into()),
-            ..Default::default()
-        },
-    );
-    w.end(members_end, track);
-    if let Some((_, by)) = &lane.pinned {
+    // The phases, one after the other inside the life slice.
+    for (i, p) in lane.phases.iter().enumerate() {
+        let from = p.from_ns.clamp(lane.begin_ns, end);
+        let to = lane
+            .phases
+            .get(i + 1)
+            .map_or(end, |next| next.from_ns.clamp(from, end));
+        let (name, notes) = match &p.pinned_by {
+            None => ("members", Vec::new()),
+            Some(by) => ("pinned", vec![text("pinned by", by.join(", "))]),
+        };
         w.event(
-            members_end,
+            from,
             track,
             SLICE_BEGIN,
             TrackEvent {
-                name: Some("pinned".into()),
-                debug_annotations: vec![text("pinned by", by.join(", "))],
+                name: Some(name.into()),
+                debug_annotations: notes,
                 ..Default::default()
             },
         );
-        w.end(end, track);
+        w.end(to, track);
     }
     w.end(end, track);
     for j in &lane.joins {
@@ -427,7 +429,11 @@ mod tests {
         let mut buf = Vec::new();
         write(&t, &mut buf).unwrap();
         let trace = Trace::decode(buf.as_slice()).unwrap();
-        let events: Vec<&TrackEvent> = trace.packet.iter().filter_map(|p| p.track_event.as_ref()).collect();
+        let events: Vec<&TrackEvent> = trace
+            .packet
+            .iter()
+            .filter_map(|p| p.track_event.as_ref())
+            .collect();
         // Per track, begins and ends pair up in order.
         let mut depth: HashMap<u64, i32> = HashMap::new();
         for e in &events {
@@ -444,13 +450,29 @@ mod tests {
         assert!(depth.values().all(|&d| d == 0));
         // One create mark (one call), two flows out; each life slice ends one.
         let out: Vec<u64> = events.iter().flat_map(|e| e.flow_ids.clone()).collect();
-        let mut ended: Vec<u64> = events.iter().flat_map(|e| e.terminating_flow_ids.clone()).collect();
+        let mut ended: Vec<u64> = events
+            .iter()
+            .flat_map(|e| e.terminating_flow_ids.clone())
+            .collect();
         ended.sort();
         assert_eq!(out, ended);
         assert_eq!(out.len(), 2);
         // Descriptors before events, every packet on the sequence.
-        let first_event = trace.packet.iter().position(|p| p.track_event.is_some()).unwrap();
-        assert!(trace.packet[first_event..].iter().all(|p| p.track_descriptor.is_none()));
-        assert!(trace.packet.iter().all(|p| p.trusted_packet_sequence_id == Some(SEQUENCE)));
+        let first_event = trace
+            .packet
+            .iter()
+            .position(|p| p.track_event.is_some())
+            .unwrap();
+        assert!(
+            trace.packet[first_event..]
+                .iter()
+                .all(|p| p.track_descriptor.is_none())
+        );
+        assert!(
+            trace
+                .packet
+                .iter()
+                .all(|p| p.trusted_packet_sequence_id == Some(SEQUENCE))
+        );
     }
 }
