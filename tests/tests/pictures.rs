@@ -90,15 +90,40 @@ fn perfetto_dump(path: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn track<'a>(dump: &'a Value, name: &str) -> &'a Value {
+/// The track named `name` whose life slice says it was created by `pid`:
+/// on a busy machine an inode is soon reused by another namespace.
+fn track<'a>(dump: &'a Value, name: &str, pid: u64) -> &'a Value {
     let found: Vec<&Value> = dump["tracks"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|t| t["name"] == name)
+        .filter(|t| {
+            events_on(dump, t).first().is_some_and(|life| {
+                life["annotations"]["created by"]
+                    .as_str()
+                    .is_some_and(|by| by.ends_with(&format!("(pid {pid})")))
+            })
+        })
         .collect();
-    assert_eq!(found.len(), 1, "tracks named {name}: {found:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "tracks named {name} created by {pid}: {found:?}"
+    );
     found[0]
+}
+
+/// The pid that created the workload's namespace, from its create record
+/// (its command is `comm`: the inode may have been another namespace's a
+/// moment before, on a busy machine).
+fn creator(records: &[Value], kind: &str, inode: u64) -> u64 {
+    let comm = if kind == "net" { "ip" } else { "unshare" };
+    records
+        .iter()
+        .find(|r| is(r, "create", kind, inode) && r["comm"] == comm)
+        .and_then(|r| r["pid"].as_u64())
+        .unwrap_or_else(|| panic!("no create of {kind}:[{inode}]"))
 }
 
 fn parent<'a>(dump: &'a Value, t: &Value) -> &'a Value {
@@ -122,9 +147,15 @@ fn events_on<'a>(dump: &'a Value, t: &Value) -> Vec<&'a Value> {
 /// The shape of one namespace's track: life slice, `members`, then
 /// `pinned` when it was pinned, all closed; and the flow into it starts at
 /// an instant on its creator's thread.
-fn assert_lane(dump: &Value, kind: &str, inode: u64, pinned: bool) -> Vec<Value> {
+fn assert_lane(
+    dump: &Value,
+    records: &[Value],
+    kind: &str,
+    inode: u64,
+    pinned: bool,
+) -> Vec<Value> {
     let title = format!("{kind}:[{inode}]");
-    let t = track(dump, &title);
+    let t = track(dump, &title, creator(records, kind, inode));
     let kinds = parent(dump, t);
     assert_eq!(kinds["name"], format!("{kind} namespaces"));
     assert_eq!(parent(dump, kinds)["name"], "host (no container)");
@@ -185,7 +216,7 @@ fn assert_lane(dump: &Value, kind: &str, inode: u64, pinned: bool) -> Vec<Value>
 }
 
 fn check_perfetto(dump: &Value, w: &Workload, records: &[Value]) {
-    let net = assert_lane(dump, "net", w.net, true);
+    let net = assert_lane(dump, records, "net", w.net, true);
     let pinned = net.iter().find(|e| e["name"] == "pinned").unwrap();
     let by = pinned["annotations"]["pinned by"].as_str().unwrap();
     assert!(by.contains(&w.netns_name), "{by}");
@@ -198,7 +229,7 @@ fn check_perfetto(dump: &Value, w: &Workload, records: &[Value]) {
     // The creator's thread track is the create record's pid and comm.
     let create = records
         .iter()
-        .find(|r| is(r, "create", "net", w.net))
+        .find(|r| is(r, "create", "net", w.net) && r["comm"] == "ip")
         .unwrap();
     let t = dump["tracks"]
         .as_array()
@@ -208,8 +239,8 @@ fn check_perfetto(dump: &Value, w: &Workload, records: &[Value]) {
         .unwrap_or_else(|| panic!("no thread track for {create}"));
     assert_eq!(t["thread_name"], create["comm"]);
     // Two namespaces, one unshare: one instant on unshare's thread, two flows.
-    let uts = assert_lane(dump, "uts", w.uts, false);
-    let ipc = assert_lane(dump, "ipc", w.ipc, false);
+    let uts = assert_lane(dump, records, "uts", w.uts, false);
+    let ipc = assert_lane(dump, records, "ipc", w.ipc, false);
     let flows = [
         uts[0]["terminating_flow_ids"][0].clone(),
         ipc[0]["terminating_flow_ids"][0].clone(),
@@ -223,24 +254,21 @@ fn check_perfetto(dump: &Value, w: &Workload, records: &[Value]) {
     assert_eq!(call["name"], "unshare CLONE_NEWUTS|CLONE_NEWIPC");
     assert!(call["flow_ids"].as_array().unwrap().contains(&flows[1]));
     // The refused setns: an instant on nsload's thread.
-    let refused = dump["events"]
+    let nsload: Vec<&Value> = dump["tracks"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| {
-            e["name"]
+        .filter(|t| t["pid"] == w.nsload_pid && t["tid"].is_u64())
+        .collect();
+    assert!(
+        nsload
+            .iter()
+            .any(|t| events_on(dump, t).iter().any(|e| e["name"]
                 .as_str()
                 .unwrap()
-                .starts_with("setns failed: EINVAL")
-        })
-        .unwrap_or_else(|| panic!("no refused setns"));
-    let on = dump["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["uuid"] == refused["track"])
-        .unwrap();
-    assert_eq!(on["pid"], w.nsload_pid);
+                .starts_with("setns failed: EINVAL"))),
+        "no refused setns on nsload's thread: {nsload:?}"
+    );
 }
 
 /// Opens the page in headless Chromium: the DOM after its script ran, and
@@ -267,7 +295,7 @@ fn chromium(page: &Path, extra: &[&str]) -> (String, String) {
     )
 }
 
-fn check_html(page: &Path, w: &Workload) {
+fn check_html(page: &Path, w: &Workload, records: &[Value]) {
     let (dom, log) = chromium(page, &["--dump-dom"]);
     // The script ran to its end, and logged no error.
     assert!(
@@ -282,7 +310,10 @@ fn check_html(page: &Path, w: &Workload) {
     assert!(!log.contains("Uncaught"), "{log}");
     // One lane per namespace of the workload, in the host group.
     for (kind, inode) in [("net", w.net), ("uts", w.uts), ("ipc", w.ipc)] {
-        let lane = format!("class=\"row lane\" data-kind=\"{kind}\" data-inode=\"{inode}\"");
+        let pid = creator(records, kind, inode);
+        let lane = format!(
+            "class=\"row lane\" data-kind=\"{kind}\" data-inode=\"{inode}\" data-creator=\"{pid}\""
+        );
         assert_eq!(dom.matches(&lane).count(), 1, "{kind}:[{inode}] in {dom}");
     }
     assert!(dom.contains("data-group=\"host\""));
@@ -343,7 +374,7 @@ fn perfetto_and_html_live_and_from_a_saved_trace() {
         check_perfetto(&perfetto_dump(file), &w, &records);
     }
     for file in [&live_html, &page] {
-        check_html(file, &w);
+        check_html(file, &w, &records);
     }
 }
 
