@@ -269,6 +269,13 @@ impl Ends {
             w.checks = 0;
             w.next = now;
             w.looks_gone_at = None;
+            // Emptied again after a join: the kernel's count says the joiner
+            // left too. Left set, the check would count members in /proc,
+            // where a task between its exit tracepoint and the kernel
+            // dropping its namespaces still shows: the watch was dropped
+            // as "members again" and the end never reported (seen under
+            // load: `ip netns exec` joining a namespace just emptied).
+            w.rejoined = false;
             // A pinned namespace that was joined and left again is pinned anew.
             w.pinned = w.pinned
                 && matches!(
@@ -758,6 +765,24 @@ mod tests {
     ) -> Vec<Record> {
         let v = e.check(now, reg, counts, src);
         e.apply(v, now, reg)
+    }
+
+    #[test]
+    fn emptied_again_after_a_join_is_asked_not_counted() {
+        let mut reg = registry_with_created(NET, None);
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
+        let kernel = Kernel::default();
+        let mut e = ends(Method::Handles(Box::new(kernel.clone())));
+        kernel.0.borrow_mut().insert(NET);
+        e.on_emptied(&emptied(NET), None, 100, &mut reg);
+        e.on_joined(NET);
+        // The joiner exited, but /proc still shows it in the namespace.
+        e.on_emptied(&emptied(NET), None, 110, &mut reg);
+        src.threads.insert(NET, 1);
+        kernel.0.borrow_mut().remove(&NET);
+        let out = round(&mut e, 110, &mut reg, &mut counts, &mut src);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].event, EventType::Destroy);
     }
 
     #[test]
