@@ -91,28 +91,24 @@ pub fn kept_instructions(bins: &Bins) -> Result<BTreeMap<String, (u64, u64)>> {
 
 /// (name, bytes_xlated) of every loaded program, by id.
 fn xlated() -> Result<BTreeMap<u64, (String, u64)>> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "-j"])
-        .output()
-        .context("running bpftool prog show")?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p["id"].as_u64()?,
-                (
-                    p["name"].as_str().unwrap_or("?").to_string(),
-                    p["bytes_xlated"].as_u64().unwrap_or(0),
-                ),
-            ))
-        })
-        .collect())
+    loaded(|p| p["bytes_xlated"].as_u64().unwrap_or(0))
 }
 
 /// (name, run_cnt, run_time_ns) of every loaded program, by id.
 pub fn programs() -> Result<BTreeMap<u64, (String, u64, u64)>> {
+    Ok(loaded(|p| {
+        (
+            p["run_cnt"].as_u64().unwrap_or(0),
+            p["run_time_ns"].as_u64().unwrap_or(0),
+        )
+    })?
+    .into_iter()
+    .map(|(id, (name, (cnt, ns)))| (id, (name, cnt, ns)))
+    .collect())
+}
+
+/// (name, what `field` takes from bpftool's JSON) of every loaded program, by id.
+fn loaded<T>(field: impl Fn(&serde_json::Value) -> T) -> Result<BTreeMap<u64, (String, T)>> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "-j"])
         .output()
@@ -122,14 +118,8 @@ pub fn programs() -> Result<BTreeMap<u64, (String, u64, u64)>> {
         .into_iter()
         .flatten()
         .filter_map(|p| {
-            Some((
-                p["id"].as_u64()?,
-                (
-                    p["name"].as_str().unwrap_or("?").to_string(),
-                    p["run_cnt"].as_u64().unwrap_or(0),
-                    p["run_time_ns"].as_u64().unwrap_or(0),
-                ),
-            ))
+            let name = p["name"].as_str().unwrap_or("?").to_string();
+            Some((p["id"].as_u64()?, (name, field(p))))
         })
         .collect())
 }
