@@ -409,9 +409,14 @@ fn both_modes_agree() {
             .collect()
     };
     let (da, db) = (destroys(&a), destroys(&b));
-    for r in &da {
-        assert_eq!(r["end"], "kernel-freed", "{r}");
-    }
+    // A free run the kernel skipped (reported) leaves that end to be found
+    // when the inode is reused: seen in the 7.2 guest, one in ~12 runs.
+    let unfreed: Vec<&Value> = da.iter().filter(|r| r["end"] != "kernel-freed").collect();
+    assert!(
+        unfreed.len() <= skipped_runs(&a),
+        "fentry destroys not from the free path: {unfreed:#?}\nlosses: {:#?}",
+        lost_notices(&a)
+    );
     let time = |r: &Value| r["time"].as_str().unwrap().to_string();
     // A create either tracer reported it could not see (skipped probe runs)
     // leaves its namespace's end without a twin; no more than that.
@@ -426,7 +431,7 @@ fn both_modes_agree() {
             unmatched.push(d);
             continue;
         }
-        if inferring {
+        if inferring && same[0]["end"] == "kernel-freed" {
             // RFC 3339 with nanoseconds, same length: strings order as times.
             let freed = &same[0];
             let earlier_ok = rfc3339_ns(&time(freed)) - 50_000_000;
