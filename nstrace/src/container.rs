@@ -230,11 +230,12 @@ fn unified_path(text: &str) -> Option<&str> {
 
 impl Resolver {
     pub fn new() -> Self {
-        // Init's; where init is not readable (some sandboxes), nstrace's own.
-        let host_mnt = fs::read_link("/proc/1/ns/mnt")
-            .or_else(|_| fs::read_link("/proc/self/ns/mnt"))
-            .ok()
-            .and_then(|l| crate::procfs::parse_ns_link(&l.to_string_lossy()).map(|(_, i)| i))
+        // Where the host's is not to be seen, nstrace's own.
+        let host_mnt = crate::procfs::host_ns_link("mnt")
+            .or_else(|| {
+                let l = fs::read_link("/proc/self/ns/mnt").ok()?;
+                crate::procfs::parse_ns_link(&l.to_string_lossy()).map(|(_, i)| i)
+            })
             .unwrap_or(0);
         Self {
             unified: cgroup_unified(),

@@ -269,11 +269,33 @@ pub fn describe_holders(
         .collect()
 }
 
-/// Inodes of PID 1's and our own mount namespace: mounts there are named by path alone.
+/// Inode of the host's namespace behind `/proc/PID/ns/<link>`: kthreadd's
+/// (PID 2 with no parent: the kernel's initial namespaces, which never end),
+/// else init's. Some sandboxes hide init's links, and init need not be in
+/// the initial namespaces; kthreadd always is. None in a container without
+/// the host's PID namespace.
+pub fn host_ns_link(link: &str) -> Option<u32> {
+    let kthreadd = fs::read_to_string("/proc/2/stat")
+        .ok()
+        .is_some_and(|s| parent_of_stat(&s) == Some(0));
+    let pids: &[u32] = if kthreadd { &[2, 1] } else { &[1] };
+    pids.iter()
+        .find_map(|pid| read_link_inode(Path::new(&format!("/proc/{pid}/ns/{link}"))))
+}
+
+/// The parent pid field of a /proc/PID/stat text (after the parenthesised
+/// comm, which may itself hold spaces and parentheses).
+fn parent_of_stat(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Inodes of the host's and our own mount namespace: mounts there are named
+/// by path alone.
 pub fn home_mount_namespaces() -> Vec<u32> {
-    ["/proc/1/ns/mnt", "/proc/self/ns/mnt"]
-        .iter()
-        .filter_map(|p| read_link_inode(Path::new(p)))
+    host_ns_link("mnt")
+        .into_iter()
+        .chain(read_link_inode(Path::new("/proc/self/ns/mnt")))
         .collect()
 }
 
@@ -416,6 +438,22 @@ mod tests {
             Some(("pid_for_children", 1))
         );
         assert_eq!(parse_ns_link("/dev/null"), None);
+    }
+
+    #[test]
+    fn reads_the_parent_of_a_stat_line() {
+        assert_eq!(parent_of_stat("2 (kthreadd) S 0 0 0 0 -1"), Some(0));
+        assert_eq!(parent_of_stat("77 (a) b) (c) R 12 77 77 0"), Some(12));
+        assert_eq!(parent_of_stat("garbage"), None);
+    }
+
+    #[test]
+    fn the_host_namespaces_are_found() {
+        // Every test machine shows kthreadd or init to root; the initial
+        // namespaces are then the host's.
+        if fs::read_link("/proc/2/ns/mnt").is_ok() || fs::read_link("/proc/1/ns/mnt").is_ok() {
+            assert!(host_ns_link("mnt").is_some());
+        }
     }
 
     #[test]

@@ -351,10 +351,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         .flat_map(|k| {
             [procfs::active_link(k), procfs::acting_link(k)]
                 .into_iter()
-                .filter_map(move |link| {
-                    let l = std::fs::read_link(format!("/proc/1/ns/{link}")).ok()?;
-                    procfs::parse_ns_link(l.to_str()?).map(|(_, i)| (k, i))
-                })
+                .filter_map(move |link| procfs::host_ns_link(link).map(|i| (k, i)))
         })
         .collect();
     let watched = ends::seed_counts(&snap, &host_ns, &mut probes);

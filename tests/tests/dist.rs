@@ -158,6 +158,17 @@ impl Drop for Removed {
     }
 }
 
+/// Deletes the netns on every path.
+struct NetnsDeleted(String);
+
+impl Drop for NetnsDeleted {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .output();
+    }
+}
+
 /// The docker command that runs the image as deploy/kubernetes/daemonset.yaml
 /// does: read from the manifest (hostPID, its capabilities and unconfined
 /// profiles, its host paths mounted where it mounts them, its args), so the
@@ -285,6 +296,25 @@ fn the_image_in_docker_sees_what_the_host_binary_sees() {
     }
     assert_eq!(h_uts["container"]["id"], id.as_str(), "{h_uts}");
     assert_eq!(i_uts["container"], h_uts["container"], "{i_uts}");
+
+    // A pin in the host's mount table, found from inside and named alike.
+    let netns = format!("nstrace-image-{}", std::process::id());
+    run(Command::new("ip").args(["netns", "add", &netns]));
+    let _deleted = NetnsDeleted(netns.clone());
+    let pinned = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(format!("/run/netns/{netns}")).unwrap(),
+    );
+    let pin = |t: &Tracer| -> Value {
+        t.wait_for(1, |r| {
+            r["event"] == "pinned"
+                && r["ns_inode"] == pinned
+                && r["pinned_by"].to_string().contains(&netns)
+        })[0]
+            .clone()
+    };
+    let (h_pin, i_pin) = (pin(&host), pin(&inside));
+    assert_eq!(h_pin["pinned_by"], i_pin["pinned_by"], "{h_pin} / {i_pin}");
+    assert_eq!(h_pin["ns_id"], i_pin["ns_id"], "{h_pin} / {i_pin}");
     drop(g);
     let (status, stderr) = inside.stop();
     assert!(status.success(), "{stderr}");

@@ -180,7 +180,8 @@ fn ident(reg: &Registry, key: NsKey) -> Option<Ident> {
     })
 }
 
-/// Namespaces of PID 1 are the host's: they never end, so they are not watched.
+/// The host's namespaces (the kernel's initial ones) never end, so they are
+/// not watched.
 pub fn seed_counts(
     snap: &Snapshot,
     host: &BTreeSet<NsKey>,
