@@ -122,6 +122,8 @@ pub struct Loss {
     /// Runs of nstrace's programs the kernel skipped (a BPF program or
     /// `bpf()` call was active on that CPU): any record may be missing.
     pub skipped: u64,
+    /// `skipped` by what the programs would have told (nonzero only).
+    pub skipped_by: Vec<(&'static str, u64)>,
 }
 
 /// How the end of a namespace was established.

@@ -447,6 +447,18 @@ pub fn skipped_runs(records: &[Value]) -> usize {
         .sum::<u64>() as usize
 }
 
+/// Ends the kernel side reported it could not tell: skipped runs of the free
+/// program and free records dropped (`lost` notices).
+pub fn unseen_frees(records: &[Value]) -> usize {
+    lost_notices(records)
+        .iter()
+        .map(|r| {
+            r["probe_runs_skipped_by"]["free"].as_u64().unwrap_or(0)
+                + r["by_kind"]["free"].as_u64().unwrap_or(0)
+        })
+        .sum::<u64>() as usize
+}
+
 /// Whether record `r` is `event` of the namespace of `kind` with `inode`,
 /// the one a test last waited for with [`wait_ns_changed`] where the kernel
 /// has namespace ids (not another with the same inode).

@@ -68,6 +68,23 @@ pub struct Losses {
     /// (or a `bpf()` call) was already active on that CPU. Counted by the
     /// kernel for tracepoints since Linux 6.7; 0 before.
     pub skipped: u64,
+    /// `skipped` by what the program would have told ([`SKIP_GROUPS`]).
+    pub skipped_by: [u64; SKIP_GROUPS.len()],
+}
+
+/// What a skipped run of a program may have cost, by the records it makes:
+/// `syscall` a create, join or failed call; `clone` a clone's create;
+/// `exit` a member leaving (an end seen late or not at all); `free` an end
+/// (found late, when its inode is reused).
+pub const SKIP_GROUPS: [&str; 4] = ["syscall", "clone", "exit", "free"];
+
+fn skip_group(program: &str) -> usize {
+    match program {
+        "task_newtask" => 1,
+        "sched_process_exit" => 2,
+        p if p.starts_with("ns_free_") => 3,
+        _ => 0,
+    }
 }
 
 impl Losses {
@@ -91,6 +108,12 @@ impl Losses {
             syscalls_missed: self.pending.saturating_sub(before.pending),
             unwatched: self.unwatched.saturating_sub(before.unwatched),
             skipped: self.skipped.saturating_sub(before.skipped),
+            skipped_by: SKIP_GROUPS
+                .iter()
+                .zip(self.skipped_by.iter().zip(&before.skipped_by))
+                .filter(|(_, (now, was))| now > was)
+                .map(|(g, (now, was))| (*g, now - was))
+                .collect(),
         })
     }
 }
@@ -240,27 +263,34 @@ impl Probes {
         for (k, n) in by_kind.iter_mut().enumerate().skip(1) {
             *n = sum(COUNTER_LOST_BY_KIND + k as u32);
         }
+        let skipped_by = self.skipped();
         Losses {
             records: sum(COUNTER_LOST),
             pending: sum(COUNTER_PENDING_FULL),
             unwatched: sum(COUNTER_MEMBERS_FULL),
             by_kind,
-            skipped: self.skipped(),
+            skipped: skipped_by.iter().sum(),
+            skipped_by,
         }
     }
 
-    /// The kernel's count of skipped runs, summed over nstrace's programs.
-    /// Read from /proc/self/fdinfo, not with `bpf()`: a map or info syscall
-    /// would itself make the kernel skip programs on this CPU meanwhile.
-    fn skipped(&self) -> u64 {
-        self.ebpf
-            .programs()
-            .filter_map(|(_, p)| p.fd().ok())
-            .filter_map(|fd| {
-                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
-                recursion_misses(&std::fs::read_to_string(path).ok()?)
-            })
-            .sum()
+    /// The kernel's count of skipped runs of nstrace's programs, by
+    /// [`SKIP_GROUPS`]. Read from /proc/self/fdinfo, not with `bpf()`: a map
+    /// or info syscall would itself make the kernel skip programs on this
+    /// CPU meanwhile.
+    fn skipped(&self) -> [u64; SKIP_GROUPS.len()] {
+        let mut by = [0; SKIP_GROUPS.len()];
+        for (name, p) in self.ebpf.programs() {
+            let Ok(fd) = p.fd() else { continue };
+            let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            if let Some(n) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| recursion_misses(&t))
+            {
+                by[skip_group(name)] += n;
+            }
+        }
+        by
     }
 }
 
@@ -487,6 +517,28 @@ fn raise_memlock() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_runs_are_told_by_what_they_would_have_told() {
+        assert_eq!(SKIP_GROUPS[skip_group("sys_exit_ns")], "syscall");
+        assert_eq!(SKIP_GROUPS[skip_group("sys_enter_clone3")], "syscall");
+        assert_eq!(SKIP_GROUPS[skip_group("task_newtask")], "clone");
+        assert_eq!(SKIP_GROUPS[skip_group("sched_process_exit")], "exit");
+        assert_eq!(SKIP_GROUPS[skip_group("ns_free_3")], "free");
+        let before = Losses {
+            skipped: 2,
+            skipped_by: [2, 0, 0, 0],
+            ..Losses::default()
+        };
+        let now = Losses {
+            skipped: 4,
+            skipped_by: [3, 0, 0, 1],
+            ..before
+        };
+        let l = now.since(&before, 0).unwrap();
+        assert_eq!(l.skipped, 2);
+        assert_eq!(l.skipped_by, vec![("syscall", 1), ("free", 1)]);
+    }
 
     /// Diagnostics off cost nothing because the object loaded without
     /// `--debug` has none: no aya-log map, no log level to check.

@@ -145,11 +145,12 @@ impl Serialize for RecordJson<'_> {
 /// The JSON object for a loss notice: `"event": "lost"`, counts since the
 /// previous notice.
 pub fn loss_to_json(l: &Loss) -> Value {
-    let by_kind: Map<String, Value> = l
-        .by_kind
-        .iter()
-        .map(|(k, n)| ((*k).to_string(), json!(n)))
-        .collect();
+    let pairs = |p: &[(&str, u64)]| -> Map<String, Value> {
+        p.iter()
+            .map(|(k, n)| ((*k).to_string(), json!(n)))
+            .collect()
+    };
+    let by_kind = pairs(&l.by_kind);
     json!({
         "time": rfc3339(l.time_ns),
         "event": "lost",
@@ -159,6 +160,7 @@ pub fn loss_to_json(l: &Loss) -> Value {
         "syscalls_missed": l.syscalls_missed,
         "namespaces_unwatched": l.unwatched,
         "probe_runs_skipped": l.skipped,
+        "probe_runs_skipped_by": pairs(&l.skipped_by),
     })
 }
 
@@ -450,6 +452,7 @@ mod tests {
             syscalls_missed: 1,
             unwatched: 0,
             skipped: 0,
+            skipped_by: vec![],
         };
         let v = loss_to_json(&l);
         assert_eq!(v["event"], "lost");

@@ -264,7 +264,7 @@ fn who(out: &mut String, r: &Record) {
 /// Runs the kernel skipped, for the loss notice and the closing summary.
 pub fn skipped_runs(n: u64) -> String {
     format!(
-        "{n} probe runs skipped by the kernel (another BPF program or bpf() call was active on that CPU)"
+        "{n} probe runs skipped by the kernel (a BPF program or bpf() call was already running on that CPU)"
     )
 }
 
@@ -292,7 +292,12 @@ pub fn loss_summary(l: &Loss) -> String {
         ));
     }
     if l.skipped > 0 {
-        parts.push(skipped_runs(l.skipped));
+        let by: Vec<String> = l
+            .skipped_by
+            .iter()
+            .map(|(g, n)| format!("{n} {g}"))
+            .collect();
+        parts.push(format!("{} [{}]", skipped_runs(l.skipped), by.join(", ")));
     }
     parts.join("; ")
 }
@@ -431,6 +436,7 @@ mod tests {
             syscalls_missed: 3,
             unwatched: 0,
             skipped: 0,
+            skipped_by: vec![],
         });
         assert!(l.starts_with("12:34:56.123456  -"), "{l}");
         assert!(l.contains(" LOST "), "{l}");
