@@ -232,10 +232,7 @@ impl Resolver {
     pub fn new() -> Self {
         // Where the host's is not to be seen, nstrace's own.
         let host_mnt = crate::procfs::host_ns_link("mnt")
-            .or_else(|| {
-                let l = fs::read_link("/proc/self/ns/mnt").ok()?;
-                crate::procfs::parse_ns_link(&l.to_string_lossy()).map(|(_, i)| i)
-            })
+            .or_else(|| crate::procfs::own_ns_link("mnt"))
             .unwrap_or(0);
         Self {
             unified: cgroup_unified(),

@@ -295,8 +295,13 @@ fn parent_of_stat(stat: &str) -> Option<u32> {
 pub fn home_mount_namespaces() -> Vec<u32> {
     host_ns_link("mnt")
         .into_iter()
-        .chain(read_link_inode(Path::new("/proc/self/ns/mnt")))
+        .chain(own_ns_link("mnt"))
         .collect()
+}
+
+/// Inode of nstrace's own namespace behind `/proc/self/ns/<link>`.
+pub fn own_ns_link(link: &str) -> Option<u32> {
+    read_link_inode(Path::new(&format!("/proc/self/ns/{link}")))
 }
 
 /// nsfs bind mounts in every mount namespace some process is in (a pin can

@@ -545,7 +545,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
     // ends are awaited.
     let mut linger_until: Option<tokio::time::Instant> = None;
     let mut reported_losses = t.probes.losses();
-    let skipped_before_ready = reported_losses.skipped;
+    let skipped_before_ready = reported_losses.skipped();
     let mut output_closed = false;
 
     loop {
@@ -681,7 +681,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
                 losses.unwatched
             ));
         }
-        let skipped = losses.skipped.saturating_sub(skipped_before_ready);
+        let skipped = losses.skipped().saturating_sub(skipped_before_ready);
         if skipped > 0 {
             line.push_str(&format!(", {}", output::text::skipped_runs(skipped)));
         }

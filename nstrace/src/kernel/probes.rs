@@ -65,10 +65,9 @@ pub struct Losses {
     /// `records` split by the kind of kernel event dropped (index: kind value).
     pub by_kind: [u64; EVENT_KINDS as usize],
     /// Runs of nstrace's programs the kernel skipped because a BPF program
-    /// (or a `bpf()` call) was already active on that CPU. Counted by the
-    /// kernel for tracepoints since Linux 6.7; 0 before.
-    pub skipped: u64,
-    /// `skipped` by what the program would have told ([`SKIP_GROUPS`]).
+    /// (or a `bpf()` call) was already active on that CPU, by what the
+    /// program would have told ([`SKIP_GROUPS`]). Counted by the kernel for
+    /// tracepoints since Linux 6.7; 0 before.
     pub skipped_by: [u64; SKIP_GROUPS.len()],
 }
 
@@ -88,6 +87,11 @@ fn skip_group(program: &str) -> usize {
 }
 
 impl Losses {
+    /// Skipped runs of every program.
+    pub fn skipped(&self) -> u64 {
+        self.skipped_by.iter().sum()
+    }
+
     /// What was lost after `before`, as an in-band notice; `None` if nothing.
     pub fn since(&self, before: &Losses, time_ns: i128) -> Option<Loss> {
         if self == before {
@@ -107,7 +111,7 @@ impl Losses {
             by_kind,
             syscalls_missed: self.pending.saturating_sub(before.pending),
             unwatched: self.unwatched.saturating_sub(before.unwatched),
-            skipped: self.skipped.saturating_sub(before.skipped),
+            skipped: self.skipped().saturating_sub(before.skipped()),
             skipped_by: SKIP_GROUPS
                 .iter()
                 .zip(self.skipped_by.iter().zip(&before.skipped_by))
@@ -269,7 +273,6 @@ impl Probes {
             pending: sum(COUNTER_PENDING_FULL),
             unwatched: sum(COUNTER_MEMBERS_FULL),
             by_kind,
-            skipped: skipped_by.iter().sum(),
             skipped_by,
         }
     }
@@ -526,12 +529,10 @@ mod tests {
         assert_eq!(SKIP_GROUPS[skip_group("sched_process_exit")], "exit");
         assert_eq!(SKIP_GROUPS[skip_group("ns_free_3")], "free");
         let before = Losses {
-            skipped: 2,
             skipped_by: [2, 0, 0, 0],
             ..Losses::default()
         };
         let now = Losses {
-            skipped: 4,
             skipped_by: [3, 0, 0, 1],
             ..before
         };
