@@ -1,0 +1,1 @@
+//! (cases land with their fixes)
