@@ -732,3 +732,39 @@ pub fn judge_ends(tracer: &Tracer) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The unprivileged attacker of the hostile tests: uid and gid 65534
+/// (nobody), no supplementary groups.
+pub const NOBODY: u32 = 65534;
+
+/// `sh -c SCRIPT` run as [`NOBODY`] (through util-linux's setpriv), in a
+/// new process group killed when the [`Group`] is dropped.
+pub fn as_nobody(script: &str) -> Group {
+    let id = NOBODY.to_string();
+    Group::spawn(&[
+        "setpriv",
+        "--reuid",
+        &id,
+        "--regid",
+        &id,
+        "--clear-groups",
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
+/// Like [`as_nobody`], run to its end: (status, stdout, stderr).
+pub fn run_as_nobody(script: &str) -> (ExitStatus, String, String) {
+    let id = NOBODY.to_string();
+    let out = Command::new("setpriv")
+        .args(["--reuid", &id, "--regid", &id, "--clear-groups", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running as nobody: {e}"));
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
