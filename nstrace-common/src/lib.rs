@@ -168,6 +168,15 @@ pub struct Event {
     /// (runc's children) have often all exited before user space can walk
     /// /proc from the actor to the runtime (a shim) that names the container.
     pub elders: [u32; 2],
+    /// Clone creates: the flags the caller's memory held when the syscall
+    /// entered (clone3's `struct clone_args`). The record's `flags` are the
+    /// kernel's own (`task_newtask`): user memory can be unreadable to a
+    /// probe read (a page not faulted in) or rewritten by another thread
+    /// before the kernel copies it, so it is detail, never the claim.
+    pub user_flags: u64,
+    /// Clone creates: 1 when the caller's flags could not be read at all.
+    pub flags_unread: u32,
+    pub _pad: u32,
 }
 
 /// Key of a namespace in the member-count map: kind index in the high half,

@@ -95,6 +95,13 @@ static SCRATCH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static PENDING_SCRATCH: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU stand-in for the pending entry of a clone that creates
+/// namespaces but left none (its clone3 arguments were unreadable to a
+/// probe read, or the pending map was full): its own, so that it never
+/// shares memory with [`enter`]'s scratch.
+#[map]
+static UNREAD_SCRATCH: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
 fn scratch() -> Option<*mut u32> {
     SCRATCH.get_ptr_mut(0)
 }
@@ -273,8 +280,10 @@ pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     let uargs: u64 = field(&ctx, ARG0);
-    // `struct clone_args` starts with `__u64 flags`; a bad pointer reads as 0
-    // and the call will fail with EFAULT, which is not namespace work.
+    // `struct clone_args` starts with `__u64 flags`. A probe read cannot
+    // fault a page in: arguments the kernel will read fine may be unreadable
+    // here. Then no entry is left, and `task_newtask` reports the creates
+    // from the kernel's own flags (a bad pointer fails with EFAULT instead).
     let flags: u64 = match unsafe { aya_ebpf::helpers::bpf_probe_read_user(uargs as *const u64) } {
         Ok(f) => f,
         Err(e) => {
@@ -394,12 +403,14 @@ fn new_task(ctx: &RawTracePointContext) {
             diag::update(diag::Map::Follow, e);
         }
     }
-    // Only a clone asking for new namespaces can have a pending entry.
+    // What the kernel was asked for decides: `clone_flags` is its own copy,
+    // which no other thread can rewrite and no unreadable page can hide.
     if clone_flags & CLONE_NEW_MASK != 0 {
-        if let Some(p) = PENDING.get_ptr_mut(current_tid()) {
-            clone_created(p, child);
-            return;
+        match PENDING.get_ptr_mut(current_tid()) {
+            Some(p) => clone_created(p, child, clone_flags, 0),
+            None => clone_unread(child, clone_flags),
         }
+        return;
     }
     // Any fork or new thread: one more member wherever the child is.
     let mut ptrs = [0u64; NS_KINDS];
@@ -412,10 +423,31 @@ fn new_task(ctx: &RawTracePointContext) {
     }
 }
 
-/// A clone/clone3 with `CLONE_NEW*` flags made `child`.
-fn clone_created(p: *mut Pending, child: *const u8) {
+/// A clone that creates namespaces but has no pending entry: its caller's
+/// namespaces are read now (a clone leaves them alone), and the record says
+/// its flags came from the kernel alone. Only clone3 reads its flags from
+/// user memory, so that is the call, unless the pending map was full (counted).
+fn clone_unread(child: *const u8, clone_flags: u64) {
+    let Some(p) = UNREAD_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: `p` points at this CPU's slot of a map value, valid for the
+    // whole program run; the program is not re-entered on this CPU while it
+    // runs (the kernel skips, and counts, a nested run).
+    unsafe {
+        (*p).flags = 0;
+        (*p).syscall = Syscall::Clone3 as u32;
+        task::read_ns(task::current(), &mut (*p).before, &mut (*p).before_ptrs);
+    }
+    clone_created(p, child, clone_flags, 1);
+}
+
+/// A clone/clone3 that the kernel made with `CLONE_NEW*` flags
+/// (`clone_flags`, its own) made `child`; `unread`: 1 when the caller's
+/// flags were never read (`p` then holds only its namespaces).
+fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u32) {
     let tid = current_tid();
-    let flags = unsafe { (*p).flags };
+    let flags = clone_flags;
     // The counts are kept whether or not the ring has room.
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         let e = unsafe { &mut *entry.as_mut_ptr() };
@@ -428,6 +460,8 @@ fn clone_created(p: *mut Pending, child: *const u8) {
             e.admin = task::euid_admin(task::current()).1;
             e.syscall = (*p).syscall;
             e.flags = flags;
+            e.user_flags = (*p).flags;
+            e.flags_unread = unread;
             e.fd = -1;
             e.ret = task::tid_of(child) as i64;
             e.before = (*p).before;
@@ -591,6 +625,9 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     // every record, it quadrupled sys_exit_ns's verification (35 -> 145 ms).
     e.admin = 0;
     e.cgroup = unsafe { bpf_get_current_cgroup_id() };
+    e.user_flags = 0;
+    e.flags_unread = 0;
+    e._pad = 0;
 }
 
 /// What each `ns_free_N` program is attached to; written by user space before

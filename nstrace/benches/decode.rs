@@ -64,6 +64,9 @@ fn events() -> Vec<Vec<u8>> {
                 euid: 0,
                 admin: 1,
                 elders: [1, 0],
+                user_flags: 0,
+                flags_unread: 0,
+                _pad: 0,
                 cgroup: 0,
             };
             // SAFETY: Event is plain data.

@@ -6,7 +6,9 @@
 use std::{
     collections::HashMap,
     fs,
-    os::unix::fs::MetadataExt,
+    io::Read as _,
+    os::unix::fs::{MetadataExt, OpenOptionsExt as _},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -24,8 +26,13 @@ pub struct Container {
 }
 
 impl Container {
+    /// The first 12 characters (an id read back from a saved trace may be
+    /// anything: cut on a character boundary).
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        match self.id.char_indices().nth(12) {
+            Some((end, _)) => &self.id[..end],
+            None => &self.id,
+        }
     }
 
     /// `--container` matching: a prefix of the id, or the exact name.
@@ -50,10 +57,22 @@ fn is_hex_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A cgroup path inside a user's delegated subtree (systemd gives each
+/// user `user.slice/user-UID.slice/user@UID.service` to shape as they
+/// like): whatever it is named there, the user named it, so it names no
+/// container (rootless runtimes put theirs there, and are not attributed).
+fn delegated(path: &str) -> bool {
+    path.split('/')
+        .any(|seg| seg == "user.slice" || seg.starts_with("user@"))
+}
+
 /// `(id, runtime)` from the contents of /proc/PID/cgroup.
 pub fn from_cgroup(text: &str) -> Option<(String, &'static str)> {
     for line in text.lines() {
         let path = line.splitn(3, ':').nth(2)?;
+        if delegated(path) {
+            continue;
+        }
         let segments: Vec<&str> = path.split('/').collect();
         for (i, seg) in segments.iter().enumerate() {
             let trimmed = seg.strip_suffix(".scope").unwrap_or(seg);
@@ -79,8 +98,28 @@ pub fn from_cgroup(text: &str) -> Option<(String, &'static str)> {
     None
 }
 
+/// A container id as containerd accepts one (its `identifiers.Validate`:
+/// alphanumeric runs joined by single `.`, `_` or `-`, at most 76
+/// characters): never a path separator, never `..`.
+fn is_containerd_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 76
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !b
+            .windows(2)
+            .any(|w| !w[0].is_ascii_alphanumeric() && !w[1].is_ascii_alphanumeric())
+}
+
 /// `(id, runtime)` from a runtime process's argv: containerd's shim (`-id`,
-/// `-namespace moby|k8s.io|...`) or podman's conmon (`-c`).
+/// `-namespace moby|k8s.io|...`) or podman's conmon (`-c`). Ids are
+/// checked against the runtime's own rules (docker, CRI and podman: 64 hex
+/// digits) before anything uses them: they are joined into paths root opens.
+/// The argv alone proves nothing (any process can write it): callers first
+/// ask [`is_trusted_runtime`].
 pub fn from_runtime_cmdline(argv: &[String]) -> Option<(String, &'static str)> {
     let prog = argv.first()?.rsplit('/').next()?;
     let arg = |flag: &str| {
@@ -96,29 +135,103 @@ pub fn from_runtime_cmdline(argv: &[String]) -> Option<(String, &'static str)> {
             Some("k8s.io") => "cri-containerd",
             _ => "containerd",
         };
-        return Some((id, runtime));
+        let valid = match runtime {
+            "containerd" => is_containerd_id(&id),
+            _ => is_hex_id(&id),
+        };
+        return valid.then_some((id, runtime));
     }
     if prog == "conmon" {
-        return Some((arg("-c").or_else(|| arg("--cid"))?, "podman"));
+        let id = arg("-c").or_else(|| arg("--cid"))?;
+        return is_hex_id(&id).then_some((id, "podman"));
     }
     None
 }
 
+/// What is read of one process's argv: a shim's or conmon's fits many
+/// times over; a hostile process's megabytes of arguments are not read.
+const CMDLINE_CAP: u64 = 16 * 1024;
+
 fn cmdline(pid: u32) -> Vec<String> {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut b = Vec::new();
+    let Ok(f) = fs::File::open(format!("/proc/{pid}/cmdline")) else {
+        return Vec::new();
+    };
+    if f.take(CMDLINE_CAP).read_to_end(&mut b).is_err() {
+        return Vec::new();
+    }
+    b.split(|&c| c == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Whether the kernel says `pid` is a container runtime's own process
+/// (containerd's shim, podman's conmon), not one that only names itself
+/// so: it runs as root (real and effective uid 0) in the host's user
+/// namespace, from a root-owned executable that only root can write,
+/// named like the runtime, and not in a user's delegated cgroup.
+pub fn is_trusted_runtime(pid: u32, host_user_ns: Option<u32>) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .is_some_and(|v| v.split_whitespace().take(2).all(|u| u == "0"));
+    if !root {
+        return false;
+    }
+    let user_ns = crate::procfs::ns_link_of(pid, "user");
+    if user_ns.is_none() || (host_user_ns.is_some() && user_ns != host_user_ns) {
+        return false;
+    }
+    let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
+    if !(name.starts_with("containerd-shim") || name == "conmon") {
+        return false;
+    }
+    // The file the kernel runs (through the magic link, whatever its path).
+    let owned_by_root = fs::metadata(format!("/proc/{pid}/exe"))
+        .is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0);
+    owned_by_root && !cgroup_of(pid).is_some_and(|t| t.lines().any(delegated_line))
+}
+
+fn delegated_line(line: &str) -> bool {
+    line.splitn(3, ':').nth(2).is_some_and(delegated)
+}
+
+/// The largest runtime metadata file read (docker's config.v2.json and an
+/// OCI bundle's config.json are kilobytes).
+const METADATA_CAP: u64 = 4 << 20;
+
+/// Reads a runtime's metadata file, if it is a regular file: never through
+/// a symlink at its last component, never blocking on a FIFO or device
+/// (O_NONBLOCK, then fstat), never more than [`METADATA_CAP`] bytes.
+pub fn read_metadata(path: &Path) -> Option<String> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > METADATA_CAP {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(METADATA_CAP).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// The name docker keeps for a container id, if any.
 fn docker_name(id: &str) -> Option<String> {
-    let text =
-        fs::read_to_string(format!("/var/lib/docker/containers/{id}/config.v2.json")).ok()?;
+    if !is_hex_id(id) {
+        return None;
+    }
+    let text = read_metadata(Path::new(&format!(
+        "/var/lib/docker/containers/{id}/config.v2.json"
+    )))?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     Some(v["Name"].as_str()?.trim_start_matches('/').to_string())
 }
@@ -144,12 +257,20 @@ const CRIO_ROOT: &str = "/run/containers/storage/overlay-containers";
 /// Names of a CRI container from the annotations in its OCI bundle, which
 /// the kubelet's runtime writes on the node: no API server needed.
 fn cri_names(id: &str, runtime: &str) -> Names {
+    if !(is_hex_id(id) || runtime == "containerd" && is_containerd_id(id)) {
+        return Names::default();
+    }
     let config = if runtime == "cri-o" {
-        fs::read_to_string(format!("{CRIO_ROOT}/{id}/userdata/config.json")).ok()
+        read_metadata(Path::new(&format!("{CRIO_ROOT}/{id}/userdata/config.json")))
     } else {
         CONTAINERD_TASK_ROOTS.iter().find_map(|root| {
             fs::read_dir(root).ok()?.find_map(|ns| {
-                fs::read_to_string(ns.ok()?.path().join(id).join("config.json")).ok()
+                let dir = ns.ok()?.path();
+                // A bundle below a symlinked namespace entry is not the runtime's.
+                if fs::symlink_metadata(&dir).ok()?.file_type().is_symlink() {
+                    return None;
+                }
+                read_metadata(&dir.join(id).join("config.json"))
             })
         })
     };
@@ -202,6 +323,8 @@ pub struct Resolver {
     unified: bool,
     /// The host's mount namespace, 0 if unknown.
     host_mnt: u32,
+    /// The host's user namespace, where a runtime's processes run.
+    host_user: Option<u32>,
     names: HashMap<String, Names>,
     /// pid -> when walked, and the runtime found from it upwards.
     walked: HashMap<u32, (Instant, Option<Hit>)>,
@@ -237,6 +360,7 @@ impl Resolver {
         Self {
             unified: cgroup_unified(),
             host_mnt,
+            host_user: crate::procfs::host_ns_link("user"),
             ..Self::default()
         }
     }
@@ -277,11 +401,13 @@ impl Resolver {
     fn learn_cgroup(&mut self, pid: u32, cgroup: u64) -> Option<Option<Hit>> {
         let text = cgroup_of(pid)?;
         let path = unified_path(&text)?;
-        let ino = fs::metadata(format!("/sys/fs/cgroup{path}")).ok()?.ino();
-        if ino != cgroup {
+        let meta = fs::metadata(format!("/sys/fs/cgroup{path}")).ok()?;
+        if meta.ino() != cgroup {
             return None;
         }
-        let verdict = from_cgroup(&text);
+        // A cgroup directory someone other than root owns was delegated to
+        // them (the kernel's word, whatever the path says): its name is theirs.
+        let verdict = from_cgroup(&text).filter(|_| meta.uid() == 0);
         if self.by_cgroup.len() > 8192 {
             self.by_cgroup.clear();
         }
@@ -372,7 +498,9 @@ impl Resolver {
             }
             chain.push(p);
             if maybe_runtime {
-                if let Some(hit) = from_runtime_cmdline(&cmdline(p)) {
+                if let Some(hit) = from_runtime_cmdline(&cmdline(p))
+                    .filter(|_| is_trusted_runtime(p, self.host_user))
+                {
                     break Some(hit);
                 }
             }
@@ -470,11 +598,71 @@ mod tests {
         assert_eq!(r.for_actor(&a), None);
     }
 
+    /// A process whose executable is a root-owned file named like
+    /// containerd's shim (a copy of bash) with the shim's argv, as the
+    /// kernel would show the real one; None when not root (the copy would
+    /// be the user's, which is not to be trusted).
+    fn fake_root_shim(
+        namespace: &str,
+        id: &str,
+    ) -> Option<(std::process::Child, std::path::PathBuf)> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: a trusted runtime process must be root's");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("nstrace-shim-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("containerd-shim-runc-v2");
+        fs::copy("/bin/bash", &exe).unwrap();
+        let child = std::process::Command::new(&exe)
+            .args(["-c", "sleep 10; :", "_", "-namespace", namespace, "-id", id])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cmdline(child.id()).iter().any(|a| a == id) {
+            assert!(Instant::now() < deadline, "the fake shim did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some((child, dir))
+    }
+
+    fn actor_below(shim: u32) -> Actor {
+        let gone = u32::MAX - 3;
+        Actor {
+            pid: gone,
+            ppid: gone + 1,
+            elders: [gone + 2, shim],
+            comm: "runc:[1:CHILD]".into(),
+            mnt_ns: 7,
+            ..Actor::default()
+        }
+    }
+
     #[test]
     fn an_actor_whose_parents_exited_is_found_through_its_recorded_elders() {
-        // A live process that looks like containerd's shim, three levels
-        // above an actor that, like its parent and grandparent, is gone.
-        let mut shim = std::process::Command::new("bash")
+        // A live process the kernel shows as containerd's shim, three
+        // levels above an actor that, like its parent and grandparent, is gone.
+        let Some((mut shim, dir)) = fake_root_shim("k8s.io", ID) else {
+            return;
+        };
+        let mut r = Resolver {
+            host_mnt: 7,
+            host_user: crate::procfs::host_ns_link("user"),
+            ..Resolver::default()
+        };
+        let c = r.for_actor(&actor_below(shim.id()));
+        let _ = shim.kill();
+        let _ = shim.wait();
+        let _ = fs::remove_dir_all(dir);
+        let c = c.expect("found through the elders");
+        assert_eq!((c.id.as_str(), c.runtime), (ID, "cri-containerd"));
+    }
+
+    #[test]
+    fn a_process_that_only_names_itself_a_shim_is_not_one() {
+        // bash under the shim's name and argv: its executable is bash.
+        let mut fake = std::process::Command::new("bash")
             .arg("-c")
             .arg(format!(
                 "exec -a containerd-shim-runc-v2 bash -c 'sleep 10; :' _ -namespace k8s.io -id {ID}"
@@ -482,28 +670,100 @@ mod tests {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !cmdline(shim.id()).iter().any(|a| a == ID) {
+        while !cmdline(fake.id()).iter().any(|a| a == ID) {
             assert!(Instant::now() < deadline, "the fake shim did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let gone = u32::MAX - 3;
-        let a = Actor {
-            pid: gone,
-            ppid: gone + 1,
-            elders: [gone + 2, shim.id()],
-            comm: "runc:[1:CHILD]".into(),
-            mnt_ns: 7,
-            ..Actor::default()
-        };
+        let trusted = is_trusted_runtime(fake.id(), crate::procfs::host_ns_link("user"));
         let mut r = Resolver {
             host_mnt: 7,
             ..Resolver::default()
         };
-        let c = r.for_actor(&a);
-        let _ = shim.kill();
-        let _ = shim.wait();
-        let c = c.expect("found through the elders");
-        assert_eq!((c.id.as_str(), c.runtime), (ID, "cri-containerd"));
+        let c = r.for_actor(&actor_below(fake.id()));
+        let _ = fake.kill();
+        let _ = fake.wait();
+        assert!(!trusted);
+        assert_eq!(c, None);
+    }
+
+    #[test]
+    fn runtime_ids_are_checked_before_use() {
+        let argv = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        for bad in [
+            "aaaaaaaaaaa\u{e9}",
+            "../../../../tmp/x",
+            "/etc/passwd",
+            "a..b",
+            "",
+            "-x",
+        ] {
+            for ns in ["moby", "k8s.io", "default"] {
+                let line = format!("/usr/bin/containerd-shim-runc-v2 -namespace {ns} -id {bad}");
+                assert_eq!(from_runtime_cmdline(&argv(&line)), None, "{line}");
+            }
+        }
+        let multibyte = vec![
+            "containerd-shim-runc-v2".to_string(),
+            "-namespace".into(),
+            "moby".into(),
+            "-id".into(),
+            "aaaaaaaaaaa\u{e9}".into(),
+        ];
+        assert_eq!(from_runtime_cmdline(&multibyte), None);
+        assert_eq!(
+            from_runtime_cmdline(&argv(
+                "containerd-shim-runc-v2 -namespace default -id my-app.1"
+            )),
+            Some(("my-app.1".into(), "containerd"))
+        );
+        assert_eq!(from_runtime_cmdline(&argv("conmon -c ../x")), None);
+    }
+
+    #[test]
+    fn a_short_id_is_cut_on_a_character_boundary() {
+        let c = Container {
+            id: "aaaaaaaaaaa\u{e9}\u{e9}".into(),
+            runtime: "docker",
+            name: None,
+            pod: None,
+            namespace: None,
+        };
+        assert_eq!(c.short_id(), "aaaaaaaaaaa\u{e9}");
+        let short = Container {
+            id: "\u{e9}".into(),
+            ..c
+        };
+        assert_eq!(short.short_id(), "\u{e9}");
+    }
+
+    #[test]
+    fn a_users_delegated_cgroup_names_no_container() {
+        assert_eq!(
+            cg(&format!(
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope"
+            )),
+            None
+        );
+        assert_eq!(cg(&format!("/user.slice/docker-{ID}.scope")), None);
+    }
+
+    #[test]
+    fn metadata_is_read_only_from_regular_files() {
+        let dir = std::env::temp_dir().join(format!("nstrace-meta-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.json");
+        fs::write(&file, "{}").unwrap();
+        assert_eq!(read_metadata(&file).as_deref(), Some("{}"));
+        let link = dir.join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(read_metadata(&link), None, "a symlink is not followed");
+        let fifo = dir.join("fifo.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(read_metadata(&fifo), None, "a FIFO is not waited on");
+        assert_eq!(read_metadata(Path::new("/dev/zero")), None);
+        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -516,8 +776,10 @@ mod tests {
             Some((ID.into(), "docker"))
         );
         assert_eq!(
-            from_runtime_cmdline(&argv("/usr/bin/conmon --api-version 1 -c abc -u abc")),
-            Some(("abc".into(), "podman"))
+            from_runtime_cmdline(&argv(&format!(
+                "/usr/bin/conmon --api-version 1 -c {ID} -u {ID}"
+            ))),
+            Some((ID.into(), "podman"))
         );
         assert_eq!(from_runtime_cmdline(&argv("/bin/bash")), None);
     }

@@ -1,6 +1,6 @@
 //! Raw ring-buffer events to [`Record`]s.
 
-use nstrace_common::{Event, EventKind, NsSet, Syscall as RawSyscall};
+use nstrace_common::{CLONE_NEW_MASK, Event, EventKind, NsSet, Syscall as RawSyscall};
 
 use crate::{
     record::{Actor, EventType, NsKind, Record, Syscall},
@@ -173,6 +173,9 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
         })
         .map(|r| Record {
             child_pid: Some(e.ret as u32),
+            flags_unread: e.flags_unread != 0,
+            claimed_flags: (e.flags_unread == 0 && (e.user_flags ^ e.flags) & CLONE_NEW_MASK != 0)
+                .then_some(e.user_flags),
             ..with_owner(r)
         })
         .collect(),
@@ -270,6 +273,9 @@ mod tests {
             euid: 0,
             admin: 1,
             elders: [0; 2],
+            user_flags: 0,
+            flags_unread: 0,
+            _pad: 0,
         }
     }
 

@@ -299,6 +299,11 @@ pub fn home_mount_namespaces() -> Vec<u32> {
         .collect()
 }
 
+/// Inode of `pid`'s namespace behind `/proc/PID/ns/<link>`.
+pub fn ns_link_of(pid: u32, link: &str) -> Option<u32> {
+    read_link_inode(Path::new(&format!("/proc/{pid}/ns/{link}")))
+}
+
 /// Inode of nstrace's own namespace behind `/proc/self/ns/<link>`.
 pub fn own_ns_link(link: &str) -> Option<u32> {
     read_link_inode(Path::new(&format!("/proc/self/ns/{link}")))

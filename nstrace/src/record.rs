@@ -279,6 +279,12 @@ pub struct Record {
     pub child_pid: Option<u32>,
     /// For setns: the fd argument.
     pub fd: Option<i32>,
+    /// Clone creates: the caller's flags could not be read from its memory
+    /// (`flags` are the kernel's own, as always for creates).
+    pub flags_unread: bool,
+    /// Clone creates: what the caller's memory said at entry, where it
+    /// differs from what the kernel did (another thread rewrote it).
+    pub claimed_flags: Option<u64>,
     /// For errors: the positive errno.
     pub errno: Option<i32>,
     /// Creates: the owning user namespace (for user: the parent one).

@@ -758,7 +758,16 @@ pub fn as_nobody(script: &str) -> Group {
 pub fn run_as_nobody(script: &str) -> (ExitStatus, String, String) {
     let id = NOBODY.to_string();
     let out = Command::new("setpriv")
-        .args(["--reuid", &id, "--regid", &id, "--clear-groups", "sh", "-c", script])
+        .args([
+            "--reuid",
+            &id,
+            "--regid",
+            &id,
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running as nobody: {e}"));

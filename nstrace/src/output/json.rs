@@ -95,6 +95,13 @@ impl Serialize for RecordJson<'_> {
         if let Some(v) = r.child_pid {
             m.serialize_entry("child_pid", &v)?;
         }
+        // `flags` are the kernel's; what the caller's memory said is detail.
+        if r.flags_unread {
+            m.serialize_entry("flags_read", &false)?;
+        }
+        if let Some(f) = r.claimed_flags {
+            m.serialize_entry("claimed_flags", &format_args!("{f:#x}"))?;
+        }
         if let Some(v) = r.fd {
             m.serialize_entry("fd", &v)?;
         }
@@ -286,6 +293,10 @@ fn record_from_json(v: &Value, event: EventType, time_ns: i128) -> Record {
             .unwrap_or(0),
         actor,
         child_pid: u32_of(v, "child_pid"),
+        flags_unread: v["flags_read"] == false,
+        claimed_flags: v["claimed_flags"]
+            .as_str()
+            .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok()),
         fd: v["fd"].as_i64().and_then(|n| i32::try_from(n).ok()),
         errno: v["errno_num"].as_i64().and_then(|n| i32::try_from(n).ok()),
         owner_inode: u32_of(v, "owner_user_ns"),

@@ -258,6 +258,13 @@ fn who(out: &mut String, r: &Record) {
     if r.event == EventType::Create && r.kind == Some(crate::record::NsKind::User) && !a.admin {
         out.push_str("  (unprivileged)");
     }
+    // The flags shown are the kernel's; the caller's memory is only detail.
+    if r.flags_unread {
+        out.push_str("  (caller's flags unreadable; the kernel's shown)");
+    }
+    if let Some(f) = r.claimed_flags {
+        let _ = write!(out, "  (caller's memory said {f:#x})");
+    }
 }
 
 /// What a loss notice says, in words.

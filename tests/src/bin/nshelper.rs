@@ -49,6 +49,38 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+fn clone3(args: *const CloneArgs) -> i64 {
+    // SAFETY: `args` points at a `CloneArgs` of the size passed (possibly on a
+    // page not yet faulted in: the kernel copies it itself); no CLONE_VM,
+    // so the child is an ordinary fork of this process.
+    unsafe { libc::syscall(libc::SYS_clone3, args, std::mem::size_of::<CloneArgs>()) }
+}
+
+/// `cl` written to a memfd and mapped back, untouched: the mapping has no
+/// page table entry until the kernel's own copy faults it in.
+fn unfaulted_copy(cl: &CloneArgs) -> *const CloneArgs {
+    let size = std::mem::size_of::<CloneArgs>();
+    // SAFETY: plain syscalls on a fresh memfd; `cl` is `size` readable bytes.
+    unsafe {
+        let fd = libc::memfd_create(c"nshelper-args".as_ptr(), 0);
+        if fd < 0 || libc::write(fd, (cl as *const CloneArgs).cast(), size) != size as isize {
+            die("memfd");
+        }
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            die("mmap");
+        }
+        p as *const CloneArgs
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let action = args
@@ -157,6 +189,63 @@ fn main() {
                 wait_forever()
             });
             say(&rx.recv().unwrap_or_else(|_| die("thread died")));
+            wait_forever()
+        }
+        // clone3-unfaulted FLAGS: clone3 with its arguments on a file page
+        // mapped but never touched (a probe read cannot fault it in; the
+        // kernel's copy can). Prints `child PID`, waits.
+        "clone3-unfaulted" => {
+            let cl = CloneArgs {
+                flags: hex(args.next()),
+                exit_signal: libc::SIGCHLD as u64,
+                ..Default::default()
+            };
+            let args = unfaulted_copy(&cl);
+            match clone3(args) {
+                0 => wait_forever(),
+                r if r < 0 => say(&format!("errno {}", errno())),
+                child => {
+                    say(&format!("child {child}"));
+                    wait_forever()
+                }
+            }
+        }
+        // clone3-rewrite FLAGS N: N clone3 calls while a second thread flips
+        // the flags word between 0 and FLAGS. Prints `child PID` for each
+        // child made, then `done`; the children wait.
+        "clone3-rewrite" => {
+            let flags = hex(args.next());
+            let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+            let cl = Box::leak(Box::new(CloneArgs {
+                flags,
+                exit_signal: libc::SIGCHLD as u64,
+                ..Default::default()
+            }));
+            let word = std::ptr::addr_of_mut!(cl.flags) as usize;
+            std::thread::spawn(move || {
+                let mut on = false;
+                loop {
+                    on = !on;
+                    // SAFETY: the leaked args live for the process; racy on
+                    // purpose (the attack), through volatile writes.
+                    unsafe {
+                        std::ptr::write_volatile(word as *mut u64, if on { flags } else { 0 })
+                    };
+                }
+            });
+            let mut made = Vec::new();
+            for _ in 0..n {
+                match clone3(cl as *const CloneArgs) {
+                    // A child of a multi-threaded parent: only async-signal-safe calls.
+                    0 => wait_forever(),
+                    r if r > 0 => made.push(r),
+                    _ => {}
+                }
+            }
+            for child in made {
+                say(&format!("child {child}"));
+            }
+            say("done");
             wait_forever()
         }
         other => die(&format!("unknown action {other}")),
