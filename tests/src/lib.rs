@@ -737,7 +737,7 @@ pub fn judge_ends(tracer: &Tracer) {
 /// (nobody), no supplementary groups.
 pub const NOBODY: u32 = 65534;
 
-/// `sh -c SCRIPT` run as [`NOBODY`] (through util-linux's setpriv), in a
+/// `bash -c SCRIPT` run as [`NOBODY`] (through util-linux's setpriv), in a
 /// new process group killed when the [`Group`] is dropped.
 pub fn as_nobody(script: &str) -> Group {
     let id = NOBODY.to_string();
@@ -748,7 +748,7 @@ pub fn as_nobody(script: &str) -> Group {
         "--regid",
         &id,
         "--clear-groups",
-        "sh",
+        "bash",
         "-c",
         script,
     ])
@@ -764,7 +764,7 @@ pub fn run_as_nobody(script: &str) -> (ExitStatus, String, String) {
             "--regid",
             &id,
             "--clear-groups",
-            "sh",
+            "bash",
             "-c",
             script,
         ])
