@@ -172,6 +172,15 @@ fn cmdline(pid: u32) -> Vec<String> {
 /// namespace, from a root-owned executable that only root can write,
 /// named like the runtime, and not in a user's delegated cgroup.
 pub fn is_trusted_runtime(pid: u32, host_user_ns: Option<u32>) -> bool {
+    // Cheapest refusals first: most ancestors are no runtime at all.
+    let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
+    if !(name.starts_with("containerd-shim") || name == "conmon") {
+        return false;
+    }
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let root = status
         .lines()
@@ -182,14 +191,6 @@ pub fn is_trusted_runtime(pid: u32, host_user_ns: Option<u32>) -> bool {
     }
     let user_ns = crate::procfs::ns_link_of(pid, "user");
     if user_ns.is_none() || (host_user_ns.is_some() && user_ns != host_user_ns) {
-        return false;
-    }
-    let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
-    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
-    if !(name.starts_with("containerd-shim") || name == "conmon") {
         return false;
     }
     // The file the kernel runs (through the magic link, whatever its path).
@@ -497,10 +498,10 @@ impl Resolver {
                 }
             }
             chain.push(p);
-            if maybe_runtime {
-                if let Some(hit) = from_runtime_cmdline(&cmdline(p))
-                    .filter(|_| is_trusted_runtime(p, self.host_user))
-                {
+            // Trust first: a hostile process's argv is never read (reading it
+            // takes that process's memory lock, which it may hold).
+            if maybe_runtime && is_trusted_runtime(p, self.host_user) {
+                if let Some(hit) = from_runtime_cmdline(&cmdline(p)) {
                     break Some(hit);
                 }
             }

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::fs::MetadataExt as _},
     path::Path,
 };
 
@@ -81,13 +81,14 @@ impl Snapshot {
     /// fd on it.
     pub fn meta(&self, key: NsKey) -> NsMeta {
         if let Some(&pid) = self.processes.get(&key).and_then(|p| p.first()) {
-            return ns_meta(pid, active_link(key.0));
+            let link = format!("/proc/{pid}/ns/{}", active_link(key.0));
+            return ns_meta_at(&link, Follow::Yes, key);
         }
         if let Some(m) = self.mounts.get(&key).and_then(|m| m.first()) {
-            return ns_meta_at(&format!("/proc/{}/root{}", m.pid, m.path));
+            return ns_meta_at(&m.open_path(), Follow::No, key);
         }
         if let Some((pid, fd, _)) = self.fds.get(&key).and_then(|f| f.first()) {
-            return ns_meta_at(&format!("/proc/{pid}/fd/{fd}"));
+            return ns_meta_at(&format!("/proc/{pid}/fd/{fd}"), Follow::Yes, key);
         }
         NsMeta::default()
     }
@@ -233,6 +234,13 @@ pub struct MountPin {
 }
 
 impl MountPin {
+    /// The mount point seen from its own mount namespace. Whatever is at
+    /// that path now may be something else: a user can mount over the
+    /// pin's parent and put a FIFO in its place ([`open_nsfs`] checks).
+    pub fn open_path(&self) -> String {
+        format!("/proc/{}/root{}", self.pid, self.path)
+    }
+
     /// `mount PATH`, naming the mount namespace unless it is the host's
     /// (PID 1's) or nstrace's own.
     pub fn describe(&self, ours: &[u32]) -> String {
@@ -405,13 +413,60 @@ pub struct NsMeta {
     pub ns_id: Option<u64>,
 }
 
-pub fn ns_meta(pid: u32, link: &str) -> NsMeta {
-    ns_meta_at(&format!("/proc/{pid}/ns/{link}"))
+/// Whether the last component of a path to open is followed: /proc's
+/// `ns/` and `fd/` links are the kernel's own; a mount point never is a
+/// link (one found there was put by someone).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    Yes,
+    No,
 }
 
-/// Like [`ns_meta`], through any nsfs file (e.g. an `ip netns` bind mount).
-pub fn ns_meta_at(path: &str) -> NsMeta {
-    let Ok(file) = fs::File::open(path) else {
+/// `NSFS_MAGIC` (uapi `magic.h`).
+const NSFS_MAGIC: u64 = 0x6e73_6673;
+
+/// Opens `path` only if it is the nsfs file of `key`, never blocking and
+/// never opening anything else: an `O_PATH` open (no FIFO waits, no device
+/// opens; no symlink at the last component unless `follow`), then `fstatfs`
+/// must say nsfs and `fstat` the inode the caller expects; only then is it
+/// opened for reading (through /proc/self/fd, the same file). Paths a user
+/// can shape (pins in their own mount namespaces) go through here.
+pub fn open_nsfs(path: &str, follow: Follow, key: NsKey) -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let nofollow = if follow == Follow::No {
+        libc::O_NOFOLLOW
+    } else {
+        0
+    };
+    let probe = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC | nofollow)
+        .open(path)
+        .ok()?;
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: an open fd and a zeroed statfs for the kernel to fill.
+    if unsafe { libc::fstatfs(probe.as_raw_fd(), &mut sfs) } != 0 {
+        return None;
+    }
+    // Both are `long` on some targets and not on others.
+    if sfs.f_type as u64 != NSFS_MAGIC {
+        return None;
+    }
+    let meta = probe.metadata().ok()?;
+    if meta.ino() != u64::from(key.1) {
+        return None;
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", probe.as_raw_fd()))
+        .ok()
+}
+
+/// Owner, parent and id of namespace `key`, through an nsfs file of it (e.g. an `ip netns`
+/// bind mount), opened by [`open_nsfs`].
+pub fn ns_meta_at(path: &str, follow: Follow, key: NsKey) -> NsMeta {
+    let Some(file) = open_nsfs(path, follow, key) else {
         return NsMeta::default();
     };
     let fd = file.as_raw_fd();
