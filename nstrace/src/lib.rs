@@ -29,6 +29,7 @@ pub mod record;
 pub mod registry;
 pub mod report;
 pub mod session;
+pub mod signals;
 pub mod summary;
 pub mod time;
 pub mod timeline;

@@ -4,6 +4,8 @@ use clap::Parser as _;
 use nstrace::{cli::Cli, error::hint_of, session};
 
 fn main() -> ExitCode {
+    // First: a stop signal at any moment of start-up must end the run.
+    nstrace::signals::install();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("nstrace: internal error: {info}");
         eprintln!("  hint: this is a bug in nstrace; please report it with the line above");
@@ -30,6 +32,12 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(session::run(&cli)) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        // A load or wait cut short by the stop signal is the user's stop,
+        // not a failure: everything loaded so far was dropped on the way out.
+        Err(_) if nstrace::signals::requested().is_some() => {
+            eprintln!("nstrace: stopped during start-up, before tracing began");
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("nstrace: error: {err:#}");
             if let Some(hint) = hint_of(&err) {

@@ -295,9 +295,23 @@ impl Tracer<'_> {
 /// before it: past the last settle re-check (160 ms) and one grace (100 ms).
 const FINAL_VERDICTS: Duration = Duration::from_millis(400);
 
+/// Whether a stop signal came during start-up (said on stderr): the caller
+/// returns before loading or starting anything more; what it loaded is
+/// dropped, and so detached, on the way out.
+fn stopped_early() -> bool {
+    let stopped = crate::signals::requested().is_some();
+    if stopped {
+        eprintln!("nstrace: stopped during start-up, before tracing began");
+    }
+    stopped
+}
+
 async fn trace(cli: &Cli) -> Result<i32> {
     let loader = crate::kernel::probes::prepare_loader();
     let host = preflight::check()?;
+    if stopped_early() {
+        return Ok(0);
+    }
     // Output files first: a path that cannot be written fails before any
     // program loads.
     let saved: Option<Box<dyn Sink>> = match &cli.output {
@@ -342,6 +356,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
         },
     };
     let clock = Clock::now();
+    if stopped_early() {
+        return Ok(0);
+    }
 
     // Attached first, seeded second: a fork between the two is caught by the
     // /proc re-check before any end of a namespace that existed at start.
@@ -391,6 +408,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
             probes.follow(p)?;
         }
     }
+    if stopped_early() {
+        return Ok(0);
+    }
     let mut command = match cli.cmd.as_slice() {
         [] => None,
         argv => Some(command::spawn_followed(argv, &mut probes)?),
@@ -424,6 +444,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    // A signal that came before tokio's handlers: the session stops as soon
+    // as it has begun (a start line, no records, the closing summary).
+    let signalled_before = crate::signals::requested().is_some();
     if !cli.quiet {
         let mut notes = vec![match ends.method() {
             Method::Fentry => {
@@ -549,6 +572,9 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let mut output_closed = false;
 
     loop {
+        if signalled_before {
+            break;
+        }
         let wake = t.next_wake();
         tokio::select! {
             guard = events.readable_mut() => {
