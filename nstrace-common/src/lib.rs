@@ -305,7 +305,26 @@ pub const COUNTER_MEMBERS_FULL: u32 = 2;
 pub const COUNTER_LOST_BY_KIND: u32 = 3;
 /// One past the largest [`EventKind`] value.
 pub const EVENT_KINDS: u32 = 7;
-pub const COUNTERS: u32 = COUNTER_LOST_BY_KIND + EVENT_KINDS;
+/// Index of the counter of watched namespaces whose member count the LRU
+/// member map forgot (evicted) while they still had members: their ends can
+/// no longer be seen from counts.
+pub const COUNTER_MEMBERS_EVICTED: u32 = COUNTER_LOST_BY_KIND + EVENT_KINDS;
+/// Index of the counter of threads that did namespace work but could not be
+/// marked (tracked map full): their exits go unreported unless they end a
+/// namespace.
+pub const COUNTER_TRACKED_FULL: u32 = COUNTER_MEMBERS_EVICTED + 1;
+/// Index of the counter of descendants of followed processes (`--pid`,
+/// command mode) that could not be followed (follow map full).
+pub const COUNTER_FOLLOW_FULL: u32 = COUNTER_TRACKED_FULL + 1;
+pub const COUNTERS: u32 = COUNTER_FOLLOW_FULL + 1;
+
+/// A member-map value that means "known, not watched": a namespace user
+/// space does not watch (the host's, where they are not the kernel's
+/// initial ones) or one whose count was evicted and is now unknown. Counts
+/// added to it stay far below zero and never report an emptied namespace.
+pub const MEMBERS_UNWATCHED: i64 = i64::MIN / 2;
+/// Any value below this is [`MEMBERS_UNWATCHED`] plus a drift.
+pub const MEMBERS_UNWATCHED_BELOW: i64 = i64::MIN / 4;
 
 #[cfg(feature = "user")]
 mod user {

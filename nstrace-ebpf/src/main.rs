@@ -32,9 +32,11 @@ use aya_ebpf::{
     programs::{FEntryContext, RawTracePointContext, TracePointContext},
 };
 use nstrace_common::{
-    CLONE_NEW_MASK, COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL,
-    COUNTERS, Event, EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE, NO_FIELD,
-    NS_KINDS, NsSet, Syscall, kind, member_key,
+    CLONE_NEW_MASK, COUNTER_FOLLOW_FULL, COUNTER_LOST, COUNTER_LOST_BY_KIND,
+    COUNTER_MEMBERS_EVICTED, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTER_TRACKED_FULL,
+    COUNTERS, Event, EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE,
+    MEMBERS_UNWATCHED, MEMBERS_UNWATCHED_BELOW, NO_FIELD, NS_KINDS, NsSet, Syscall, kind,
+    member_key,
 };
 
 /// Resized by user space (`--buffer-size`) before load.
@@ -109,8 +111,13 @@ fn scratch() -> Option<*mut u32> {
 /// Member threads per watched namespace, keyed by [`member_key`].
 /// LRU: entries of namespaces that ended are never deleted from user space
 /// (the inode may already be a new namespace's), so old ones age out here.
+/// An LRU map may also evict a live namespace's entry (an idle one, or
+/// early, from a CPU's empty free list): every namespace that is not the
+/// kernel's initial one has an entry while it has members, so a member
+/// found with none was evicted, and is counted ([`forgotten`]). Sized for a
+/// node's worth of namespaces many times over (8 MiB).
 #[map]
-static MEMBERS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(65536, 0);
+static MEMBERS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(131072, 0);
 
 /// Non-zero when user space follows pids (`--pid`, command mode): otherwise
 /// no fork or exit touches [`FOLLOW`]. Set before load.
@@ -173,15 +180,37 @@ fn adjust(kind: usize, inum: u32, delta: i64) -> u32 {
         return 0;
     }
     let Some(p) = MEMBERS.get_ptr_mut(member_key(kind, inum)) else {
+        forgotten(member_key(kind, inum));
         return 0;
     };
+    // SAFETY: `p` points at a live map value (an i64, 8-aligned); the atomic
+    // add is what concurrent updates from other CPUs need.
     // Not fetch_add's result: fetching atomics need Linux 5.12; a racing
     // update is caught in user space, which re-checks before reporting an end.
     unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, delta) };
-    if delta < 0 && unsafe { core::ptr::read_volatile(p) } <= 0 {
+    // SAFETY: as above.
+    let now = unsafe { core::ptr::read_volatile(p) };
+    if now < MEMBERS_UNWATCHED_BELOW {
+        0
+    } else if delta < 0 && now <= 0 {
         WATCHED | EMPTIED
     } else {
         WATCHED
+    }
+}
+
+/// A member of a namespace that is not the kernel's initial one, and no
+/// count for it: the LRU map evicted a watched namespace's entry (user
+/// space seeds or creates an entry for every other). Counted once: the
+/// entry comes back as [`MEMBERS_UNWATCHED`], which no later update
+/// reports as emptied. Out of line: the verifier checks it once, not once
+/// per kind in every loop. Also reached in the moment between attach and
+/// seeding; user space counts only what comes after.
+#[inline(never)]
+fn forgotten(key: u64) {
+    // BPF_NOEXIST: a racing insert (a create, the seed) wins.
+    if MEMBERS.insert(key, MEMBERS_UNWATCHED, 1).is_ok() {
+        count(COUNTER_MEMBERS_EVICTED);
     }
 }
 
@@ -400,6 +429,7 @@ fn new_task(ctx: &RawTracePointContext) {
     let clone_flags: u64 = ctx.arg::<u64>(1);
     if following() && FOLLOW.get_ptr(current_tgid()).is_some() {
         if let Err(e) = FOLLOW.insert(unsafe { task::tgid_of(child) }, 1, 0) {
+            count(COUNTER_FOLLOW_FULL);
             diag::update(diag::Map::Follow, e);
         }
     }
@@ -598,6 +628,7 @@ fn track(tid: u32, task: *const u8) {
     let mut ptrs = [0u64; NS_KINDS];
     if unsafe { task::ns_ptrs_unless_initial(task, &mut ptrs) } {
         if let Err(e) = TRACKED.insert(tid, 1, 0) {
+            count(COUNTER_TRACKED_FULL);
             diag::update(diag::Map::Tracked, e);
         }
     }

@@ -42,6 +42,13 @@ pub struct Cli {
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_buffer_mib)]
     pub buffer_size: u32,
 
+    /// Entries of the kernel's member-count map (namespaces watched for
+    /// their end; 64 bytes each). Raise it if nstrace reports namespaces
+    /// forgotten by the member map.
+    #[arg(long, value_name = "ENTRIES", default_value_t = 131072,
+          value_parser = clap::value_parser!(u32).range(1024..=1 << 24))]
+    pub member_map_size: u32,
+
     /// Do not print the start-up line and closing summary on stderr.
     #[arg(long, short)]
     pub quiet: bool,

@@ -119,6 +119,14 @@ pub struct Loss {
     pub syscalls_missed: u64,
     /// New namespaces whose end will not be seen (member map full).
     pub unwatched: u64,
+    /// Watched namespaces whose member count the kernel's LRU map evicted:
+    /// their ends come late (inode reuse) or, without fentry, not at all.
+    pub forgotten: u64,
+    /// Threads that did namespace work whose exit will not be reported
+    /// unless it ends a namespace (tracked map full).
+    pub untracked: u64,
+    /// Descendants of followed processes not followed (follow map full).
+    pub unfollowed: u64,
     /// Runs of nstrace's programs the kernel skipped (a BPF program or
     /// `bpf()` call was active on that CPU): any record may be missing.
     pub skipped: u64,

@@ -339,7 +339,14 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let ring = cli.buffer_size * 1024 * 1024;
     // fentry where the kernel allows it (exact ends), else tracepoints alone.
     let follow = cli.pid.is_some() || !cli.cmd.is_empty();
-    let mut probes = Probes::load(loader, &layout, ring, follow, cli.debug)?;
+    let mut probes = Probes::load(
+        loader,
+        &layout,
+        ring,
+        cli.member_map_size,
+        follow,
+        cli.debug,
+    )?;
     let (exact_ends, fentry_note) = match cli.probe_mode {
         ProbeMode::Tracepoint => (false, None),
         ProbeMode::Fentry => {
@@ -569,6 +576,8 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let mut linger_until: Option<tokio::time::Instant> = None;
     let mut reported_losses = t.probes.losses();
     let skipped_before_ready = reported_losses.skipped();
+    // Members met between attach and seeding had no entry yet: not evictions.
+    let forgotten_before_ready = reported_losses.forgotten;
     let mut output_closed = false;
 
     loop {
@@ -705,6 +714,24 @@ async fn trace(cli: &Cli) -> Result<i32> {
             line.push_str(&format!(
                 ", {} namespaces not watched for their end (member map full)",
                 losses.unwatched
+            ));
+        }
+        let forgotten = losses.forgotten.saturating_sub(forgotten_before_ready);
+        if forgotten > 0 {
+            line.push_str(&format!(
+                ", {forgotten} watched namespaces forgotten by the member map (LRU eviction)"
+            ));
+        }
+        if losses.untracked > 0 {
+            line.push_str(&format!(
+                ", {} exits not tracked (tracked map full)",
+                losses.untracked
+            ));
+        }
+        if losses.unfollowed > 0 {
+            line.push_str(&format!(
+                ", {} processes not followed (follow map full)",
+                losses.unfollowed
             ));
         }
         let skipped = losses.skipped().saturating_sub(skipped_before_ready);

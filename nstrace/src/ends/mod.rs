@@ -192,6 +192,11 @@ pub fn seed_counts(
         if !host.contains(&key) {
             counts.set(key, threads);
             n += 1;
+        } else {
+            // Known and not watched (where the host's are not the kernel's
+            // initial namespaces, the kernel side sees their members): not
+            // to be taken for a watched namespace the map forgot.
+            counts.set(key, nstrace_common::MEMBERS_UNWATCHED);
         }
     }
     // Namespaces held only by mounts or fds have no member but are alive.

@@ -10,8 +10,9 @@ use aya::{
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use nstrace_common::{
-    COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTERS,
-    EVENT_KINDS, EventKind, FREE_SLOTS, FreeTarget, member_key,
+    COUNTER_FOLLOW_FULL, COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_EVICTED,
+    COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTER_TRACKED_FULL, COUNTERS, EVENT_KINDS,
+    EventKind, FREE_SLOTS, FreeTarget, member_key,
 };
 
 use super::{
@@ -62,6 +63,12 @@ pub struct Losses {
     pub pending: u64,
     /// New namespaces not watched for their end because the member map was full.
     pub unwatched: u64,
+    /// Watched namespaces whose member count the LRU map evicted.
+    pub forgotten: u64,
+    /// Threads that did namespace work, not marked for their exit (map full).
+    pub untracked: u64,
+    /// Descendants of followed processes not followed (map full).
+    pub unfollowed: u64,
     /// `records` split by the kind of kernel event dropped (index: kind value).
     pub by_kind: [u64; EVENT_KINDS as usize],
     /// Runs of nstrace's programs the kernel skipped because a BPF program
@@ -111,6 +118,9 @@ impl Losses {
             by_kind,
             syscalls_missed: self.pending.saturating_sub(before.pending),
             unwatched: self.unwatched.saturating_sub(before.unwatched),
+            forgotten: self.forgotten.saturating_sub(before.forgotten),
+            untracked: self.untracked.saturating_sub(before.untracked),
+            unfollowed: self.unfollowed.saturating_sub(before.unfollowed),
             skipped: self.skipped().saturating_sub(before.skipped()),
             skipped_by: SKIP_GROUPS
                 .iter()
@@ -149,6 +159,7 @@ impl Probes {
         loader: std::thread::JoinHandle<EbpfLoader<'static>>,
         layout: &Layout,
         ring_bytes: u32,
+        member_entries: u32,
         follow: bool,
         debug: bool,
     ) -> Result<Self> {
@@ -166,6 +177,7 @@ impl Probes {
             .override_global("FREE_TARGETS", &targets, true)
             .override_global("FOLLOWING", &following, true)
             .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("MEMBERS", member_entries)
             .load(if debug { DEBUG_OBJECT } else { OBJECT })
             .map_err(|e| load_error(e.into()))?;
         drop(loader);
@@ -272,6 +284,9 @@ impl Probes {
             records: sum(COUNTER_LOST),
             pending: sum(COUNTER_PENDING_FULL),
             unwatched: sum(COUNTER_MEMBERS_FULL),
+            forgotten: sum(COUNTER_MEMBERS_EVICTED),
+            untracked: sum(COUNTER_TRACKED_FULL),
+            unfollowed: sum(COUNTER_FOLLOW_FULL),
             by_kind,
             skipped_by,
         }

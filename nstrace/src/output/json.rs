@@ -166,6 +166,9 @@ pub fn loss_to_json(l: &Loss) -> Value {
         "by_kind": by_kind,
         "syscalls_missed": l.syscalls_missed,
         "namespaces_unwatched": l.unwatched,
+        "namespaces_forgotten": l.forgotten,
+        "exits_untracked": l.untracked,
+        "processes_unfollowed": l.unfollowed,
         "probe_runs_skipped": l.skipped,
         "probe_runs_skipped_by": pairs(&l.skipped_by),
     })
@@ -464,6 +467,7 @@ mod tests {
             unwatched: 0,
             skipped: 0,
             skipped_by: vec![],
+            ..Loss::default()
         };
         let v = loss_to_json(&l);
         assert_eq!(v["event"], "lost");

@@ -154,6 +154,9 @@ impl Metrics {
         add("kernel_events", l.events);
         add("syscalls", l.syscalls_missed);
         add("unwatched_namespaces", l.unwatched);
+        add("forgotten_namespaces", l.forgotten);
+        add("untracked_exits", l.untracked);
+        add("unfollowed_processes", l.unfollowed);
         add("probe_runs_skipped", l.skipped);
     }
 

@@ -298,6 +298,24 @@ pub fn loss_summary(l: &Loss) -> String {
             l.unwatched
         ));
     }
+    if l.forgotten > 0 {
+        parts.push(format!(
+            "{} watched namespaces forgotten by the kernel's member map (LRU eviction): their ends may be late or missing",
+            l.forgotten
+        ));
+    }
+    if l.untracked > 0 {
+        parts.push(format!(
+            "{} threads' exits not tracked (tracked map full)",
+            l.untracked
+        ));
+    }
+    if l.unfollowed > 0 {
+        parts.push(format!(
+            "{} descendants of followed processes not followed (follow map full)",
+            l.unfollowed
+        ));
+    }
     if l.skipped > 0 {
         let by: Vec<String> = l
             .skipped_by
@@ -444,6 +462,7 @@ mod tests {
             unwatched: 0,
             skipped: 0,
             skipped_by: vec![],
+            ..Loss::default()
         });
         assert!(l.starts_with("12:34:56.123456  -"), "{l}");
         assert!(l.contains(" LOST "), "{l}");
