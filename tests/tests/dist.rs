@@ -197,9 +197,19 @@ fn docker_run_image(name: &str) -> Vec<String> {
         .lines()
         .find_map(|l| l.trim().strip_prefix("add: "))
         .expect("capabilities in the manifest");
+    // Least privilege, as the manifest asks: nothing but what it adds.
+    assert!(
+        yaml.lines().any(|l| l.trim() == "drop: [ALL]"),
+        "the manifest drops every default capability"
+    );
+    argv.extend(["--cap-drop".into(), "ALL".into()]);
     for cap in caps.trim_matches(['[', ']']).split(',') {
         argv.extend(["--cap-add".into(), cap.trim().to_string()]);
     }
+    assert!(yaml.contains("allowPrivilegeEscalation: false"));
+    argv.extend(["--security-opt".into(), "no-new-privileges".into()]);
+    assert!(yaml.contains("readOnlyRootFilesystem: true"));
+    argv.push("--read-only".into());
     for (profile, opt) in [
         ("seccompProfile:", "seccomp=unconfined"),
         ("appArmorProfile:", "apparmor=unconfined"),
