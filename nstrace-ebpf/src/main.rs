@@ -701,7 +701,14 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
     if inum == 0 {
         return;
     }
-    let _ = MEMBERS.remove(member_key(kind, inum));
+    // Known and no longer watched: the end is told here. Not removed: a
+    // synchronous free (uts, ipc) runs inside the syscall, before its exit
+    // program moves the last member out, which would then find no entry and
+    // take it for an eviction. A new namespace with this inode overwrites it.
+    if let Some(p) = MEMBERS.get_ptr_mut(member_key(kind, inum)) {
+        // SAFETY: a live map value, an 8-aligned i64.
+        unsafe { core::ptr::write_volatile(p, MEMBERS_UNWATCHED) };
+    }
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         let e = unsafe { &mut *entry.as_mut_ptr() };
         unsafe {

@@ -63,6 +63,10 @@ const PLAN: &[PlanEntry] = &[
         "fentry",
         &["ctrl_c", "without_privileges", "debug_loads"],
     ),
+    // The attacks on the kernel side: what user memory says, map limits,
+    // signals during each kernel's (slower) start-up.
+    ("hostile", "tracepoint", &["blind::", "maps::", "signals::"]),
+    ("hostile", "fentry", &["blind::", "maps::"]),
 ];
 
 /// Which parts of [`PLAN`] a guest runs, and how many times over.
@@ -212,6 +216,7 @@ pub fn run(kernel: &str, selection: &Selection) -> Result<()> {
 struct Binaries {
     nstrace: PathBuf,
     nshelper: PathBuf,
+    nsload: PathBuf,
     tests: Vec<(String, PathBuf)>,
 }
 
@@ -250,6 +255,7 @@ fn build() -> Result<Binaries> {
     Ok(Binaries {
         nstrace: target.join("nstrace"),
         nshelper: target.join("nshelper"),
+        nsload: target.join("nsload"),
         tests,
     })
 }
@@ -259,6 +265,7 @@ const GUEST_TOOLS: &[&str] = &[
     "/usr/bin/unshare",
     "/usr/bin/nsenter",
     "/usr/bin/setpriv",
+    "/bin/bash",
     "/usr/bin/lsns",
     "/usr/bin/sleep",
     "/usr/bin/stat",
@@ -304,6 +311,7 @@ fn build_initramfs(bins: &Binaries, plan: &[PlanEntry], out: &Path) -> Result<()
     copy_with_libs(&root, &bins.nstrace, Path::new("/bin/nstrace"))?;
     // The harness finds nshelper beside the test binaries' directory.
     copy_with_libs(&root, &bins.nshelper, Path::new("/t/nshelper"))?;
+    copy_with_libs(&root, &bins.nsload, Path::new("/t/nsload"))?;
     for (name, exe) in &bins.tests {
         if plan.iter().any(|(t, _, _)| t == name) {
             copy_with_libs(&root, exe, &Path::new("/t/deps").join(name))?;
