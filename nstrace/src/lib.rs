@@ -9,7 +9,8 @@
 //!   handles, or inference, side by side);
 //! - [`listing`] is `nstrace ls`; [`report`] is `nstrace report` (a saved trace, offline); [`generate`] writes the man page and completions; [`summary`] is the closing summary;
 //! - [`output`] prints records, one layer per format; [`timeline`] is the
-//!   lanes model its pictures (Perfetto, HTML) draw;
+//!   lanes model its pictures (Perfetto, HTML) draw; [`escape`] makes
+//!   untrusted strings inert on a terminal;
 //! - [`session`] ties them together until Ctrl-C.
 
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod decode;
 pub mod ends;
 pub mod errno;
 pub mod error;
+pub mod escape;
 pub mod filter;
 pub mod generate;
 pub mod kernel;

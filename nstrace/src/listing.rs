@@ -11,6 +11,7 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
+    escape::{Escaped, escaped},
     procfs::{self, MountPin, NsKey, NsMeta, Snapshot},
     record::NsKind,
 };
@@ -161,13 +162,13 @@ pub fn write_table(out: &mut dyn Write, list: &[Listed]) -> io::Result<()> {
             l.kind.name(),
             l.nprocs,
             l.pid.map_or("-".into(), |p| p.to_string()),
-            user,
-            l.command.as_deref().unwrap_or("-"),
+            Escaped(&user),
+            Escaped(l.command.as_deref().unwrap_or("-")),
             if l.memberless() {
                 if l.held_by.is_empty() {
                     "? (nothing visible: held inside the kernel)".to_string()
                 } else {
-                    l.held_by.join(", ")
+                    escaped(&l.held_by.join(", ")).into_owned()
                 }
             } else {
                 String::new()
@@ -186,7 +187,13 @@ fn label(l: &Listed) -> String {
             .map(|h| format!("no process; held by {h}"))
             .unwrap_or_default(),
     };
-    format!("{} {}  {} procs  {}", l.kind.name(), l.inode, l.nprocs, who)
+    format!(
+        "{} {}  {} procs  {}",
+        l.kind.name(),
+        l.inode,
+        l.nprocs,
+        Escaped(&who)
+    )
 }
 
 /// Two trees: each user namespace with the namespaces it owns (and its child

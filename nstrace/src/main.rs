@@ -1,13 +1,14 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use nstrace::{cli::Cli, error::hint_of, session};
+use nstrace::{cli::Cli, error::hint_of, escape::Escaped, session};
 
 fn main() -> ExitCode {
     // First: a stop signal at any moment of start-up must end the run.
     nstrace::signals::install();
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("nstrace: internal error: {info}");
+        // A panic message can quote what it failed on (a name, a line).
+        eprintln!("nstrace: internal error: {}", Escaped(&info.to_string()));
         eprintln!("  hint: this is a bug in nstrace; please report it with the line above");
     }));
     let cli = Cli::parse();
@@ -15,7 +16,7 @@ fn main() -> ExitCode {
         return match nstrace::generate::to_stdout(what) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("nstrace: error: {e:#}");
+                eprintln!("nstrace: error: {}", Escaped(&format!("{e:#}")));
                 ExitCode::FAILURE
             }
         };
@@ -39,9 +40,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("nstrace: error: {err:#}");
+            // Errors quote paths, names and saved traces' contents.
+            eprintln!("nstrace: error: {}", Escaped(&format!("{err:#}")));
             if let Some(hint) = hint_of(&err) {
-                eprintln!("  hint: {hint}");
+                eprintln!("  hint: {}", Escaped(hint));
             }
             ExitCode::FAILURE
         }

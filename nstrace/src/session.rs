@@ -125,7 +125,10 @@ impl Tracer<'_> {
                         Ok(d) => d,
                         Err(e) => {
                             self.totals.undecodable += 1;
-                            eprintln!("nstrace: warning: skipped an undecodable kernel event: {e}");
+                            eprintln!(
+                                "nstrace: warning: skipped an undecodable kernel event: {}",
+                                crate::escape::Escaped(&e.to_string())
+                            );
                             continue;
                         }
                     }
@@ -493,15 +496,16 @@ async fn trace(cli: &Cli) -> Result<i32> {
             let kinds: Vec<_> = layout.missing_kinds.iter().map(|k| k.name()).collect();
             notes.push(format!("not in this kernel: {}", kinds.join(", ")));
         }
+        // Notes quote error messages and paths: escaped, as a name is.
         eprintln!(
             "nstrace: tracing namespaces on Linux {} with {} ({}); Ctrl-C to stop",
-            host.kernel_release,
+            crate::escape::Escaped(&host.kernel_release),
             if exact_ends {
                 "tracepoints + fentry"
             } else {
                 "tracepoints"
             },
-            notes.join("; ")
+            crate::escape::Escaped(&notes.join("; "))
         );
     }
 
@@ -743,7 +747,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         }
         eprintln!("{line}");
         if let Some(note) = kernel_log.and_then(|l| l.summary()) {
-            eprintln!("{note}");
+            eprintln!("{}", crate::escape::Escaped(&note));
         }
         eprint!("{}", summary::render(&registry, end_ns));
     }

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::{
+    escape::Escaped,
     output::text::human_duration,
     record::NsKind,
     registry::{Entry, Registry, State},
@@ -12,11 +13,19 @@ use crate::{
 fn creator(e: &Entry) -> String {
     e.born
         .as_ref()
-        .map(|b| format!("by {} (pid {}, {})", b.comm, b.pid, b.syscall.name()))
+        .map(|b| {
+            format!(
+                "by {} (pid {}, {})",
+                Escaped(&b.comm),
+                b.pid,
+                b.syscall.name()
+            )
+        })
         .unwrap_or_default()
 }
 
-/// The summary's lines after the first (records/lost) line.
+/// The summary's lines after the first (records/lost) line. Command names
+/// and pin paths in it are escaped ([`crate::escape`]): it goes to a terminal.
 pub fn render(reg: &Registry, now_ns: i128) -> String {
     let mut s = String::new();
     let totals = reg.totals();
@@ -54,7 +63,10 @@ pub fn render(reg: &Registry, now_ns: i128) -> String {
                 .map(|b| human_duration(now_ns - b.time_ns))
                 .unwrap_or_default();
             let state = match &e.state {
-                State::Pinned(by) => format!(", no member, held by {}", by.join(", ")),
+                State::Pinned(by) => {
+                    let by: Vec<_> = by.iter().map(|p| Escaped(p).to_string()).collect();
+                    format!(", no member, held by {}", by.join(", "))
+                }
                 State::Alive => String::new(),
             };
             let _ = writeln!(
@@ -200,5 +212,36 @@ mod tests {
             s.contains("longest-lived of those that ended: net 7, 3.000s"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn names_and_pin_paths_are_escaped() {
+        let mut reg = Registry::default();
+        let mut r = Record {
+            time_ns: 1_000_000_000,
+            event: EventType::Create,
+            kind: Some(NsKind::Uts),
+            inode: Some(9),
+            syscall: Some(Syscall::Unshare),
+            actor: Some(Actor {
+                pid: 42,
+                tid: 42,
+                comm: "\x1b]0;t\x07".into(),
+                ..Actor::default()
+            }),
+            ..Record::default()
+        };
+        reg.observe(&mut r);
+        reg.pin(
+            (NsKind::Uts, 9),
+            vec!["mount /tmp/\x1b[2J\u{202e}".into()],
+            2_000_000_000,
+        );
+        let s = render(&reg, 5_000_000_000);
+        assert!(
+            s.contains(r"uts 9 by \e]0;t\x07 (pid 42, unshare), 4.000s old, no member, held by mount /tmp/\e[2J\u{202e}"),
+            "{s}"
+        );
+        assert!(!s.contains('\x1b') && !s.contains('\x07') && !s.contains('\u{202e}'));
     }
 }

@@ -75,10 +75,37 @@ pub fn data(t: &Timeline) -> Value {
     })
 }
 
+/// `json` as it can sit inside a `<script>` element: `<`, `>` and `&` as
+/// `\u003c`, `\u003e`, `\u0026`, so that no string can end the element
+/// (`</script>`), open a comment or a nested script (`<!--`, `<script`,
+/// which in script data make the parser swallow the page's own script), or
+/// be read as markup by any other parser; U+2028 and U+2029 as
+/// `\u2028`, `\u2029` (line terminators to older JavaScript parsers).
+/// These characters occur in JSON text only inside strings, where the
+/// escape means the same character: `JSON.parse` gives back the exact data.
+pub fn script_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() + json.len() / 16);
+    let mut from = 0;
+    for (i, c) in json.char_indices() {
+        let esc = match c {
+            '<' => "\\u003c",
+            '>' => "\\u003e",
+            '&' => "\\u0026",
+            '\u{2028}' => "\\u2028",
+            '\u{2029}' => "\\u2029",
+            _ => continue,
+        };
+        out.push_str(&json[from..i]);
+        out.push_str(esc);
+        from = i + c.len_utf8();
+    }
+    out.push_str(&json[from..]);
+    out
+}
+
 /// Writes the page for `t`.
 pub fn write(t: &Timeline, mut out: impl Write) -> io::Result<()> {
-    // `</` inside the data would end its script element early.
-    let data = data(t).to_string().replace("</", "<\\/");
+    let data = script_safe(&data(t).to_string());
     let (head, tail) = PAGE.split_once(SLOT).expect("the template has a data slot");
     out.write_all(head.as_bytes())?;
     out.write_all(data.as_bytes())?;
@@ -116,5 +143,56 @@ mod tests {
         let page = String::from_utf8(page).unwrap();
         assert!(!page.contains(SLOT));
         assert_eq!(page.matches("</script>").count(), 2, "only the page's own");
+    }
+
+    #[test]
+    fn no_string_can_end_or_comment_out_the_script() {
+        let hostile = [
+            "<!--<script>",
+            "</script><script>alert(1)</script>",
+            "&lt;",
+            "]]></",
+            "a\u{2028}b\u{2029}c",
+            "\\u003c",
+        ];
+        let mut t = Timeline::default();
+        for (i, comm) in hostile.iter().enumerate() {
+            t.record(&Record {
+                time_ns: 1_700_000_000_000_000_100 + i as i128,
+                event: EventType::Create,
+                kind: Some(NsKind::Net),
+                inode: Some(7 + i as u32),
+                syscall: Some(Syscall::Unshare),
+                actor: Some(Actor {
+                    pid: 1 + i as u32,
+                    tid: 1 + i as u32,
+                    comm: comm.to_string(),
+                    ..Actor::default()
+                }),
+                ..Record::default()
+            });
+        }
+        let mut page = Vec::new();
+        write(&t, &mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        let (_, rest) = page
+            .split_once("<script id=\"data\" type=\"application/json\">")
+            .unwrap();
+        let (embedded, _) = rest.split_once("</script>").unwrap();
+        for c in ['<', '>', '&', '\u{2028}', '\u{2029}'] {
+            assert!(!embedded.contains(c), "{c:?} raw in {embedded}");
+        }
+        // What the page's JSON.parse reads is the data, exactly.
+        let back: Value = serde_json::from_str(embedded).unwrap();
+        assert_eq!(back, data(&t));
+        let comms: Vec<&str> = back["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["comm"].as_str().unwrap())
+            .collect();
+        for comm in hostile {
+            assert!(comms.contains(&comm), "{comm:?} not in {comms:?}");
+        }
     }
 }

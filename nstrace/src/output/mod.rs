@@ -14,6 +14,7 @@ use std::{
 
 use crate::{
     error::hinted,
+    escape,
     record::{Loss, Record, Start, Stop},
     timeline::Timeline,
 };
@@ -28,7 +29,7 @@ pub struct Pictures {
 fn create(path: &Path) -> anyhow::Result<(PathBuf, File)> {
     let f = File::create(path).map_err(|e| {
         hinted(
-            format!("cannot write {}: {e}", path.display()),
+            format!("cannot write {}: {e}", escape::path(path)),
             "give a path in a writable directory",
         )
     })?;
@@ -49,12 +50,13 @@ impl Pictures {
 
     /// Draws `t` into the files; says on stderr where they are.
     pub fn write(self, t: &Timeline) -> anyhow::Result<()> {
-        let fail = |path: &Path, e: io::Error| anyhow::anyhow!("writing {}: {e}", path.display());
+        let fail =
+            |path: &Path, e: io::Error| anyhow::anyhow!("writing {}: {e}", escape::path(path));
         if let Some((path, f)) = self.perfetto {
             perfetto::write(t, io::BufWriter::new(f)).map_err(|e| fail(&path, e))?;
             eprintln!(
                 "nstrace: wrote {} ({} namespaces; open it in https://ui.perfetto.dev)",
-                path.display(),
+                escape::path(&path),
                 t.lanes.len()
             );
         }
@@ -62,7 +64,7 @@ impl Pictures {
             html::write(t, io::BufWriter::new(f)).map_err(|e| fail(&path, e))?;
             eprintln!(
                 "nstrace: wrote {} ({} namespaces; open it in a browser)",
-                path.display(),
+                escape::path(&path),
                 t.lanes.len()
             );
         }

@@ -7,7 +7,7 @@ use std::{
 
 use super::Sink;
 use crate::{
-    errno,
+    errno, escape,
     record::{Birth, EndCause, EventType, Loss, Record, Syscall, flag_names},
     time::time_of_day,
 };
@@ -42,6 +42,9 @@ pub const HEADER: &str = "TIME(UTC)        PID/TID          COMM             CON
 // Lines are written into one reused buffer with `write!`: under namespace
 // churn the `format!` per column was most of nstrace's own CPU per record.
 // (Writing to a String cannot fail, hence the ignored results.)
+// Every string a process, a mount or a saved trace can set (command names,
+// pin paths, container ids) goes in through `escape::push`, so that none
+// can drive the terminal; the rest is nstrace's own text and numbers.
 
 /// `unshare(CLONE_NEWUTS|CLONE_NEWNET)`, `setns(fd 3, CLONE_NEWNET)`, ...
 fn call(out: &mut String, r: &Record, syscall: Syscall) {
@@ -91,7 +94,8 @@ fn duration(out: &mut String, ns: i128) {
 
 /// `by COMM (pid N, SYSCALL)`
 fn creator(out: &mut String, b: &Birth) {
-    let _ = write!(out, "{} (pid {}, {})", b.comm, b.pid, b.syscall.name());
+    escape::push(out, &b.comm);
+    let _ = write!(out, " (pid {}, {})", b.pid, b.syscall.name());
 }
 
 /// The DETAILS column.
@@ -103,7 +107,7 @@ fn details(out: &mut String, r: &Record) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                out.push_str(p);
+                escape::push(out, p);
             }
         }
         EventType::Destroy => {
@@ -218,10 +222,11 @@ pub fn line_into(out: &mut String, r: &Record, color: bool) {
     };
     pad_from(out, at, 16);
     let at = out.len();
-    out.push_str(comm);
+    escape::push(out, comm);
     pad_from(out, at, 16);
     let at = out.len();
-    out.push_str(
+    escape::push(
+        out,
         r.container
             .as_ref()
             .or(r.ns_container.as_ref())
@@ -516,6 +521,55 @@ mod tests {
         );
         assert_eq!(human_duration(850_000_000), "850ms");
         assert_eq!(human_duration(192_000_000_000), "3m12s");
+    }
+
+    #[test]
+    fn strings_a_process_or_mount_sets_cannot_drive_the_terminal() {
+        let hostile = "\x1b[2J\x1b]0;pwned\x07\u{9b}1A\u{202e}";
+        let shown = r"\e[2J\e]0;pwned\x07\u{9b}1A\u{202e}";
+        let mut r = record(EventType::Join);
+        r.actor.as_mut().unwrap().comm = hostile.into();
+        r.born = Some(Birth {
+            time_ns: r.time_ns - 1_000_000,
+            pid: 7,
+            comm: hostile.into(),
+            syscall: Syscall::Unshare,
+        });
+        let mut p = record(EventType::Pinned);
+        p.actor = None;
+        p.syscall = None;
+        p.pinned_by = vec![
+            format!("mount /tmp/d/{hostile}"),
+            "fd 3 of a\nb (pid 9)".into(),
+        ];
+        let mut d = record(EventType::Destroy);
+        d.born = r.born.clone();
+        for r in [r, p, d] {
+            for color in [false, true] {
+                let mut l = String::new();
+                line_into(&mut l, &r, color);
+                let raw = l
+                    .replace("\x1b[0m", "")
+                    .replace("\x1b[36m", "")
+                    .replace("\x1b[33m", "")
+                    .replace("\x1b[31m", "");
+                assert!(
+                    !raw.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                    "{l:?}"
+                );
+                assert!(l.contains(shown), "{l}");
+            }
+        }
+        // The columns after COMM stay where they were: the escaped form
+        // is padded like any name.
+        let mut r = record(EventType::Create);
+        r.actor.as_mut().unwrap().comm = "a\tb".into();
+        let l = line(&r);
+        assert_eq!(
+            l.find(" create "),
+            line(&record(EventType::Create)).find(" create ")
+        );
+        assert!(l.contains(r"a\tb"), "{l}");
     }
 
     #[test]
