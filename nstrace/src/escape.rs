@@ -29,7 +29,8 @@ use std::{borrow::Cow, fmt, path::Path};
 pub fn is_plain(s: &[u8]) -> bool {
     // Without an early exit the loop vectorises: names are short, and
     // nearly all plain.
-    s.iter().fold(true, |plain, &b| plain & (b.wrapping_sub(0x20) < 0x5f))
+    s.iter()
+        .fold(true, |plain, &b| plain & (b.wrapping_sub(0x20) < 0x5f))
 }
 
 /// Whether `c` is shown escaped (see the table above).
