@@ -317,14 +317,19 @@ async fn trace(cli: &Cli) -> Result<i32> {
     }
     // Output files first: a path that cannot be written fails before any
     // program loads.
+    // Each its own file: a picture drawn over the trace would destroy it.
+    let outputs: Vec<(&str, &std::path::Path)> = [
+        ("--output", cli.output.as_deref()),
+        ("--perfetto", cli.perfetto.as_deref()),
+        ("--html", cli.html.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, p)| Some((flag, p?)))
+    .collect();
+    output::check_distinct(None, &outputs)?;
     let saved: Option<Box<dyn Sink>> = match &cli.output {
         Some(path) => {
-            let f = std::fs::File::create(path).map_err(|e| {
-                hinted(
-                    format!("cannot write {}: {e}", path.display()),
-                    "give --output a path in a writable directory",
-                )
-            })?;
+            let f = output::create_trace_file(path)?;
             Some(output::sink(true, false, io::BufWriter::new(f)))
         }
         None => None,

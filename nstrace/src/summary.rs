@@ -121,6 +121,11 @@ pub fn closing(saved: &crate::report::Saved) -> String {
     s
 }
 
+/// A duration for JSON: exact within `i64`, else its nearer bound.
+fn saturating_i64(ns: i128) -> i64 {
+    ns.clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}
+
 /// The summary as one JSON object (`nstrace report --json`).
 pub fn to_json(saved: &crate::report::Saved) -> serde_json::Value {
     use serde_json::json;
@@ -153,8 +158,8 @@ pub fn to_json(saved: &crate::report::Saved) -> serde_json::Value {
                 State::Pinned(by) => json!(by),
                 State::Alive => serde_json::Value::Null,
             },
-            "lifetime_ns": e.lifetime_ns().map(|l| l as i64),
-            "age_ns": e.born.as_ref().filter(|_| e.ended_ns.is_none()).map(|b| (end - b.time_ns) as i64),
+            "lifetime_ns": e.lifetime_ns().map(saturating_i64),
+            "age_ns": e.born.as_ref().filter(|_| e.ended_ns.is_none()).map(|b| saturating_i64(end - b.time_ns)),
         })
     };
     json!({

@@ -211,14 +211,24 @@ pub enum Line {
     Stop(Stop),
 }
 
+/// A time read from a trace, if it is one nstrace could have written:
+/// 1970 to 2262 (Unix nanoseconds that fit an `i64`). Every difference of
+/// two then fits an `i64` too, so lifetimes and ages computed from a
+/// foreign trace cannot overflow or wrap.
+fn trace_time(s: &str) -> Option<i128> {
+    parse_rfc3339(s).filter(|t| (0..=i128::from(i64::MAX)).contains(t))
+}
+
 /// Reads one JSON line as nstrace wrote it; `Err` says what is wrong.
+/// Never panics, whatever `text` is: fields of the wrong type or out of
+/// range read as absent.
 pub fn parse_line(text: &str) -> Result<Line, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let time = |v: &Value| {
         v["time"]
             .as_str()
-            .and_then(parse_rfc3339)
-            .ok_or("no valid \"time\"")
+            .and_then(trace_time)
+            .ok_or("no valid \"time\" (RFC 3339, UTC, 1970 to 2262)")
     };
     let u64_of = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
     let event = v["event"].as_str().ok_or("no \"event\"")?;
@@ -306,7 +316,7 @@ fn record_from_json(v: &Value, event: EventType, time_ns: i128) -> Record {
         parent_inode: u32_of(v, "parent_pid_ns"),
         born: (|| {
             Some(Birth {
-                time_ns: parse_rfc3339(born["time"].as_str()?)?,
+                time_ns: trace_time(born["time"].as_str()?)?,
                 pid: u32_of(born, "pid")?,
                 comm: str_of(born, "comm")?,
                 syscall: Syscall::from_name(born["syscall"].as_str()?)?,

@@ -6,20 +6,36 @@
 //! label. The session feeds every record here, whatever the filters (a
 //! node's metrics describe the node), and refreshes the gauges on its tick.
 //!
+//! Label values are escaped as the text format wants (`\\`, `\"`, `\n`:
+//! prometheus-client writes them as given) and cut to [`MAX_LABEL`] bytes;
+//! the runtime label takes only the names nstrace gives (else `other`), so
+//! no process can add series by naming itself.
+//!
 //! The HTTP side is a few lines over tokio's listener rather than an HTTP
-//! crate: it answers one GET, and hyper with its dependencies would double
-//! the binary's dependency tree for that.
+//! crate: it answers one GET per connection, and what an exposed endpoint
+//! needs is around the parsing, not in it, and written here either way: at
+//! most [`MAX_CONNECTIONS`] at once (more are closed at once), the request
+//! head read within [`HEAD_DEADLINE`] and [`MAX_HEAD`] bytes, the reply
+//! written within [`WRITE_DEADLINE`], and accept errors (descriptors run
+//! out) waited out rather than retried in a loop. It runs on the session's
+//! single thread, so each of these is what keeps a client from slowing the
+//! draining of the ring: a connection costs a wakeup per segment received,
+//! never a wait.
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     net::SocketAddr,
-    sync::{Arc, atomic::AtomicU64},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use anyhow::Result;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -35,21 +51,79 @@ use crate::{
     registry::{self, State},
 };
 
+/// Connections served at once; more are closed as soon as accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its whole request head.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+/// Bytes of request head read at most (then `431`).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to take the reply.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// Wait after an accept error that is not about one connection (EMFILE,
+/// ENFILE, ENOBUFS, ENOMEM): retrying at once would spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest label value, in bytes (cut on a character boundary).
+pub const MAX_LABEL: usize = 128;
+
+/// A label value as the text format wants it: `\\`, `\"` and newlines
+/// escaped, at most [`MAX_LABEL`] bytes of the value kept.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct LabelValue(pub &'static str);
+
+impl EncodeLabelValue for LabelValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(&escape_label(self.0))
+    }
+}
+
+/// `s` cut to [`MAX_LABEL`] bytes on a character boundary, with `\`, `"`
+/// and `\n` escaped (the Prometheus text format's label value rules).
+pub fn escape_label(s: &str) -> String {
+    let mut end = s.len().min(MAX_LABEL);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + 2);
+    for c in s[..end].chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    kind: &'static str,
+    kind: LabelValue,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
-    kind: &'static str,
+    kind: LabelValue,
     /// The runtime of the acting process's container; `none` on the host.
-    runtime: &'static str,
+    runtime: LabelValue,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LostLabel {
-    what: &'static str,
+    what: LabelValue,
+}
+
+/// The runtime label of a record's container: one of the names nstrace
+/// gives ([`crate::container::RUNTIMES`]), `none` on the host, `other`
+/// for anything else, so the label sets stay 8 kinds times 7 runtimes
+/// whatever a process or a trace calls itself.
+fn runtime_label(c: Option<&crate::container::Container>) -> &'static str {
+    match c {
+        None => "none",
+        Some(c) => crate::container::RUNTIMES
+            .into_iter()
+            .find(|r| *r == c.runtime)
+            .unwrap_or("other"),
+    }
 }
 
 /// Every series, shared between the session (writes) and the endpoint
@@ -68,6 +142,13 @@ struct Series {
     cpu: Counter<f64, AtomicU64>,
     ring_size: Gauge,
     ring_peak: Gauge,
+    /// Connections closed unserved: over [`MAX_CONNECTIONS`], too slow, too big.
+    refused: Family<RefusedLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabel {
+    why: LabelValue,
 }
 
 pub struct Metrics {
@@ -88,19 +169,7 @@ impl Metrics {
         })?;
         let series = Arc::new(Series::new());
         series.ring_size.set(i64::from(ring_bytes));
-        let served = series.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let served = served.clone();
-                tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), answer(conn, &served)).await;
-                });
-            }
-        });
+        tokio::spawn(accept_loop(listener, series.clone()));
         Ok(Metrics {
             series,
             pinned_since: HashMap::new(),
@@ -111,8 +180,8 @@ impl Metrics {
     pub fn record(&mut self, r: &Record) {
         let Some(kind) = r.kind else { return };
         let labels = EventLabels {
-            kind: kind.name(),
-            runtime: r.container.as_ref().map_or("none", |c| c.runtime),
+            kind: LabelValue(kind.name()),
+            runtime: LabelValue(runtime_label(r.container.as_ref())),
         };
         let s = &self.series;
         match r.event {
@@ -148,7 +217,11 @@ impl Metrics {
         let s = &self.series;
         let add = |what, n: u64| {
             if n > 0 {
-                s.lost.get_or_create(&LostLabel { what }).inc_by(n);
+                s.lost
+                    .get_or_create(&LostLabel {
+                        what: LabelValue(what),
+                    })
+                    .inc_by(n);
             }
         };
         add("kernel_events", l.events);
@@ -183,7 +256,9 @@ impl Metrics {
             *o = (*o).min(since);
         }
         for kind in NsKind::ALL {
-            let label = KindLabel { kind: kind.name() };
+            let label = KindLabel {
+                kind: LabelValue(kind.name()),
+            };
             s.alive.get_or_create(&label).set(alive[&kind]);
             s.pinned.get_or_create(&label).set(pinned[&kind]);
             let age = oldest
@@ -222,6 +297,7 @@ impl Series {
             cpu: Counter::default(),
             ring_size: Gauge::default(),
             ring_peak: Gauge::default(),
+            refused: Family::default(),
         };
         s.registry.register(
             "namespaces_alive",
@@ -278,7 +354,20 @@ impl Series {
             "Most bytes waiting in the ring at one drain since start",
             s.ring_peak.clone(),
         );
+        s.registry.register(
+            "metrics_connections_refused",
+            "Connections to this endpoint closed unserved: over the limit of 64 at once (busy), request head not in within 5 s (slow) or over 8 KiB (big)",
+            s.refused.clone(),
+        );
         s
+    }
+
+    fn refuse(&self, why: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabel {
+                why: LabelValue(why),
+            })
+            .inc();
     }
 
     fn text(&self) -> String {
@@ -299,24 +388,92 @@ fn own_cpu_seconds() -> f64 {
     secs(u.ru_utime) + secs(u.ru_stime)
 }
 
-async fn answer(mut conn: tokio::net::TcpStream, series: &Series) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-        let n = conn.read(&mut buf).await?;
-        if n == 0 {
-            break;
+/// Accepts connections for ever, serving at most [`MAX_CONNECTIONS`] at once.
+async fn accept_loop(listener: TcpListener, series: Arc<Series>) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    loop {
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // About one connection (gone before it was taken, or
+                // refused by a filter): it left the queue, take the next.
+                let one = matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNABORTED | libc::EPERM | libc::EPROTO | libc::EINTR)
+                );
+                if !one {
+                    // Out of descriptors or memory: what frees them is time.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+                continue;
+            }
+        };
+        if busy.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            series.refuse("busy");
+            drop(conn);
+            continue;
         }
-        head.extend_from_slice(&buf[..n]);
+        busy.fetch_add(1, Ordering::Relaxed);
+        let (busy, series) = (busy.clone(), series.clone());
+        tokio::spawn(async move {
+            let _ = answer(conn, &series).await;
+            busy.fetch_sub(1, Ordering::Relaxed);
+        });
     }
-    let (status, kind, body) = respond(&head, series);
+}
+
+/// Where a request head ends: the blank line after the headers.
+fn head_end(head: &[u8], from: usize) -> bool {
+    head[from.saturating_sub(3)..]
+        .windows(4)
+        .any(|w| w == b"\r\n\r\n")
+}
+
+async fn answer(mut conn: tokio::net::TcpStream, series: &Series) -> std::io::Result<()> {
+    let mut head = vec![0u8; MAX_HEAD];
+    let mut len = 0;
+    let read = async {
+        while len < MAX_HEAD {
+            let n = conn.read(&mut head[len..]).await?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+            if head_end(&head[..len], len - n) {
+                return Ok(true);
+            }
+        }
+        // Closed early (answer what came: a bare `GET /metrics`), or too big.
+        std::io::Result::Ok(len < MAX_HEAD)
+    };
+    let (status, kind, body) = match tokio::time::timeout(HEAD_DEADLINE, read).await {
+        Err(_) => {
+            series.refuse("slow");
+            return Ok(());
+        }
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(false)) => {
+            series.refuse("big");
+            (
+                "431 Request Header Fields Too Large",
+                "text/plain; charset=utf-8",
+                "request head over 8 KiB\n".to_string(),
+            )
+        }
+        Ok(Ok(true)) => respond(&head[..len], series),
+    };
     let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    conn.write_all(reply.as_bytes()).await?;
-    conn.write_all(body.as_bytes()).await?;
-    conn.shutdown().await
+    let write = async {
+        conn.write_all(reply.as_bytes()).await?;
+        conn.shutdown().await
+    };
+    // A client that does not read is left behind, not waited for.
+    tokio::time::timeout(WRITE_DEADLINE, write)
+        .await
+        .unwrap_or(Ok(()))
 }
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

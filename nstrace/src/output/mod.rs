@@ -7,33 +7,278 @@ pub mod perfetto;
 pub mod text;
 
 use std::{
-    fs::File,
+    ffi::OsString,
+    fs::{self, File, Metadata},
     io::{self, Write},
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use crate::{
     error::hinted,
-    escape,
     record::{Loss, Record, Start, Stop},
     timeline::Timeline,
 };
 
-/// The picture files asked for (`--perfetto`, `--html`), created up front
-/// so that a path that cannot be written fails before any tracing.
-pub struct Pictures {
-    perfetto: Option<(PathBuf, File)>,
-    html: Option<(PathBuf, File)>,
+/// A file nstrace writes (`--output`, `--perfetto`, `--html`): a fresh
+/// file, mode 0600 (it shows the host's whole process tree), made as a
+/// temporary file beside the path and renamed onto it by [`OutFile::commit`],
+/// so that a run that fails leaves what was at the path alone, and a symlink
+/// planted there is replaced, never written through. A pipe, a terminal or
+/// `/dev/null` at the path (`--html /dev/stdout`) is written in place.
+pub struct OutFile {
+    path: PathBuf,
+    file: File,
+    /// The temporary file, until renamed onto `path` (removed if never).
+    tmp: Option<PathBuf>,
 }
 
-fn create(path: &Path) -> anyhow::Result<(PathBuf, File)> {
-    let f = File::create(path).map_err(|e| {
+/// Files at a path that are written in place rather than replaced: pipes,
+/// and the character devices that are terminals or `/dev/null` (any other
+/// device, a block device above all, is refused: root writing a picture
+/// into `/dev/sda` because a symlink said so must not happen).
+fn streamable(m: &Metadata) -> bool {
+    let t = m.file_type();
+    if t.is_fifo() {
+        return true;
+    }
+    if !t.is_char_device() {
+        return false;
+    }
+    let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
+    // 1:3 /dev/null; 4:* virtual consoles and serial ttys; 5:0 /dev/tty;
+    // 136-143: pseudo-terminals.
+    (major, minor) == (1, 3)
+        || major == 4
+        || (major, minor) == (5, 0)
+        || (136..=143).contains(&major)
+}
+
+static TMP_SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl OutFile {
+    /// Creates the file for `path` (see [`OutFile`]); nothing is at `path`
+    /// until [`OutFile::commit`].
+    pub fn create(path: &Path) -> io::Result<OutFile> {
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::replacing(path),
+            Err(e) => Err(e),
+            Ok(m) if m.is_file() => Self::replacing(path),
+            Ok(m) if m.file_type().is_symlink() => match fs::metadata(path) {
+                Ok(target) if streamable(&target) => Self::in_place(path),
+                // Dangling, or to a file: the link itself is replaced.
+                _ => Self::replacing(path),
+            },
+            Ok(m) if streamable(&m) => Self::in_place(path),
+            Ok(m) if m.is_dir() => Err(io::Error::other("it is a directory")),
+            Ok(_) => Err(io::Error::other(
+                "it is a device or socket, not a file, a pipe or a terminal",
+            )),
+        }
+    }
+
+    /// A pipe or terminal, opened without creating or truncating anything;
+    /// a FIFO with no reader is an error rather than a wait.
+    fn in_place(path: &Path) -> io::Result<OutFile> {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENXIO) => io::Error::other("a pipe with no reader"),
+                _ => e,
+            })?;
+        // What was opened is what was checked (not a device swapped in since).
+        if !streamable(&file.metadata()?) {
+            return Err(io::Error::other("it changed while being opened"));
+        }
+        // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+        unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+        Ok(OutFile {
+            path: path.to_path_buf(),
+            file,
+            tmp: None,
+        })
+    }
+
+    /// A temporary file beside `path`: created exclusively (O_EXCL never
+    /// follows a symlink), mode 0600.
+    fn replacing(path: &Path) -> io::Result<OutFile> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other("it names no file"))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        // Short enough for NAME_MAX whatever the name's length.
+        let name = &name.as_encoded_bytes()[..name.len().min(200)];
+        let mut last = None;
+        for _ in 0..16 {
+            let mut tmp = OsString::from(".");
+            // SAFETY: a prefix of an OsStr's bytes, cut anywhere, is still
+            // an OsStr on Unix (bytes with no encoding).
+            tmp.push(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(name) });
+            tmp.push(format!(
+                ".{}-{}.tmp",
+                std::process::id(),
+                TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            let tmp = dir.join(tmp);
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)
+            {
+                Ok(file) => {
+                    return Ok(OutFile {
+                        path: path.to_path_buf(),
+                        file,
+                        tmp: Some(tmp),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Puts the file at its path (renaming the temporary file onto it,
+    /// replacing whatever was there); the file stays open for more writes.
+    pub fn commit(mut self) -> io::Result<File> {
+        if let Some(tmp) = &self.tmp {
+            self.file.sync_data()?;
+            fs::rename(tmp, &self.path)?;
+            self.tmp = None;
+        }
+        // Nothing left for Drop to remove: the file moves out.
+        let file = self.file.try_clone()?;
+        Ok(file)
+    }
+}
+
+impl Drop for OutFile {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// How a path is told apart from another: its device and inode when it
+/// exists (so a hard link or a symlink to a file is that file), else its
+/// directory's and its own name.
+#[derive(PartialEq, Eq)]
+enum Identity {
+    Inode(u64, u64),
+    Name(PathBuf, OsString),
+}
+
+fn identity(path: &Path) -> Option<Identity> {
+    if let Ok(m) = fs::metadata(path) {
+        return Some(Identity::Inode(m.dev(), m.ino()));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some(Identity::Name(
+        fs::canonicalize(dir).ok()?,
+        path.file_name()?.to_os_string(),
+    ))
+}
+
+/// Refuses outputs (`(flag, path)`) that are the input being read (its
+/// metadata, from the open file) or one another: `nstrace report t.jsonl
+/// --html t.jsonl` would otherwise replace the trace it reads.
+pub fn check_distinct(
+    input: Option<(&Path, &Metadata)>,
+    outputs: &[(&str, &Path)],
+) -> anyhow::Result<()> {
+    let ids: Vec<_> = outputs.iter().map(|(_, p)| identity(p)).collect();
+    if let Some((input, m)) = input {
+        let id = Identity::Inode(m.dev(), m.ino());
+        for ((flag, path), out) in outputs.iter().zip(&ids) {
+            if out.as_ref() == Some(&id) {
+                return Err(hinted(
+                    format!(
+                        "{flag} {} is the trace being read ({}): writing it would destroy the trace",
+                        path.display(),
+                        input.display()
+                    ),
+                    format!("give {flag} another file, e.g. {}", suggestion(path, flag)),
+                ));
+            }
+        }
+    }
+    for (i, ((flag, path), id)) in outputs.iter().zip(&ids).enumerate() {
+        for ((other, _), id2) in outputs.iter().zip(&ids).skip(i + 1) {
+            if id.is_some() && id == id2 {
+                return Err(hinted(
+                    format!("{flag} and {other} name the same file, {}", path.display()),
+                    "give each its own file",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn suggestion(path: &Path, flag: &str) -> String {
+    let ext = match flag {
+        "--html" => "html",
+        "--perfetto" => "pftrace",
+        _ => "jsonl",
+    };
+    path.with_extension(ext).display().to_string()
+}
+
+/// `--output FILE`: the live trace, a fresh 0600 file at its path from the
+/// start (see [`OutFile`]).
+pub fn create_trace_file(path: &Path) -> anyhow::Result<File> {
+    OutFile::create(path)
+        .and_then(OutFile::commit)
+        .map_err(|e| {
+            hinted(
+                format!("cannot write {}: {e}", path.display()),
+                "give --output a path in a writable directory",
+            )
+        })
+}
+
+/// The picture files asked for (`--perfetto`, `--html`), created up front
+/// (as temporary files) so that a path that cannot be written fails before
+/// any tracing; put in place when drawn.
+pub struct Pictures {
+    perfetto: Option<OutFile>,
+    html: Option<OutFile>,
+}
+
+fn create(path: &Path) -> anyhow::Result<OutFile> {
+    OutFile::create(path).map_err(|e| {
         hinted(
-            format!("cannot write {}: {e}", escape::path(path)),
+            format!("cannot write {}: {e}", path.display()),
             "give a path in a writable directory",
         )
-    })?;
-    Ok((path.to_path_buf(), f))
+    })
 }
 
 impl Pictures {
@@ -48,23 +293,33 @@ impl Pictures {
         }))
     }
 
-    /// Draws `t` into the files; says on stderr where they are.
+    /// Draws `t` into the files and puts them in place; says on stderr
+    /// where they are. A failure leaves what was at the paths alone.
     pub fn write(self, t: &Timeline) -> anyhow::Result<()> {
-        let fail =
-            |path: &Path, e: io::Error| anyhow::anyhow!("writing {}: {e}", escape::path(path));
-        if let Some((path, f)) = self.perfetto {
-            perfetto::write(t, io::BufWriter::new(f)).map_err(|e| fail(&path, e))?;
+        let fail = |path: &Path, e: io::Error| anyhow::anyhow!("writing {}: {e}", path.display());
+        let draw = |f: OutFile, what: &dyn Fn(&mut io::BufWriter<&File>) -> io::Result<()>| {
+            let mut w = io::BufWriter::new(f.file());
+            what(&mut w)
+                .and_then(|()| w.flush())
+                .map_err(|e| fail(f.path(), e))?;
+            drop(w);
+            let path = f.path().to_path_buf();
+            f.commit().map_err(|e| fail(&path, e))?;
+            anyhow::Ok(path)
+        };
+        if let Some(f) = self.perfetto {
+            let path = draw(f, &|w| perfetto::write(t, w))?;
             eprintln!(
                 "nstrace: wrote {} ({} namespaces; open it in https://ui.perfetto.dev)",
-                escape::path(&path),
+                path.display(),
                 t.lanes.len()
             );
         }
-        if let Some((path, f)) = self.html {
-            html::write(t, io::BufWriter::new(f)).map_err(|e| fail(&path, e))?;
+        if let Some(f) = self.html {
+            let path = draw(f, &|w| html::write(t, w))?;
             eprintln!(
                 "nstrace: wrote {} ({} namespaces; open it in a browser)",
-                escape::path(&path),
+                path.display(),
                 t.lanes.len()
             );
         }
