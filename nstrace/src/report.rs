@@ -592,8 +592,12 @@ mod tests {
     }
 
     proptest! {
-        // Bounded so the suite stays quick: a few seconds in all.
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        // Bounded so the suite stays quick (under a second in release);
+        // PROPTEST_CASES=100000 for a longer hunt.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -512,3 +512,71 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9464 (or a port)"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::Container;
+
+    #[test]
+    fn label_values_are_escaped_and_bounded() {
+        assert_eq!(escape_label("docker"), "docker");
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let long = "\u{e9}".repeat(100);
+        let cut = escape_label(&long);
+        assert_eq!(cut.len(), MAX_LABEL);
+        assert!(cut.chars().all(|c| c == '\u{e9}'));
+        let long = format!("a{}", "\u{e9}".repeat(100));
+        assert_eq!(escape_label(&long).len(), MAX_LABEL - 1);
+    }
+
+    #[test]
+    fn a_hostile_label_value_stays_inside_its_quotes() {
+        let hostile: &'static str =
+            Box::leak(format!("x\"}} 1\nnstrace_fake 9\n\\{}", "y".repeat(500)).into_boxed_str());
+        let mut reg = Registry::default();
+        let fam: Family<LostLabel, Counter> = Family::default();
+        reg.register("t", "t", fam.clone());
+        fam.get_or_create(&LostLabel {
+            what: LabelValue(hostile),
+        })
+        .inc();
+        let mut page = String::new();
+        encode(&mut page, &reg).unwrap();
+        let series: Vec<&str> = page.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(series.len(), 1, "{page}");
+        assert!(!page.contains("\nnstrace_fake"), "{page}");
+        let line = series[0];
+        assert!(
+            line.starts_with("t_total{what=\"x\\\"} 1\\nnstrace_fake 9\\n\\\\y"),
+            "{line}"
+        );
+        assert!(line.ends_with("\"} 1"), "{line}");
+        assert!(line.len() < MAX_LABEL * 2, "{line}");
+    }
+
+    #[test]
+    fn runtime_labels_are_a_fixed_set() {
+        assert_eq!(runtime_label(None), "none");
+        let mut c = Container {
+            id: "a".into(),
+            runtime: "docker",
+            name: Some("x\"\n".repeat(100)),
+            pod: None,
+            namespace: None,
+        };
+        assert_eq!(runtime_label(Some(&c)), "docker");
+        c.runtime = "evil\"runtime";
+        assert_eq!(runtime_label(Some(&c)), "other");
+    }
+
+    #[test]
+    fn a_head_end_split_across_reads_is_found() {
+        let head = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 1..head.len() {
+            assert!(head_end(head, split), "{split}");
+        }
+        assert!(!head_end(b"GET / HTTP/1.1\r\n", 3));
+        assert!(!head_end(b"", 0));
+    }
+}

@@ -224,7 +224,7 @@ pub fn check_distinct(
                         path.display(),
                         input.display()
                     ),
-                    format!("give {flag} another file, e.g. {}", suggestion(path, flag)),
+                    format!("give {flag} another file, e.g. {}", suggestion(input, flag)),
                 ));
             }
         }
@@ -352,5 +352,134 @@ pub fn sink<'a, W: Write + 'a>(json: bool, color: bool, out: W) -> Box<dyn Sink 
         Box::new(json::JsonSink::new(out))
     } else {
         Box::new(text::TextSink::new(out).with_color(color))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nstrace-out-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_file_appears_whole_and_0600_only_when_committed() {
+        let d = tempdir("commit");
+        let path = d.join("t.html");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let f = OutFile::create(&path).unwrap();
+        (&*f.file()).write_all(b"new").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(entries(&d).len(), 2, "{:?}", entries(&d));
+        let _ = f.commit().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(entries(&d), ["t.html"]);
+        // Not committed (a failed run): the old file stays, no temporary left.
+        let f = OutFile::create(&path).unwrap();
+        (&*f.file()).write_all(b"half").unwrap();
+        drop(f);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(entries(&d), ["t.html"]);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_planted_symlink_is_replaced_not_written_through() {
+        let d = tempdir("symlink");
+        let target = d.join("precious");
+        fs::write(&target, "keep").unwrap();
+        let path = d.join("t.html");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let f = OutFile::create(&path).unwrap();
+        (&*f.file()).write_all(b"picture").unwrap();
+        let _ = f.commit().unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+        assert!(fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "picture");
+        // A symlink to a block device or a directory: refused or replaced, never opened.
+        let path = d.join("dev");
+        std::os::unix::fs::symlink("/dev/loop0", &path).unwrap();
+        if fs::metadata("/dev/loop0").is_ok() {
+            let f = OutFile::create(&path).unwrap();
+            assert!(f.tmp.is_some());
+        }
+        assert!(OutFile::create(&d).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn pipes_and_dev_null_are_written_in_place() {
+        let f = OutFile::create(Path::new("/dev/null")).unwrap();
+        assert!(f.tmp.is_none());
+        let mut file = f.commit().unwrap();
+        file.write_all(b"x").unwrap();
+        assert!(
+            fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        // A FIFO nobody reads is an error at once, not a wait.
+        let d = tempdir("fifo");
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = OutFile::create(&fifo).err().unwrap();
+        assert!(err.to_string().contains("no reader"), "{err}");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_output_that_is_the_input_is_refused_under_any_name() {
+        let d = tempdir("same");
+        let input = d.join("t.jsonl");
+        fs::write(&input, "{}\n").unwrap();
+        let m = fs::metadata(&input).unwrap();
+        let link = d.join("hard.jsonl");
+        fs::hard_link(&input, &link).unwrap();
+        let sym = d.join("sym.html");
+        std::os::unix::fs::symlink(&input, &sym).unwrap();
+        let dotted = d.join(".").join("t.jsonl");
+        for out in [&input, &link, &sym, &dotted] {
+            let err = check_distinct(Some((&input, &m)), &[("--html", out)])
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("is the trace being read"), "{err}");
+            assert!(crate::error::hint_of(&err).unwrap().contains("t.html"));
+        }
+        let new = d.join("new.html");
+        check_distinct(Some((&input, &m)), &[("--html", &new)]).unwrap();
+        // Two outputs, one file (not there yet): refused too.
+        let err = check_distinct(
+            Some((&input, &m)),
+            &[
+                ("--perfetto", &new),
+                ("--html", &d.join(".").join("new.html")),
+            ],
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("name the same file"), "{err}");
+        assert_eq!(fs::read_to_string(&input).unwrap(), "{}\n");
+        let _ = fs::remove_dir_all(&d);
     }
 }
