@@ -59,6 +59,9 @@ pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Time a client has to take the reply.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a connection is kept after its reply, for the client to close
+/// first.
+pub const LINGER: Duration = Duration::from_secs(1);
 /// Wait after an accept error that is not about one connection (EMFILE,
 /// ENFILE, ENOBUFS, ENOMEM): retrying at once would spin.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -473,7 +476,21 @@ async fn answer(mut conn: tokio::net::TcpStream, series: &Series) -> std::io::Re
     // A client that does not read is left behind, not waited for.
     tokio::time::timeout(WRITE_DEADLINE, write)
         .await
-        .unwrap_or(Ok(()))
+        .unwrap_or(Ok(()))?;
+    // What the client sent past the head is read (a little, briefly)
+    // before closing: a close with unread data resets the connection, and
+    // the reset can destroy the reply before the client reads it.
+    let drain = async {
+        let mut left = 64 * 1024;
+        while left > 0 {
+            match conn.read(&mut head).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+    Ok(())
 }
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -184,16 +184,23 @@ impl Drop for OutFile {
 }
 
 /// How a path is told apart from another: its device and inode when it
-/// exists (so a hard link or a symlink to a file is that file), else its
-/// directory's and its own name.
+/// exists, else its directory's and its own name. `follow`: a symlink is
+/// the file it leads to (against the input: a link to the trace is the
+/// trace); else the link itself (outputs replace a link, so two links to
+/// one file are two outputs).
 #[derive(PartialEq, Eq)]
 enum Identity {
     Inode(u64, u64),
     Name(PathBuf, OsString),
 }
 
-fn identity(path: &Path) -> Option<Identity> {
-    if let Ok(m) = fs::metadata(path) {
+fn identity(path: &Path, follow: bool) -> Option<Identity> {
+    let m = if follow {
+        fs::metadata(path)
+    } else {
+        fs::symlink_metadata(path)
+    };
+    if let Ok(m) = m {
         return Some(Identity::Inode(m.dev(), m.ino()));
     }
     let dir = match path.parent() {
@@ -213,14 +220,13 @@ pub fn check_distinct(
     input: Option<(&Path, &Metadata)>,
     outputs: &[(&str, &Path)],
 ) -> anyhow::Result<()> {
-    let ids: Vec<_> = outputs.iter().map(|(_, p)| identity(p)).collect();
     if let Some((input, m)) = input {
         let id = Identity::Inode(m.dev(), m.ino());
-        for ((flag, path), out) in outputs.iter().zip(&ids) {
-            if out.as_ref() == Some(&id) {
+        for (flag, path) in outputs {
+            if identity(path, true).as_ref() == Some(&id) {
                 return Err(hinted(
                     format!(
-                        "{flag} {} is the trace being read ({}): writing it would destroy the trace",
+                        "{flag} {} is the trace being read ({}), under this or another name",
                         path.display(),
                         input.display()
                     ),
@@ -229,6 +235,7 @@ pub fn check_distinct(
             }
         }
     }
+    let ids: Vec<_> = outputs.iter().map(|(_, p)| identity(p, false)).collect();
     for (i, ((flag, path), id)) in outputs.iter().zip(&ids).enumerate() {
         for ((other, _), id2) in outputs.iter().zip(&ids).skip(i + 1) {
             if id.is_some() && id == id2 {
