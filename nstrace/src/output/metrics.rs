@@ -359,7 +359,7 @@ impl Series {
         );
         s.registry.register(
             "metrics_connections_refused",
-            "Connections to this endpoint closed unserved: over the limit of 64 at once (busy), request head not in within 5 s (slow) or over 8 KiB (big)",
+            "Connections to this endpoint closed unserved: over the limit of 64 at once (busy), request head not in within 5 s (slow) or over 8 KiB (big); accept_failed: accepts that failed for want of descriptors or memory (each followed by a 100 ms pause)",
             s.refused.clone(),
         );
         s
@@ -406,6 +406,7 @@ async fn accept_loop(listener: TcpListener, series: Arc<Series>) {
                 );
                 if !one {
                     // Out of descriptors or memory: what frees them is time.
+                    series.refuse("accept_failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
                 continue;
