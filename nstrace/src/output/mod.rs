@@ -391,7 +391,7 @@ mod tests {
         fs::write(&path, "old").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let f = OutFile::create(&path).unwrap();
-        (&*f.file()).write_all(b"new").unwrap();
+        f.file().write_all(b"new").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "old");
         assert_eq!(entries(&d).len(), 2, "{:?}", entries(&d));
         let _ = f.commit().unwrap();
@@ -401,7 +401,7 @@ mod tests {
         assert_eq!(entries(&d), ["t.html"]);
         // Not committed (a failed run): the old file stays, no temporary left.
         let f = OutFile::create(&path).unwrap();
-        (&*f.file()).write_all(b"half").unwrap();
+        f.file().write_all(b"half").unwrap();
         drop(f);
         assert_eq!(fs::read_to_string(&path).unwrap(), "new");
         assert_eq!(entries(&d), ["t.html"]);
@@ -416,7 +416,7 @@ mod tests {
         let path = d.join("t.html");
         std::os::unix::fs::symlink(&target, &path).unwrap();
         let f = OutFile::create(&path).unwrap();
-        (&*f.file()).write_all(b"picture").unwrap();
+        f.file().write_all(b"picture").unwrap();
         let _ = f.commit().unwrap();
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
         assert!(fs::symlink_metadata(&path).unwrap().is_file());
