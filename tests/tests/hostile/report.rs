@@ -96,7 +96,7 @@ fn refused(status: ExitStatus, stderr: &str) {
 const T0: &str = "2024-02-29T12:34:56.000000001Z";
 
 #[test]
-fn a_200_mb_line_costs_a_megabyte_and_dev_zero_ends_at_once() {
+fn a_200_mb_line_is_refused_in_a_few_megabytes_and_dev_zero_ends_at_once() {
     if !privileged() {
         return;
     }
