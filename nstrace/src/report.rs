@@ -11,6 +11,7 @@ use anyhow::Result;
 
 use crate::{
     error::hinted,
+    escape,
     output::{
         self, Pictures,
         json::{Line, parse_line},
@@ -91,8 +92,8 @@ fn next_line(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> Result<bool
 /// Reads a trace and replays it into a registry.
 pub fn read(path: &Path) -> Result<Saved> {
     let file = File::open(path)
-        .map_err(|e| hinted(format!("cannot read {}: {e}", path.display()), HINT))?;
-    read_from(BufReader::new(file), &path.display().to_string())
+        .map_err(|e| hinted(format!("cannot read {}: {e}", escape::path(path)), HINT))?;
+    read_from(BufReader::new(file), &escape::path(path))
 }
 
 /// Reads a trace from `input` (named `name` in errors). Whatever it holds,
@@ -170,17 +171,17 @@ pub fn read_from(mut input: impl BufRead, name: &str) -> Result<Saved> {
 /// is written; pictures are put in place only once drawn whole.
 pub fn run(path: &Path, json: bool, perfetto: Option<&Path>, html: Option<&Path>) -> Result<()> {
     let file = File::open(path)
-        .map_err(|e| hinted(format!("cannot read {}: {e}", path.display()), HINT))?;
+        .map_err(|e| hinted(format!("cannot read {}: {e}", escape::path(path)), HINT))?;
     let meta = file
         .metadata()
-        .map_err(|e| hinted(format!("cannot read {}: {e}", path.display()), HINT))?;
+        .map_err(|e| hinted(format!("cannot read {}: {e}", escape::path(path)), HINT))?;
     let outputs: Vec<(&str, &Path)> = [("--perfetto", perfetto), ("--html", html)]
         .into_iter()
         .filter_map(|(flag, p)| Some((flag, p?)))
         .collect();
     output::check_distinct(Some((path, &meta)), &outputs)?;
     let pictures = Pictures::create(perfetto, html)?;
-    let saved = read_from(BufReader::new(file), &path.display().to_string())?;
+    let saved = read_from(BufReader::new(file), &escape::path(path))?;
     if let Some(p) = pictures {
         p.write(&saved.timeline)?;
     }
@@ -335,6 +336,9 @@ mod tests {
             unwatched: 0,
             skipped: 0,
             skipped_by: vec![],
+            forgotten: 0,
+            untracked: 0,
+            unfollowed: 0,
         })
         .unwrap();
         sink.stop(&Stop {

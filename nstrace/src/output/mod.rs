@@ -17,6 +17,7 @@ use std::{
 
 use crate::{
     error::hinted,
+    escape,
     record::{Loss, Record, Start, Stop},
     timeline::Timeline,
 };
@@ -227,8 +228,8 @@ pub fn check_distinct(
                 return Err(hinted(
                     format!(
                         "{flag} {} is the trace being read ({}), under this or another name",
-                        path.display(),
-                        input.display()
+                        escape::path(path),
+                        escape::path(input)
                     ),
                     format!("give {flag} another file, e.g. {}", suggestion(input, flag)),
                 ));
@@ -240,7 +241,10 @@ pub fn check_distinct(
         for ((other, _), id2) in outputs.iter().zip(&ids).skip(i + 1) {
             if id.is_some() && id == id2 {
                 return Err(hinted(
-                    format!("{flag} and {other} name the same file, {}", path.display()),
+                    format!(
+                        "{flag} and {other} name the same file, {}",
+                        escape::path(path)
+                    ),
                     "give each its own file",
                 ));
             }
@@ -255,7 +259,7 @@ fn suggestion(path: &Path, flag: &str) -> String {
         "--perfetto" => "pftrace",
         _ => "jsonl",
     };
-    path.with_extension(ext).display().to_string()
+    escape::path(&path.with_extension(ext)).into_owned()
 }
 
 /// `--output FILE`: the live trace, a fresh 0600 file at its path from the
@@ -265,7 +269,7 @@ pub fn create_trace_file(path: &Path) -> anyhow::Result<File> {
         .and_then(OutFile::commit)
         .map_err(|e| {
             hinted(
-                format!("cannot write {}: {e}", path.display()),
+                format!("cannot write {}: {e}", escape::path(path)),
                 "give --output a path in a writable directory",
             )
         })
@@ -282,7 +286,7 @@ pub struct Pictures {
 fn create(path: &Path) -> anyhow::Result<OutFile> {
     OutFile::create(path).map_err(|e| {
         hinted(
-            format!("cannot write {}: {e}", path.display()),
+            format!("cannot write {}: {e}", escape::path(path)),
             "give a path in a writable directory",
         )
     })
@@ -303,7 +307,8 @@ impl Pictures {
     /// Draws `t` into the files and puts them in place; says on stderr
     /// where they are. A failure leaves what was at the paths alone.
     pub fn write(self, t: &Timeline) -> anyhow::Result<()> {
-        let fail = |path: &Path, e: io::Error| anyhow::anyhow!("writing {}: {e}", path.display());
+        let fail =
+            |path: &Path, e: io::Error| anyhow::anyhow!("writing {}: {e}", escape::path(path));
         let draw = |f: OutFile, what: &dyn Fn(&mut io::BufWriter<&File>) -> io::Result<()>| {
             let mut w = io::BufWriter::new(f.file());
             what(&mut w)
@@ -318,7 +323,7 @@ impl Pictures {
             let path = draw(f, &|w| perfetto::write(t, w))?;
             eprintln!(
                 "nstrace: wrote {} ({} namespaces; open it in https://ui.perfetto.dev)",
-                path.display(),
+                escape::path(&path),
                 t.lanes.len()
             );
         }
@@ -326,7 +331,7 @@ impl Pictures {
             let path = draw(f, &|w| html::write(t, w))?;
             eprintln!(
                 "nstrace: wrote {} ({} namespaces; open it in a browser)",
-                path.display(),
+                escape::path(&path),
                 t.lanes.len()
             );
         }
