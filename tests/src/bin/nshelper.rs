@@ -248,6 +248,38 @@ fn main() {
             say("done");
             wait_forever()
         }
+        // maxrss CMD ARGS: runs CMD (stdout to /dev/null) in a child forked
+        // from this small process and prints `status RAW maxrss KIB` when it
+        // ends. A test cannot read this from its own wait4: a process's
+        // ru_maxrss includes the memory of whatever it was before exec, and
+        // a child spawned by the (large) test process starts as a copy of it.
+        "maxrss" => {
+            let argv: Vec<CString> = args
+                .map(|a| CString::new(a).unwrap_or_else(|_| die("NUL in argument")))
+                .collect();
+            if argv.is_empty() {
+                die("usage: nshelper maxrss CMD ARGS");
+            }
+            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            // SAFETY: fork in a single-threaded process; the child only
+            // redirects stdout and execs (or exits).
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                unsafe {
+                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                    libc::dup2(null, 1);
+                    libc::execvp(ptrs[0], ptrs.as_ptr());
+                    libc::_exit(127);
+                }
+            }
+            let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+            // SAFETY: our own child; status and usage are ours to write.
+            if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
+                die("wait4");
+            }
+            say(&format!("status {status} maxrss {}", usage.ru_maxrss));
+        }
         other => die(&format!("unknown action {other}")),
     }
 }

@@ -6,7 +6,7 @@ use std::{
     io::Write as _,
     os::unix::{
         fs::{MetadataExt as _, PermissionsExt as _},
-        process::ExitStatusExt as _,
+        process::{CommandExt as _, ExitStatusExt as _},
     },
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
@@ -26,50 +26,60 @@ fn shared_dir(name: &str) -> PathBuf {
 }
 
 /// `nstrace ARGS` with stdin from `stdin`, to its end: status, stderr,
-/// peak resident memory (KiB, from the kernel's own account: wait4), and
-/// how long it ran. Killed after `limit`.
+/// peak resident memory (KiB, the kernel's own account, read by nshelper's
+/// wait4 on a child forked from it: see its `maxrss`), and how long it
+/// ran. Killed, with its helper, after `limit`.
 fn run_measured(
     args: &[&str],
     stdin: Stdio,
     limit: Duration,
 ) -> (ExitStatus, String, u64, Duration) {
     let began = Instant::now();
-    let mut child = Command::new(nstrace_bin())
+    let mut child = Command::new(helper_bin())
+        .arg("maxrss")
+        .arg(nstrace_bin())
         .args(args)
         .stdin(stdin)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
-    let pid = child.id() as i32;
+    let pgid = child.id() as i32;
     let mut err = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = std::io::Read::read_to_string(&mut err, &mut s);
         s
     });
-    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
     loop {
-        // SAFETY: our own child; status and usage are ours to write.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
+        if child.try_wait().unwrap().is_some() {
             break;
         }
-        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
         if began.elapsed() > limit {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: signalling the process group we started.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
             panic!("nstrace {args:?} still running after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let took = began.elapsed();
-    // The child is reaped: std must not wait for it again.
-    std::mem::forget(child);
+    let mut said = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut said);
+    let field = |name: &str| -> i64 {
+        let mut w = said.split_whitespace();
+        while let Some(k) = w.next() {
+            if k == name {
+                return w.next().and_then(|v| v.parse().ok()).unwrap_or(-1);
+            }
+        }
+        panic!("nshelper maxrss said {said:?}")
+    };
     (
-        ExitStatus::from_raw(status),
+        ExitStatus::from_raw(field("status") as i32),
         reader.join().unwrap(),
-        usage.ru_maxrss as u64,
+        field("maxrss") as u64,
         took,
     )
 }
