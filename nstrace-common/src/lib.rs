@@ -279,10 +279,13 @@ pub struct FreeTarget {
     /// Kind index, or [`KIND_FROM_NS_TYPE`].
     pub kind: u32,
     pub delta: i32,
-    /// If not [`NO_FIELD`]: offset in `ns_common` of a reference count; the
-    /// call frees only when it is 1 (a `put_*` that is the last put).
+    /// If not [`NO_FIELD`]: offset from the first argument of a reference
+    /// count; the call frees only when it is 1 (a `put_*` that is the last
+    /// put).
     pub count_off: u32,
-    pub _pad: u32,
+    /// Bit N set: frees of kind index N are reported (a common free path
+    /// serves kinds whose ends another method decides).
+    pub kinds: u32,
 }
 
 impl FreeTarget {
@@ -290,7 +293,7 @@ impl FreeTarget {
         kind: NO_FIELD,
         delta: 0,
         count_off: NO_FIELD,
-        _pad: 0,
+        kinds: 0,
     };
 }
 

@@ -678,7 +678,9 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
         return;
     }
     let ns = (arg as i64 + t.delta as i64) as *const u8;
-    if t.count_off != NO_FIELD && unsafe { task::read_u32(ns, t.count_off) } != 1 {
+    // SAFETY: a probe read (faults read as 0) of the argument's count field,
+    // whose offset user space took from BTF.
+    if t.count_off != NO_FIELD && unsafe { task::read_u32(arg as *const u8, t.count_off) } != 1 {
         return;
     }
     let (inum_off, id_off, type_off) = task::nscommon_offsets();
@@ -694,7 +696,7 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
     } else {
         t.kind as usize
     };
-    if kind >= NS_KINDS {
+    if kind >= NS_KINDS || t.kinds & (1 << kind) == 0 {
         return;
     }
     let inum = unsafe { task::read_u32(ns, inum_off) };

@@ -109,6 +109,12 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub infer_ends: bool,
 
+    /// Do not hook the free path of these kinds (comma-separated): their
+    /// ends are decided as on a kernel without a free function for them.
+    /// For testing the per-kind fallback.
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', value_parser = kind_parser(), hide = true)]
+    pub no_fentry_for: Vec<NsKind>,
+
     /// Only records of this container: an id prefix or a name (docker).
     /// Matches the acting process's container and the container whose runtime
     /// created the namespace (so dockerd joining its network shows too).

@@ -324,8 +324,11 @@ pub struct Record {
 pub struct Start {
     pub time_ns: i128,
     pub kernel: String,
-    /// How ends are decided (the start-up line's words).
+    /// How ends are decided: one method's name when every kind uses it,
+    /// else `mixed`.
     pub ends: String,
+    /// The method each kind of this kernel gets.
+    pub ends_by_kind: Vec<(NsKind, EndMethod)>,
     /// (kind, inode, ns_id) of every namespace alive at start.
     pub alive: Vec<(NsKind, u32, Option<u64>)>,
 }

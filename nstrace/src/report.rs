@@ -318,6 +318,7 @@ mod tests {
             time_ns: t0,
             kernel: "6.18.0".into(),
             ends: "fentry".into(),
+            ends_by_kind: vec![(NsKind::Net, EndMethod::Fentry)],
             alive: vec![
                 (NsKind::Net, 4026531840, Some(1)),
                 (NsKind::Uts, 4026531838, None),
@@ -390,6 +391,7 @@ mod tests {
         "pinned_by",
         "kernel",
         "ends",
+        "ends_by_kind",
         "alive",
         "records",
         "kernel_events",

@@ -15,7 +15,7 @@ use tokio::{
 use crate::{
     cli::{Cli, Command, ProbeMode},
     command, container, decode,
-    ends::{self, Ends, Method, handles::Handles},
+    ends::{self, Ends, Methods, handles::Handles},
     error::hinted,
     filter::Filter,
     kernel::{
@@ -25,7 +25,7 @@ use crate::{
     listing,
     output::{self, Sink},
     procfs::{self, NsKey},
-    record::{EventType, NsKind, Start, Stop},
+    record::{EndMethod, EventType, NsKind, Start, Stop},
     registry::Registry,
     summary,
     time::Clock,
@@ -337,12 +337,13 @@ async fn trace(cli: &Cli) -> Result<i32> {
 
     let pictures = output::Pictures::create(cli.perfetto.as_deref(), cli.html.as_deref())?;
 
-    let layout = offsets::from_running_kernel().map_err(|e| {
+    let mut layout = offsets::from_running_kernel().map_err(|e| {
         hinted(
             format!("cannot read the kernel's struct layouts from BTF: {e:#}"),
             "nstrace needs /sys/kernel/btf/vmlinux from a kernel built with CONFIG_DEBUG_INFO_BTF=y",
         )
     })?;
+    layout.skip_fentry(&cli.no_fentry_for);
     Probes::release_freed_memory();
     let ring = cli.buffer_size * 1024 * 1024;
     // fentry where the kernel allows it (exact ends), else tracepoints alone.
@@ -355,21 +356,24 @@ async fn trace(cli: &Cli) -> Result<i32> {
         follow,
         cli.debug,
     )?;
-    let (exact_ends, fentry_note) = match cli.probe_mode {
-        ProbeMode::Tracepoint => (false, None),
-        ProbeMode::Fentry => {
-            probes.attach_fentry(&layout)?;
-            (true, None)
-        }
+    let (fentry, fentry_note) = match cli.probe_mode {
+        ProbeMode::Tracepoint => (None, None),
+        ProbeMode::Fentry => (Some(probes.attach_fentry(&layout)?), None),
         ProbeMode::Auto => match probes.attach_fentry(&layout) {
-            Ok(()) => (true, None),
+            Ok(f) => (Some(f), None),
             Err(e) => {
                 let why =
                     crate::error::hint_of(&e).map_or_else(|| format!("{e:#}"), |_| format!("{e}"));
-                (false, Some(why))
+                (None, Some(why))
             }
         },
     };
+    let exact_ends = fentry.is_some();
+    let freed_kinds = fentry.as_ref().map(|f| f.kinds()).unwrap_or_default();
+    let kinds: Vec<NsKind> = NsKind::ALL
+        .into_iter()
+        .filter(|k| !layout.missing_kinds.contains(k))
+        .collect();
     let clock = Clock::now();
     if stopped_early() {
         return Ok(0);
@@ -388,27 +392,28 @@ async fn trace(cli: &Cli) -> Result<i32> {
         .collect();
     let watched = ends::seed_counts(&snap, &host_ns, &mut probes);
     let registry = Registry::from_snapshot(&snap, |key| snap.meta(key));
-    // How ends are decided: the kernel's free path, else the kernel's answer
-    // through nsfs file handles, else inference from /proc.
+    // How ends are decided, per kind: the kernel's free path, else the
+    // kernel's answer through nsfs file handles, else inference from /proc.
     let mut ends_note = None;
-    let method = if exact_ends {
-        Method::Fentry
+    let others_ask: Option<Box<dyn ends::Ask>> = if kinds.iter().all(|k| freed_kinds.contains(k)) {
+        None
     } else if cli.infer_ends {
         ends_note = Some("inference forced by --infer-ends".to_string());
-        Method::Inference
+        None
     } else if !layout.has_ns_id {
         ends_note = Some("no namespace ids on this kernel (6.18+ has them)".to_string());
-        Method::Inference
+        None
     } else {
         match Handles::open() {
-            Ok(h) => Method::Handles(Box::new(h)),
+            Ok(h) => Some(Box::new(h)),
             Err(why) => {
                 ends_note = Some(format!("nsfs file handles unusable: {why}"));
-                Method::Inference
+                None
             }
         }
     };
-    let mut ends = Ends::new(method);
+    let methods = Methods::new(&freed_kinds, others_ask);
+    let mut ends = Ends::new(methods);
     ends.seed(&snap, &host_ns, clock.now_as_event_ns());
 
     if let Some(pid) = cli.pid {
@@ -463,25 +468,13 @@ async fn trace(cli: &Cli) -> Result<i32> {
     // as it has begun (a start line, no records, the closing summary).
     let signalled_before = crate::signals::requested().is_some();
     if !cli.quiet {
-        let mut notes = vec![match ends.method() {
-            Method::Fentry => {
-                let funcs: Vec<&str> = layout
-                    .free_targets
-                    .iter()
-                    .map(|(f, _)| f.as_str())
-                    .collect();
-                format!(
-                    "ends from the kernel's free path: fentry on {}",
-                    funcs.join(", ")
-                )
-            }
-            Method::Handles(_) => format!(
-                "ends confirmed by the kernel through nsfs file handles, {watched} namespaces watched"
-            ),
-            Method::Inference => format!(
-                "ends inferred from member counts and /proc, best effort, {watched} namespaces watched"
-            ),
-        }];
+        let mut notes = ends_notes(
+            ends.methods(),
+            &kinds,
+            fentry.as_ref(),
+            &cli.no_fentry_for,
+            watched,
+        );
         if let Some(why) = &fentry_note {
             notes.push(format!("fentry unavailable: {why}"));
         }
@@ -518,12 +511,12 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let start = Start {
         time_ns: Clock::now_unix_ns(),
         kernel: host.kernel_release.clone(),
-        ends: match ends.method() {
-            Method::Fentry => "fentry",
-            Method::Handles(_) => "nsfs-handle",
-            Method::Inference => "inference",
-        }
-        .to_string(),
+        ends: ends
+            .methods()
+            .uniform(&kinds)
+            .map_or("mixed", EndMethod::name)
+            .to_string(),
+        ends_by_kind: kinds.iter().map(|&k| (k, ends.methods().of(k))).collect(),
         alive: {
             let mut v: Vec<_> = registry
                 .alive()
@@ -760,4 +753,76 @@ async fn trace(cli: &Cli) -> Result<i32> {
         p.write(&tl)?;
     }
     Ok(exit_code)
+}
+
+/// The start-up line's words on ends: per method, the kinds it decides (all
+/// of them when one method does), and what fentry hooks or was refused.
+fn ends_notes(
+    methods: &Methods,
+    kinds: &[NsKind],
+    fentry: Option<&crate::kernel::probes::Fentry>,
+    left_off: &[NsKind],
+    watched: usize,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let uniform = methods.uniform(kinds).is_some();
+    for method in EndMethod::ALL {
+        let mine: Vec<&str> = kinds
+            .iter()
+            .filter(|k| methods.of(**k) == method)
+            .map(|k| k.name())
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let what = match method {
+            EndMethod::Fentry => {
+                let funcs: Vec<&str> = fentry
+                    .map(|f| f.attached.iter().map(|(f, _)| f.as_str()).collect())
+                    .unwrap_or_default();
+                format!(
+                    "from the kernel's free path: fentry on {}",
+                    funcs.join(", ")
+                )
+            }
+            EndMethod::NsfsHandle => format!(
+                "confirmed by the kernel through nsfs file handles, {watched} namespaces watched"
+            ),
+            EndMethod::Inference => format!(
+                "inferred from member counts and /proc, best effort, {watched} namespaces watched"
+            ),
+        };
+        notes.push(if uniform {
+            format!("ends {what}")
+        } else {
+            format!("{} ends {what}", mine.join(", "))
+        });
+    }
+    if let Some(f) = fentry {
+        for (func, why) in &f.refused {
+            notes.push(format!("the kernel refused fentry on {func}: {why}"));
+        }
+        let names = |pick: &dyn Fn(&NsKind) -> bool| -> Vec<&str> {
+            kinds
+                .iter()
+                .filter(|k| methods.of(**k) != EndMethod::Fentry && pick(k))
+                .map(|k| k.name())
+                .collect()
+        };
+        let off = names(&|k| left_off.contains(k));
+        if !off.is_empty() {
+            notes.push(format!(
+                "fentry left off for {} (--no-fentry-for)",
+                off.join(", ")
+            ));
+        }
+        let hookless = names(&|k| !left_off.contains(k));
+        if !hookless.is_empty() {
+            notes.push(format!(
+                "no free function fentry can hook for {} on this kernel",
+                hookless.join(", ")
+            ));
+        }
+    }
+    notes
 }

@@ -384,6 +384,7 @@ mod tests {
             time_ns: 100,
             kernel: "6.18".into(),
             ends: "fentry".into(),
+            ends_by_kind: vec![(NsKind::Net, EndMethod::Fentry)],
             alive: vec![(NsKind::Net, 1, Some(9))],
         });
         t.record(&Record {

@@ -3,6 +3,7 @@
 //! `/proc/PID/ns`.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read},
     os::unix::process::CommandExt,
     path::PathBuf,
@@ -109,6 +110,51 @@ pub fn expected_end(tracepoint_end: &str) -> &str {
     } else {
         tracepoint_end
     }
+}
+
+/// The kinds this kernel has, as `/proc/self/ns` names them.
+pub fn kernel_kinds() -> Vec<String> {
+    let mut kinds: Vec<String> = std::fs::read_dir("/proc/self/ns")
+        .expect("/proc/self/ns")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.ends_with("_for_children"))
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+/// The method each kind's ends must be decided by, as the start record
+/// must name it: fentry wherever the tracer hooks the free path (every
+/// kernel of the matrix has a free function for each kind, 5.10's uts, ipc
+/// and time included), else nsfs handles where the kernel has them (6.18+),
+/// else inference.
+pub fn expected_method(tracer: &Tracer, kind: &str, no_fentry_for: &[&str]) -> &'static str {
+    let fentry = tracer.stderr().contains("with tracepoints + fentry");
+    if fentry && !no_fentry_for.contains(&kind) {
+        "fentry"
+    } else if KernelJudge::new().is_some() {
+        "nsfs-handle"
+    } else {
+        "inference"
+    }
+}
+
+/// The `start` line's `ends_by_kind` (kind → method).
+pub fn ends_by_kind(tracer: &Tracer) -> BTreeMap<String, String> {
+    let start = tracer
+        .lines()
+        .iter()
+        .find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "start").then_some(v)
+        })
+        .expect("a start line");
+    start["ends_by_kind"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no ends_by_kind in {start}"))
+        .iter()
+        .map(|(k, m)| (k.clone(), m.as_str().unwrap_or_default().to_string()))
+        .collect()
 }
 
 /// Tests that trace hold this: they compare against the whole machine's

@@ -362,6 +362,9 @@ fn both_modes_agree() {
         return;
     }
     let fentry = Tracer::start(&["--probe-mode=fentry"]);
+    // Every kind's end from the free path: none left to inode reuse.
+    let claimed = ends_by_kind(&fentry);
+    assert!(claimed.values().all(|m| m == "fentry"), "{claimed:?}");
     let tracepoint = Tracer::start_also(&fentry, &["--probe-mode=tracepoint"]);
     let inferring = tracepoint.stderr().contains("inferred");
     ip_netns_cycles(&tracepoint, 10);

@@ -46,6 +46,13 @@ fn create_then_destroy(flags: &[&str], kind: &str, link: &str) {
         "{d}"
     );
     assert!(d["lifetime_ns"].as_i64().unwrap() >= 300_000_000, "{d}");
+    // Decided by the method the start line names for this kind.
+    let method = expected_method(&tracer, kind, &[]);
+    assert_eq!(ends_by_kind(&tracer)[kind], method);
+    assert_eq!(d["end_by"], method, "{d}");
+    if method == "fentry" {
+        assert_eq!(d["end"], "kernel-freed", "{d}");
+    }
     assert_eq!(d["ns_created"]["comm"], "unshare");
     assert!(d["syscall"].is_null());
     thread::sleep(Duration::from_millis(300));
@@ -96,6 +103,63 @@ fn time_ends_with_its_last_member() {
 #[test]
 fn pid_ends_with_its_last_member() {
     create_then_destroy(&["-p", "-f"], "pid", "pid_for_children");
+}
+
+/// The start record names a method for every kind this kernel has, and the
+/// one this kernel and probe mode call for.
+#[test]
+fn the_start_names_each_kinds_method() {
+    if !privileged() {
+        return;
+    }
+    let tracer = Tracer::start(&[]);
+    let by_kind = ends_by_kind(&tracer);
+    assert_eq!(
+        by_kind.keys().cloned().collect::<Vec<_>>(),
+        kernel_kinds(),
+        "{by_kind:?}"
+    );
+    for (kind, method) in &by_kind {
+        assert_eq!(method, expected_method(&tracer, kind, &[]), "{by_kind:?}");
+    }
+    assert!(tracer.stop().0.success());
+}
+
+/// Kinds the free path does not report (as on a kernel without a free
+/// function for them) are decided by the next best method, said so at
+/// start-up, while the others keep fentry's exact ends.
+#[test]
+fn kinds_left_without_fentry_end_by_the_next_method() {
+    if !privileged() || probe_mode() != "fentry" {
+        return;
+    }
+    let off = ["uts", "ipc"];
+    let tracer = Tracer::start(&["--no-fentry-for=uts,ipc"]);
+    assert!(
+        tracer.stderr().contains("fentry left off for uts, ipc"),
+        "{}",
+        tracer.stderr()
+    );
+    let by_kind = ends_by_kind(&tracer);
+    for (kind, method) in &by_kind {
+        assert_eq!(method, expected_method(&tracer, kind, &off), "{by_kind:?}");
+    }
+    assert_eq!(by_kind["net"], "fentry");
+    let g = Group::spawn(&["unshare", "-u", "-i", "-n", "sleep", "60"]);
+    let inodes: Vec<(&str, u64)> = ["uts", "ipc", "net"]
+        .into_iter()
+        .map(|k| (k, wait_ns_changed(g.pid(), k)))
+        .collect();
+    for (k, i) in &inodes {
+        tracer.wait_for(1, |r| is(r, "create", k, *i));
+    }
+    drop(g);
+    for (k, i) in &inodes {
+        let d = &tracer.wait_for(1, |r| is(r, "destroy", k, *i))[0];
+        assert_eq!(d["end_by"], by_kind[*k], "{d}");
+        assert_eq!(d["end"] == "kernel-freed", by_kind[*k] == "fentry", "{d}");
+    }
+    assert!(tracer.stop().0.success());
 }
 
 fn ip(args: &[&str]) {

@@ -56,7 +56,9 @@ enum Task {
     /// Run the end-to-end scenarios on other kernels under QEMU, in both
     /// probe modes (kernels are downloaded once and cached under $NSTRACE_CACHE).
     VmTest {
-        /// 6.1, 6.12, 7, or all.
+        /// 5.10, 6.1, 6.12, 7, all, or the path of a kernel image (a
+        /// bzImage/vmlinuz with BTF built in) to run the same plan on your
+        /// own kernel.
         #[arg(long, default_value = "all")]
         kernel: String,
         /// Only these parts of the plan, as MODE:TEST (e.g. both:ends);

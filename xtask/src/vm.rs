@@ -1,8 +1,9 @@
 //! `cargo xtask vm-test`: the privileged end-to-end tests on other kernels.
 //!
 //! Debian kernel images are fetched with apt (6.1 and 6.12 from Debian 12's
-//! own suites; 7.x from sid through a private apt configuration that leaves
-//! the machine's sources alone) and cached. An initramfs carries nstrace, the
+//! own suites; 5.10 from bullseye and 7.x from sid, each through a private
+//! apt configuration that leaves the machine's sources alone, on the mirror
+//! those sources name) and cached. `--kernel PATH` boots any bzImage instead. An initramfs carries nstrace, the
 //! test binaries, the tools they call and their libraries; each kernel boots
 //! under QEMU (TCG), runs the scenarios once per probe mode, and writes the
 //! results to a second serial port.
@@ -18,29 +19,36 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{setup::cache_dir, sh, workspace_root};
 
-/// A kernel line to test: a name, the apt package pattern, and whether it
-/// comes from sid (private apt configuration).
+/// A kernel line to test: a name, the apt package pattern, and the Debian
+/// suite it comes from when the machine's own sources do not carry it
+/// (read through a private apt configuration).
 struct KernelSpec {
     name: &'static str,
     pattern: &'static str,
-    sid: bool,
+    suite: Option<&'static str>,
 }
 
 const KERNELS: &[KernelSpec] = &[
+    // Debian 11 LTS, the line many fleets still run (and Amazon Linux 2's).
+    KernelSpec {
+        name: "5.10",
+        pattern: r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64-unsigned$",
+        suite: Some("bullseye"),
+    },
     KernelSpec {
         name: "6.1",
         pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
-        sid: false,
+        suite: None,
     },
     KernelSpec {
         name: "6.12",
         pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
-        sid: false,
+        suite: None,
     },
     KernelSpec {
         name: "7",
         pattern: r"^linux-binary-unsigned-7\.[0-9.]+\+deb[0-9]+-cloud-amd64$",
-        sid: true,
+        suite: Some("sid"),
     },
 ];
 
@@ -102,19 +110,39 @@ impl Selection {
     }
 }
 
-pub fn run(kernel: &str, selection: &Selection) -> Result<()> {
-    let plan = selection.plan()?;
+/// The kernels `--kernel` names: a line of [`KERNELS`], `all`, or the path
+/// of a kernel image (a bzImage/vmlinuz built with BTF), for checking
+/// nstrace against a fleet's own kernel.
+enum Chosen<'a> {
+    Lines(Vec<&'a KernelSpec>),
+    Image(PathBuf),
+}
+
+fn choose(kernel: &str) -> Result<Chosen<'static>> {
     let specs: Vec<&KernelSpec> = KERNELS
         .iter()
         .filter(|k| kernel == "all" || k.name == kernel)
         .collect();
-    if specs.is_empty() {
-        let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
-        bail!(
-            "unknown kernel {kernel:?}; one of {} or all",
-            names.join(", ")
-        );
+    if !specs.is_empty() {
+        return Ok(Chosen::Lines(specs));
     }
+    let path = Path::new(kernel);
+    if kernel.contains('/') || path.exists() {
+        if !path.is_file() {
+            bail!("no kernel image at {kernel}");
+        }
+        return Ok(Chosen::Image(path.canonicalize()?));
+    }
+    let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+    bail!(
+        "unknown kernel {kernel:?}; one of {}, all, or the path of a kernel image",
+        names.join(", ")
+    )
+}
+
+pub fn run(kernel: &str, selection: &Selection) -> Result<()> {
+    let plan = selection.plan()?;
+    let chosen = choose(kernel)?;
     let bins = build()?;
     let out_dir = workspace_root().join("target/vm");
     std::fs::create_dir_all(&out_dir)?;
@@ -125,13 +153,22 @@ pub fn run(kernel: &str, selection: &Selection) -> Result<()> {
     // Fetch first (apt is not to be run twice at once), then boot two guests
     // at a time: each has one vCPU, the machine two cores.
     let mut guests = Vec::new();
-    for spec in specs {
-        let vmlinuz = fetch_kernel(spec)?;
-        let version = vmlinuz
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    let images = match chosen {
+        Chosen::Lines(specs) => specs
+            .into_iter()
+            .map(fetch_kernel)
+            .collect::<Result<Vec<_>>>()?,
+        Chosen::Image(path) => vec![path],
+    };
+    for vmlinuz in images {
+        // The package's name for a fetched kernel; the file's for one given.
+        let version = if vmlinuz.starts_with(cache_dir()) {
+            vmlinuz.parent().and_then(|p| p.file_name())
+        } else {
+            vmlinuz.file_name()
+        }
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
         let dir = out_dir.join(&version);
         std::fs::create_dir_all(&dir)?;
         guests.push((version, vmlinuz, dir));
@@ -541,9 +578,73 @@ fn boot(vmlinuz: &Path, initrd: &Path, dir: &Path) -> Result<String> {
     Ok(std::fs::read_to_string(&out).unwrap_or_default())
 }
 
-/// A private apt configuration reading sid, with its own lists and cache.
-fn sid_apt_config() -> Result<PathBuf> {
-    let base = cache_dir().join("apt-sid");
+/// The Debian mirror this machine's apt reads (`URIs:` of a deb822
+/// `.sources` file, else a `deb` line of `sources.list`), not its security
+/// archive: the private configurations read other suites from the same
+/// mirror, so no host name is written here.
+fn debian_mirror() -> Result<String> {
+    let mut texts = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut files: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list"))
+            .collect();
+        files.sort();
+        texts.extend(files.iter().filter_map(|f| std::fs::read_to_string(f).ok()));
+    }
+    texts.extend(std::fs::read_to_string("/etc/apt/sources.list").ok());
+    texts
+        .iter()
+        .find_map(|t| mirror_in(t))
+        .context("no Debian mirror in /etc/apt/sources.list or /etc/apt/sources.list.d")
+}
+
+/// The first non-security `deb` mirror in one sources file (deb822 or
+/// one-line format).
+fn mirror_in(text: &str) -> Option<String> {
+    let usable = |uri: &str, suites: &str| {
+        (uri.starts_with("http://") || uri.starts_with("https://") || uri.starts_with("file:"))
+            && !suites.split_whitespace().any(|s| s.ends_with("-security"))
+            && !uri.trim_end_matches('/').ends_with("-security")
+    };
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        if let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) {
+            let debs = field("Types").is_none_or(|t| t.split_whitespace().any(|t| t == "deb"));
+            if let Some(uri) = uris.split_whitespace().find(|u| debs && usable(u, &suites)) {
+                return Some(uri.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    text.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        if w.next()? != "deb" {
+            return None;
+        }
+        let mut uri = w.next()?;
+        if uri.starts_with('[') {
+            // Options: `[arch=amd64 signed-by=...]`.
+            while !uri.ends_with(']') {
+                uri = w.next()?;
+            }
+            uri = w.next()?;
+        }
+        let suite = w.next()?;
+        usable(uri, suite).then(|| uri.trim_end_matches('/').to_string())
+    })
+}
+
+/// A private apt configuration reading `suite` of the machine's mirror,
+/// with its own lists and cache.
+fn private_apt_config(suite: &str) -> Result<PathBuf> {
+    let base = cache_dir().join(format!("apt-{suite}"));
     for d in [
         "etc/sources.list.d",
         "etc/preferences.d",
@@ -554,7 +655,7 @@ fn sid_apt_config() -> Result<PathBuf> {
     }
     std::fs::write(
         base.join("etc/sources.list"),
-        "deb http://deb.debian.org/debian sid main\n",
+        format!("deb {} {suite} main\n", debian_mirror()?),
     )?;
     let status = base.join("state/status");
     if !status.exists() {
@@ -578,18 +679,18 @@ fn sid_apt_config() -> Result<PathBuf> {
     Ok(conf)
 }
 
-fn apt(sid: Option<&Path>) -> Command {
+fn apt(private: Option<&Path>) -> Command {
     let mut c = Command::new("apt-cache");
-    if let Some(conf) = sid {
+    if let Some(conf) = private {
         c.env("APT_CONFIG", conf);
     }
     c
 }
 
 /// The newest package matching the spec, refreshing apt's lists once if needed.
-fn newest_package(spec: &KernelSpec, sid: Option<&Path>) -> Result<Option<String>> {
-    let search = |sid: Option<&Path>| -> Result<Vec<String>> {
-        let out = apt(sid)
+fn newest_package(spec: &KernelSpec, private: Option<&Path>) -> Result<Option<String>> {
+    let search = |private: Option<&Path>| -> Result<Vec<String>> {
+        let out = apt(private)
             .args(["search", "--names-only", spec.pattern])
             .output()?;
         let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -599,15 +700,15 @@ fn newest_package(spec: &KernelSpec, sid: Option<&Path>) -> Result<Option<String
         names.sort_by_key(|n| version_key(n));
         Ok(names)
     };
-    let mut names = search(sid)?;
+    let mut names = search(private)?;
     if names.is_empty() {
         let mut update = Command::new("apt-get");
         update.arg("update").stdout(Stdio::null());
-        if let Some(conf) = sid {
+        if let Some(conf) = private {
             update.env("APT_CONFIG", conf);
         }
         let _ = update.status();
-        names = search(sid)?;
+        names = search(private)?;
     }
     Ok(names.pop())
 }
@@ -623,12 +724,8 @@ fn version_key(name: &str) -> Vec<u64> {
 fn fetch_kernel(spec: &KernelSpec) -> Result<PathBuf> {
     let kernels = cache_dir().join("kernels");
     std::fs::create_dir_all(&kernels)?;
-    let sid = if spec.sid {
-        Some(sid_apt_config()?)
-    } else {
-        None
-    };
-    let package = newest_package(spec, sid.as_deref())?;
+    let private = spec.suite.map(private_apt_config).transpose()?;
+    let package = newest_package(spec, private.as_deref())?;
     let cached_any = || -> Option<PathBuf> {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&kernels)
             .ok()?
@@ -661,7 +758,7 @@ fn fetch_kernel(spec: &KernelSpec) -> Result<PathBuf> {
     std::fs::create_dir_all(&work)?;
     let mut dl = Command::new("apt-get");
     dl.args(["download", &package]).current_dir(&work);
-    if let Some(conf) = &sid {
+    if let Some(conf) = &private {
         dl.env("APT_CONFIG", conf);
     }
     let st = dl.status()?;
@@ -832,24 +929,65 @@ mod tests {
     fn cached_kernel_names_match_their_line() {
         assert!(regex_lite_match(
             KERNELS[0].pattern,
+            "linux-image-5.10.0-32-cloud-amd64-unsigned"
+        ));
+        assert!(regex_lite_match(
+            KERNELS[1].pattern,
             "linux-image-6.1.0-56-cloud-amd64-unsigned"
         ));
         assert!(!regex_lite_match(
-            KERNELS[0].pattern,
-            "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
-        ));
-        assert!(regex_lite_match(
             KERNELS[1].pattern,
             "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
         ));
         assert!(regex_lite_match(
             KERNELS[2].pattern,
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
+        ));
+        assert!(regex_lite_match(
+            KERNELS[3].pattern,
             "linux-binary-unsigned-7.2.13+deb14-cloud-amd64"
         ));
         assert!(!regex_lite_match(
-            KERNELS[2].pattern,
+            KERNELS[3].pattern,
             "linux-binary-unsigned-7.2.13+deb14-amd64"
         ));
+    }
+
+    #[test]
+    fn the_mirror_is_read_from_either_sources_format() {
+        let deb822 = "Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n\
+                      Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n";
+        assert_eq!(
+            mirror_in(deb822).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let security_first = "Types: deb\nURIs: http://m.example/debian-security/\nSuites: bookworm-security\n\n\
+                              Types: deb-src deb\nURIs: http://m.example/debian/\nSuites: bookworm\n";
+        assert_eq!(
+            mirror_in(security_first).as_deref(),
+            Some("http://m.example/debian")
+        );
+        let one_line = "# deb http://old.example/debian sid main\n\
+                        deb http://security.example/debian-security bookworm-security main\n\
+                        deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian/ bookworm main\n";
+        assert_eq!(
+            mirror_in(one_line).as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert_eq!(
+            mirror_in("deb-src http://m.example/debian bookworm main\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_kernel_is_a_line_or_a_path() {
+        assert!(matches!(choose("5.10"), Ok(Chosen::Lines(l)) if l.len() == 1));
+        assert!(matches!(choose("all"), Ok(Chosen::Lines(l)) if l.len() == KERNELS.len()));
+        assert!(matches!(choose("/proc/self/exe"), Ok(Chosen::Image(_))));
+        let e = choose("/nonexistent/bzImage").err().unwrap().to_string();
+        assert!(e.contains("no kernel image"), "{e}");
+        assert!(choose("4.19").is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Deciding that a namespace ended: the one place that does, with its three
-//! methods side by side, one chosen per kernel at start-up.
+//! methods side by side, one chosen per kind at start-up ([`Methods`]):
+//! fentry where the kernel has a free function for the kind that fentry can
+//! attach to, else the best of the other two.
 //!
 //! - **fentry**: the kernel's own free path reports each end
 //!   ([`Ends::on_freed`]); here only `pinned` is decided.
@@ -71,19 +73,41 @@ impl Ask for handles::Handles {
     }
 }
 
-pub enum Method {
-    Fentry,
-    Handles(Box<dyn Ask>),
-    Inference,
+/// How each kind's ends are decided on this kernel.
+pub struct Methods {
+    by_kind: [EndMethod; NsKind::ALL.len()],
+    /// The kernel, asked by handle; set when a kind is decided so.
+    ask: Option<Box<dyn Ask>>,
 }
 
-impl Method {
-    pub fn end_by(&self) -> EndMethod {
-        match self {
-            Method::Fentry => EndMethod::Fentry,
-            Method::Handles(_) => EndMethod::NsfsHandle,
-            Method::Inference => EndMethod::Inference,
-        }
+impl Methods {
+    /// `fentry` for the kinds in `freed` (the kernel's free path reports
+    /// them), `others` for the rest: handles when `ask` is given, else
+    /// inference.
+    pub fn new(freed: &[NsKind], ask: Option<Box<dyn Ask>>) -> Self {
+        let others = if ask.is_some() {
+            EndMethod::NsfsHandle
+        } else {
+            EndMethod::Inference
+        };
+        let by_kind = NsKind::ALL.map(|k| {
+            if freed.contains(&k) {
+                EndMethod::Fentry
+            } else {
+                others
+            }
+        });
+        Methods { by_kind, ask }
+    }
+
+    pub fn of(&self, kind: NsKind) -> EndMethod {
+        self.by_kind[kind.index()]
+    }
+
+    /// The one method every kind in `kinds` uses, if they agree.
+    pub fn uniform(&self, kinds: &[NsKind]) -> Option<EndMethod> {
+        let first = self.of(*kinds.first()?);
+        kinds.iter().all(|k| self.of(*k) == first).then_some(first)
     }
 }
 
@@ -167,7 +191,7 @@ impl Verdict {
 }
 
 pub struct Ends {
-    method: Method,
+    methods: Methods,
     watch: BTreeMap<NsKey, Watch>,
     /// Mount namespaces whose mounts are named by path alone.
     home_mntns: Vec<u32>,
@@ -210,16 +234,16 @@ pub fn seed_counts(
 }
 
 impl Ends {
-    pub fn new(method: Method) -> Self {
+    pub fn new(methods: Methods) -> Self {
         Ends {
-            method,
+            methods,
             watch: BTreeMap::new(),
             home_mntns: procfs::home_mount_namespaces(),
         }
     }
 
-    pub fn method(&self) -> &Method {
-        &self.method
+    pub fn methods(&self) -> &Methods {
+        &self.methods
     }
 
     /// Namespaces alive at start with no member (held by a mount or an fd)
@@ -403,37 +427,31 @@ impl Ends {
                 _ => true,
             });
         }
-        let mut inferred = Vec::new();
-        let answers: Vec<(NsKey, std::io::Result<Answer>)> = match &self.method {
-            // Not freed yet: the free event removes the watch.
-            Method::Fentry => due.into_iter().map(|k| (k, Ok(Answer::Alive))).collect(),
-            Method::Handles(ask) => {
-                // Ended already (out of the registry): nothing to ask or say.
-                due.retain(|k| {
-                    let known = reg.get(*k).is_some();
-                    if !known {
-                        self.watch.remove(k);
+        let mut answers: Vec<(NsKey, std::io::Result<Answer>)> = Vec::new();
+        let mut to_infer = Vec::new();
+        for k in due {
+            match (self.methods.of(k.0), &self.methods.ask) {
+                // Not freed yet: the free event removes the watch.
+                (EndMethod::Fentry, _) => answers.push((k, Ok(Answer::Alive))),
+                (EndMethod::NsfsHandle, Some(ask)) => match reg.get(k) {
+                    // Ended already (out of the registry): nothing to ask or say.
+                    None => {
+                        self.watch.remove(&k);
                     }
-                    known
-                });
-                // A namespace whose id was never seen cannot be asked by
-                // handle: inferred, never guessed gone.
-                let (asked, unnamed): (Vec<NsKey>, Vec<NsKey>) = due
-                    .into_iter()
-                    .partition(|k| reg.get(*k).and_then(|e| e.ns_id).is_some());
-                let answers = asked
-                    .into_iter()
-                    .map(|k| {
-                        let id = reg.get(k).and_then(|e| e.ns_id).expect("partitioned");
-                        (k, ask.ask(k.0, k.1, id))
-                    })
-                    .collect();
-                if !unnamed.is_empty() {
-                    inferred = self.infer(unnamed, now, reg, src);
-                }
-                answers
+                    Some(e) => match e.ns_id {
+                        Some(id) => answers.push((k, ask.ask(k.0, k.1, id))),
+                        // A namespace whose id was never seen cannot be
+                        // asked by handle: inferred, never guessed gone.
+                        None => to_infer.push(k),
+                    },
+                },
+                _ => to_infer.push(k),
             }
-            Method::Inference => return self.infer(due, now, reg, src),
+        }
+        let inferred = if to_infer.is_empty() {
+            Vec::new()
+        } else {
+            self.infer(to_infer, now, reg, src)
         };
         let mut out = inferred;
         let mut explain = Vec::new();
@@ -563,7 +581,7 @@ impl Ends {
                 }
                 pins.push(HELD_INSIDE.to_string());
             }
-            let fentry = matches!(self.method, Method::Fentry);
+            let fentry = self.methods.of(key.0) == EndMethod::Fentry;
             let Some(w) = self.watch.get_mut(&key) else {
                 continue;
             };
@@ -606,7 +624,7 @@ impl Ends {
                         .map(|e| (e.owner, e.parent))
                         .unwrap_or_default();
                     let mut r = reg.end(key, cause, at, last);
-                    r.end_by = Some(self.method.end_by());
+                    r.end_by = Some(self.methods.of(key.0));
                     out.push(r);
                     // Its owner or parent may have been waiting only for it:
                     // ask again now rather than at the next poll.
@@ -728,9 +746,9 @@ mod tests {
         }]
     }
 
-    fn ends(method: Method) -> Ends {
+    fn ends(methods: Methods) -> Ends {
         Ends {
-            method,
+            methods,
             watch: BTreeMap::new(),
             home_mntns: vec![1],
         }
@@ -778,7 +796,7 @@ mod tests {
         let mut reg = registry_with_created(NET, None);
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let kernel = Kernel::default();
-        let mut e = ends(Method::Handles(Box::new(kernel.clone())));
+        let mut e = ends(Methods::new(&[], Some(Box::new(kernel.clone()))));
         kernel.0.borrow_mut().insert(NET);
         e.on_emptied(&emptied(NET), None, 100, &mut reg);
         e.on_joined(NET);
@@ -795,7 +813,7 @@ mod tests {
     fn inference_ends_after_the_grace_with_nothing_holding_it() {
         let mut reg = registry_with_created(NET, None);
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
-        let mut e = ends(Method::Inference);
+        let mut e = ends(Methods::new(&[], None));
         e.on_emptied(&emptied(NET), None, 100, &mut reg);
         assert!(round(&mut e, 100, &mut reg, &mut counts, &mut src).is_empty());
         assert!(!e.due(100 + GRACE_NS - 1));
@@ -811,7 +829,7 @@ mod tests {
     fn a_mount_anywhere_pins_and_its_removal_ends() {
         let mut reg = registry_with_created(NET, None);
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
-        let mut e = ends(Method::Inference);
+        let mut e = ends(Methods::new(&[], None));
         src.mounts.insert(
             NET,
             vec![MountPin {
@@ -841,7 +859,7 @@ mod tests {
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         let kernel = Kernel::default();
         kernel.0.borrow_mut().insert(NET);
-        let mut e = ends(Method::Handles(Box::new(kernel.clone())));
+        let mut e = ends(Methods::new(&[], Some(Box::new(kernel.clone()))));
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
         // Alive, nothing visible: asked again through the settle delays...
         let mut t = 0;
@@ -868,7 +886,7 @@ mod tests {
         let kernel = Kernel::default();
         kernel.0.borrow_mut().insert(NET);
         src.mounts.insert(NET, mount("/run/netns/t"));
-        let mut e = ends(Method::Handles(Box::new(kernel)));
+        let mut e = ends(Methods::new(&[], Some(Box::new(kernel))));
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
         let out = round(&mut e, 0, &mut reg, &mut counts, &mut src);
         assert_eq!(out[0].pinned_by, vec!["mount /run/netns/t".to_string()]);
@@ -878,7 +896,7 @@ mod tests {
     fn a_verdict_for_a_reused_inode_is_dropped() {
         let mut reg = registry_with_created(NET, None);
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
-        let mut e = ends(Method::Handles(Box::new(Kernel::default())));
+        let mut e = ends(Methods::new(&[], Some(Box::new(Kernel::default()))));
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
         let v = e.check(5, &reg, &mut counts, &mut src);
         // Meanwhile (before 5) the inode went to a new namespace.
@@ -906,7 +924,7 @@ mod tests {
     fn with_fentry_only_pins_are_reported() {
         let mut reg = registry_with_created(NET, None);
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
-        let mut e = ends(Method::Fentry);
+        let mut e = ends(Methods::new(&NsKind::ALL, None));
         src.mounts.insert(NET, mount("/run/netns/t"));
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
         let out = round(&mut e, 0, &mut reg, &mut counts, &mut src);
@@ -916,12 +934,51 @@ mod tests {
         assert_eq!(r.end, Some(EndCause::KernelFreed));
     }
 
+    /// A kernel with a free hook for some kinds only (5.10 before its uts
+    /// and ipc hooks were known): the others are decided by the next best
+    /// method, never left waiting for a free event that cannot come.
+    #[test]
+    fn kinds_without_a_free_hook_get_the_next_method() {
+        const UTS: NsKey = (NsKind::Uts, 4026532301);
+        let mut reg = registry_with_created(NET, None);
+        let mut uts = Record {
+            event: EventType::Create,
+            kind: Some(UTS.0),
+            inode: Some(UTS.1),
+            ..Record::default()
+        };
+        reg.observe(&mut uts);
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
+        let mut e = ends(Methods::new(&[NsKind::Net], None));
+        assert_eq!(e.methods().of(NsKind::Uts), EndMethod::Inference);
+        assert_eq!(e.methods().uniform(&[NsKind::Net, NsKind::Uts]), None);
+        e.on_emptied(&[emptied(NET)[0], emptied(UTS)[0]], None, 0, &mut reg);
+        let mut t = 0;
+        let mut out = Vec::new();
+        while t < 2 * GRACE_NS {
+            out.extend(round(&mut e, t, &mut reg, &mut counts, &mut src));
+            t += 10 * MS;
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].kind, Some(NsKind::Uts));
+        assert_eq!(out[0].end_by, Some(EndMethod::Inference));
+        // The net namespace waits for the kernel's free path...
+        assert_eq!(e.watched().collect::<Vec<_>>(), vec![&NET]);
+        let r = e.on_freed(emptied(NET)[0], t, &mut reg);
+        assert_eq!(r.end_by, Some(EndMethod::Fentry));
+        // ...and with handles, the others are asked.
+        let kernel = Kernel::default();
+        let m = Methods::new(&[NsKind::Net], Some(Box::new(kernel)));
+        assert_eq!(m.of(NsKind::Ipc), EndMethod::NsfsHandle);
+        assert_eq!(m.uniform(&[NsKind::Net]), Some(EndMethod::Fentry));
+    }
+
     #[test]
     fn preexisting_namespace_with_live_members_is_left_alone() {
         let mut reg = Registry::default();
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
         src.threads.insert(NET, 3);
-        let mut e = ends(Method::Inference);
+        let mut e = ends(Methods::new(&[], None));
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
         assert!(round(&mut e, GRACE_NS * 3, &mut reg, &mut counts, &mut src).is_empty());
         assert!(e.watched().next().is_none());
@@ -931,7 +988,7 @@ mod tests {
     fn a_rejoined_namespace_is_no_longer_watched() {
         let mut reg = registry_with_created(NET, None);
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
-        let mut e = ends(Method::Inference);
+        let mut e = ends(Methods::new(&[], None));
         e.on_emptied(&emptied(NET), None, 0, &mut reg);
         // Joined (setns): its members are counted at the next check.
         src.threads.insert(NET, 1);
@@ -953,7 +1010,7 @@ mod tests {
         };
         reg.observe(&mut net);
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
-        let mut e = ends(Method::Inference);
+        let mut e = ends(Methods::new(&[], None));
         src.mounts.insert(NET, mount("/run/netns/t"));
         e.on_emptied(&[emptied(user)[0], emptied(NET)[0]], None, 0, &mut reg);
         let out = round(&mut e, 0, &mut reg, &mut counts, &mut src);

@@ -37,6 +37,18 @@ pub struct Layout {
     pub fentry_probe: Option<u32>,
 }
 
+impl Layout {
+    /// Leaves the ends of `kinds` to another method: their free functions
+    /// are not hooked, and a common free path does not report them.
+    pub fn skip_fentry(&mut self, kinds: &[NsKind]) {
+        let mask = kinds.iter().fold(0u32, |m, k| m | 1 << k.index());
+        for (_, t) in &mut self.free_targets {
+            t.kinds &= !mask;
+        }
+        self.free_targets.retain(|(_, t)| t.kinds != 0);
+    }
+}
+
 /// Where the kernel image is mapped: x86_64 keeps it (and modules) in the top
 /// 2 GiB, above the direct map, vmalloc and vmemmap, with or without KASLR,
 /// so a namespace struct there is one of the static initial namespaces, not
@@ -127,7 +139,8 @@ pub fn from_btf(btf: &Btf) -> Result<Layout> {
 enum Arg {
     /// A pointer to the kind's own struct.
     Ns,
-    /// A pointer to the named member (an `rcu_head` or `work_struct`) of the kind's struct.
+    /// A pointer to the named member (an `rcu_head`, `work_struct` or
+    /// `kref`) of the kind's struct.
     Member(&'static str),
 }
 
@@ -137,7 +150,13 @@ enum Arg {
 /// that ends the namespace only when the count is 1.
 const FREE_CANDIDATES: &[(NsKind, &str, Arg, bool)] = &[
     (NsKind::Uts, "free_uts_ns", Arg::Ns, false),
+    // 5.10: the kref_put release function, given the kref.
+    (NsKind::Uts, "free_uts_ns", Arg::Member("kref"), false),
     (NsKind::Ipc, "free_ipc_ns", Arg::Ns, false),
+    // Where free_ipc_ns is inlined into the deferred free_ipc work (5.10,
+    // 6.1): the last put, when the count is 1 (ns_common's, or 5.10's own
+    // ipc_namespace.count). Nothing can take a new reference then: that
+    // needs one already.
     (NsKind::Ipc, "put_ipc_ns", Arg::Ns, true),
     (NsKind::Mnt, "free_mnt_ns", Arg::Ns, false),
     (NsKind::Pid, "delayed_free_pidns", Arg::Member("rcu"), false),
@@ -155,6 +174,7 @@ const FREE_CANDIDATES: &[(NsKind, &str, Arg, bool)] = &[
     (NsKind::User, "__put_user_ns", Arg::Ns, false),
     (NsKind::Cgroup, "free_cgroup_ns", Arg::Ns, false),
     (NsKind::Time, "free_time_ns", Arg::Ns, false),
+    (NsKind::Time, "free_time_ns", Arg::Member("kref"), false),
 ];
 
 /// The struct a function's first parameter points to, if the function is in BTF.
@@ -184,11 +204,13 @@ fn free_targets(btf: &Btf, o: &Offsets, missing: &[NsKind]) -> Result<Vec<(Strin
             kind: KIND_FROM_NS_TYPE,
             delta: 0,
             count_off: NO_FIELD,
-            _pad: 0,
+            kinds: NsKind::ALL
+                .iter()
+                .filter(|k| !missing.contains(k))
+                .fold(0, |m, k| m | 1 << k.index()),
         };
         return Ok(vec![("__ns_common_free".to_string(), t)]);
     }
-    let count_off = optional_field(btf, "ns_common", &["count"])?.unwrap_or(NO_FIELD);
     let mut out: Vec<(String, FreeTarget)> = Vec::new();
     for kind in NsKind::ALL {
         if missing.contains(&kind) {
@@ -211,7 +233,7 @@ fn free_targets(btf: &Btf, o: &Offsets, missing: &[NsKind]) -> Result<Vec<(Strin
                     Some(member_off)
                         if matches!(
                             param.as_str(),
-                            "rcu_head" | "callback_head" | "work_struct"
+                            "rcu_head" | "callback_head" | "work_struct" | "kref"
                         ) =>
                     {
                         ns_off - member_off as i64
@@ -220,16 +242,26 @@ fn free_targets(btf: &Btf, o: &Offsets, missing: &[NsKind]) -> Result<Vec<(Strin
                 },
                 _ => continue,
             };
-            if *last_put && count_off == NO_FIELD {
-                continue;
-            }
+            // The count a last put is judged by, from the argument (the
+            // kind's struct): ns_common's (5.11+) or the struct's own.
+            let count_off = if *last_put {
+                match optional_field(btf, ns_struct, &["ns", "count"])? {
+                    Some(off) => off,
+                    None => match optional_field(btf, ns_struct, &["count"])? {
+                        Some(off) if matches!(arg, Arg::Ns) => off,
+                        _ => continue,
+                    },
+                }
+            } else {
+                NO_FIELD
+            };
             out.push((
                 func.to_string(),
                 FreeTarget {
                     kind: kind.index() as u32,
                     delta: delta as i32,
-                    count_off: if *last_put { count_off } else { NO_FIELD },
-                    _pad: 0,
+                    count_off,
+                    kinds: 1 << kind.index(),
                 },
             ));
             break;
@@ -324,5 +356,13 @@ mod tests {
             t.len() == 1 || t.len() + layout.missing_kinds.len() == NS_KINDS,
             "{t:?}"
         );
+        let mut skipping = layout.clone();
+        skipping.skip_fentry(&[NsKind::Uts]);
+        let reported = skipping
+            .free_targets
+            .iter()
+            .fold(0, |m, (_, t)| m | t.kinds);
+        assert_eq!(reported & 1 << NsKind::Uts.index(), 0);
+        assert_ne!(reported & 1 << NsKind::Net.index(), 0);
     }
 }

@@ -19,7 +19,12 @@ use super::{
     diagnostics::{self, KernelLog},
     offsets::Layout,
 };
-use crate::{ends::MemberCounts, error::hinted, procfs::NsKey, record::Loss};
+use crate::{
+    ends::MemberCounts,
+    error::hinted,
+    procfs::NsKey,
+    record::{Loss, NsKind},
+};
 
 /// (program, category, tracepoint), in attach order: the exits before the
 /// entries, so no syscall can be entered under nstrace and leave unseen
@@ -219,9 +224,11 @@ impl Probes {
     }
 
     /// Hooks the kernel's namespace free functions with fentry: an error
-    /// (with a hint) where the kernel refuses. Asked first with one tiny
-    /// program, so that a refusing kernel costs no second BTF parse.
-    pub fn attach_fentry(&mut self, layout: &Layout) -> Result<()> {
+    /// (with a hint) where the kernel refuses fentry or every function.
+    /// Asked first with one tiny program, so that a refusing kernel costs
+    /// no second BTF parse. A function the kernel refuses alone leaves its
+    /// kinds to another method ([`Fentry::refused`]).
+    pub fn attach_fentry(&mut self, layout: &Layout) -> Result<Fentry> {
         if let (Some(id), Some((func, _))) = (layout.fentry_probe, layout.free_targets.first()) {
             if let Err(why) = fentry_allowed(id) {
                 return Err(refused(func, &why.to_string()));
@@ -229,16 +236,33 @@ impl Probes {
         }
         let attached = attach_fentry(&mut self.ebpf, layout);
         Self::release_freed_memory();
-        if attached.is_err() {
-            // None half-attached: ends then come from one method only.
-            for slot in 0..FREE_SLOTS {
-                if let Some(Program::FEntry(p)) = self.ebpf.program_mut(&format!("ns_free_{slot}"))
-                {
-                    let _ = p.unload();
+        let unload = |ebpf: &mut Ebpf, slot: usize| {
+            if let Some(Program::FEntry(p)) = ebpf.program_mut(&format!("ns_free_{slot}")) {
+                let _ = p.unload();
+            }
+        };
+        match attached {
+            Ok(f) if !f.attached.is_empty() => {
+                for slot in &f.refused_slots {
+                    unload(&mut self.ebpf, *slot);
                 }
+                Ok(f)
+            }
+            Ok(f) => {
+                for slot in 0..FREE_SLOTS {
+                    unload(&mut self.ebpf, slot);
+                }
+                let (func, why) = f.refused.first().cloned().unwrap_or_default();
+                Err(refused(&func, &why))
+            }
+            Err(e) => {
+                // None half-attached: ends then come from one method only.
+                for slot in 0..FREE_SLOTS {
+                    unload(&mut self.ebpf, slot);
+                }
+                Err(e)
             }
         }
-        attached
     }
 
     /// Hands the heap freed by a BTF parse back to the kernel, so that it does
@@ -377,8 +401,35 @@ impl Drop for Counters {
     }
 }
 
+/// What fentry hooks: each free function attached with the kinds whose
+/// ends it reports, and those the kernel refused (function, why).
+#[derive(Debug, Default)]
+pub struct Fentry {
+    pub attached: Vec<(String, Vec<NsKind>)>,
+    pub refused: Vec<(String, String)>,
+    refused_slots: Vec<usize>,
+}
+
+impl Fentry {
+    /// The kinds whose ends the kernel's free path reports.
+    pub fn kinds(&self) -> Vec<NsKind> {
+        let mut k: Vec<NsKind> = self.attached.iter().flat_map(|(_, k)| k.clone()).collect();
+        k.sort();
+        k.dedup();
+        k
+    }
+}
+
+/// The kinds a slot's target reports.
+fn target_kinds(t: &FreeTarget) -> Vec<NsKind> {
+    NsKind::ALL
+        .into_iter()
+        .filter(|k| t.kinds & (1 << k.index()) != 0)
+        .collect()
+}
+
 /// Attaches `ns_free_N` to the N-th free function the BTF named.
-fn attach_fentry(ebpf: &mut Ebpf, layout: &Layout) -> Result<()> {
+fn attach_fentry(ebpf: &mut Ebpf, layout: &Layout) -> Result<Fentry> {
     if layout.free_targets.is_empty() {
         return Err(hinted(
             "this kernel's BTF names none of the namespace free functions nstrace knows",
@@ -386,27 +437,29 @@ fn attach_fentry(ebpf: &mut Ebpf, layout: &Layout) -> Result<()> {
         ));
     }
     let btf = aya::Btf::from_sys_fs().context("reading kernel BTF for fentry")?;
-    for (slot, (func, _)) in layout.free_targets.iter().enumerate() {
+    let mut out = Fentry::default();
+    for (slot, (func, target)) in layout.free_targets.iter().enumerate() {
         let name = format!("ns_free_{slot}");
         let p: &mut FEntry = ebpf
             .program_mut(&name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?
             .try_into()?;
-        p.load(func, &btf).map_err(|e| {
-            let why = match &e {
+        let done = p
+            .load(func, &btf)
+            .map_err(|e| match &e {
                 aya::programs::ProgramError::LoadError { io_error, .. } => io_error.to_string(),
                 other => other.to_string(),
-            };
-            refused(func, &why)
-        })?;
-        p.attach().map_err(|e| {
-            hinted(
-                format!("attaching fentry to {func}: {e}"),
-                "use --probe-mode tracepoint",
-            )
-        })?;
+            })
+            .and_then(|()| p.attach().map(drop).map_err(|e| e.to_string()));
+        match done {
+            Ok(()) => out.attached.push((func.clone(), target_kinds(target))),
+            Err(why) => {
+                out.refused.push((func.clone(), why));
+                out.refused_slots.push(slot);
+            }
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn refused(func: &str, why: &str) -> anyhow::Error {

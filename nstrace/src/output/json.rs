@@ -174,7 +174,8 @@ pub fn loss_to_json(l: &Loss) -> Value {
     })
 }
 
-/// The `start` line: `{"event": "start", "time", "kernel", "ends", "alive": [...]}`.
+/// The `start` line: `{"event": "start", "time", "kernel", "ends",
+/// "ends_by_kind": {"net": "fentry", ...}, "alive": [...]}`.
 pub fn start_to_json(st: &Start) -> Value {
     let alive: Vec<Value> = st
         .alive
@@ -186,6 +187,11 @@ pub fn start_to_json(st: &Start) -> Value {
         "event": "start",
         "kernel": st.kernel,
         "ends": st.ends,
+        "ends_by_kind": st
+            .ends_by_kind
+            .iter()
+            .map(|(k, m)| (k.name().to_string(), Value::from(m.name())))
+            .collect::<serde_json::Map<_, _>>(),
         "alive": alive,
     })
 }
@@ -237,6 +243,14 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
             time_ns: time(&v)?,
             kernel: v["kernel"].as_str().unwrap_or_default().to_string(),
             ends: v["ends"].as_str().unwrap_or_default().to_string(),
+            ends_by_kind: v["ends_by_kind"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, m)| {
+                    Some((NsKind::from_name(k)?, EndMethod::from_name(m.as_str()?)?))
+                })
+                .collect(),
             alive: v["alive"]
                 .as_array()
                 .into_iter()
@@ -443,6 +457,7 @@ mod tests {
             time_ns: 5_000_000_001,
             kernel: "6.18.0".into(),
             ends: "fentry".into(),
+            ends_by_kind: vec![(NsKind::Net, EndMethod::Fentry)],
             alive: vec![
                 (NsKind::Net, 4026531840, Some(1)),
                 (NsKind::Uts, 4026531838, None),
