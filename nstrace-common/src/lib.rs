@@ -266,7 +266,7 @@ impl Offsets {
 
 /// Number of fentry programs (`ns_free_0` ..) user space can point at the
 /// kernel's namespace free functions.
-pub const FREE_SLOTS: usize = 8;
+pub const FREE_SLOTS: usize = 10;
 
 /// [`FreeTarget::kind`] when the kind is read from `ns_common.ns_type`.
 pub const KIND_FROM_NS_TYPE: u32 = 0xff;
@@ -279,10 +279,10 @@ pub struct FreeTarget {
     /// Kind index, or [`KIND_FROM_NS_TYPE`].
     pub kind: u32,
     pub delta: i32,
-    /// If not [`NO_FIELD`]: offset from the first argument of a reference
-    /// count; the call frees only when it is 1 (a `put_*` that is the last
-    /// put).
-    pub count_off: u32,
+    /// If not [`NO_COUNT`]: offset from the `ns_common` (negative where the
+    /// count comes before it) of a reference count; the call frees only
+    /// when it is 1 (a `put_*` that is the last put).
+    pub count_delta: i32,
     /// Bit N set: frees of kind index N are reported (a common free path
     /// serves kinds whose ends another method decides).
     pub kinds: u32,
@@ -292,10 +292,13 @@ impl FreeTarget {
     pub const UNUSED: FreeTarget = FreeTarget {
         kind: NO_FIELD,
         delta: 0,
-        count_off: NO_FIELD,
+        count_delta: NO_COUNT,
         kinds: 0,
     };
 }
+
+/// [`FreeTarget::count_delta`] of a function that always frees.
+pub const NO_COUNT: i32 = i32::MIN;
 
 /// Index of the per-CPU counter of records the kernel side could not reserve.
 pub const COUNTER_LOST: u32 = 0;
@@ -326,8 +329,14 @@ pub const COUNTERS: u32 = COUNTER_FOLLOW_FULL + 1;
 /// initial ones) or one whose count was evicted and is now unknown. Counts
 /// added to it stay far below zero and never report an emptied namespace.
 pub const MEMBERS_UNWATCHED: i64 = i64::MIN / 2;
-/// Any value below this is [`MEMBERS_UNWATCHED`] plus a drift.
+/// Any value below this is [`MEMBERS_UNWATCHED`] (or [`MEMBERS_FREED`]) plus
+/// a drift.
 pub const MEMBERS_UNWATCHED_BELOW: i64 = i64::MIN / 4;
+/// The member count of a namespace whose free was reported: unwatched, and
+/// far enough from [`MEMBERS_UNWATCHED`] that no drift makes one the other,
+/// so that a second hook on the same free path (a `put` and its inlined
+/// caller) does not report it twice.
+pub const MEMBERS_FREED: i64 = MEMBERS_UNWATCHED - (1 << 40);
 
 #[cfg(feature = "user")]
 mod user {

@@ -35,8 +35,8 @@ use nstrace_common::{
     CLONE_NEW_MASK, COUNTER_FOLLOW_FULL, COUNTER_LOST, COUNTER_LOST_BY_KIND,
     COUNTER_MEMBERS_EVICTED, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTER_TRACKED_FULL,
     COUNTERS, Event, EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE,
-    MEMBERS_UNWATCHED, MEMBERS_UNWATCHED_BELOW, NO_FIELD, NS_KINDS, NsSet, Syscall, kind,
-    member_key,
+    MEMBERS_FREED, MEMBERS_UNWATCHED, MEMBERS_UNWATCHED_BELOW, NO_COUNT, NO_FIELD, NS_KINDS, NsSet,
+    Syscall, kind, member_key,
 };
 
 /// Resized by user space (`--buffer-size`) before load.
@@ -678,10 +678,13 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
         return;
     }
     let ns = (arg as i64 + t.delta as i64) as *const u8;
-    // SAFETY: a probe read (faults read as 0) of the argument's count field,
-    // whose offset user space took from BTF.
-    if t.count_off != NO_FIELD && unsafe { task::read_u32(arg as *const u8, t.count_off) } != 1 {
-        return;
+    if t.count_delta != NO_COUNT {
+        let count = (ns as i64 + t.count_delta as i64) as *const u8;
+        // SAFETY: a probe read (faults read as 0) of the count field, whose
+        // place user space took from BTF.
+        if unsafe { task::read_u32(count, 0) } != 1 {
+            return;
+        }
     }
     let (inum_off, id_off, type_off) = task::nscommon_offsets();
     let kind = if t.kind == KIND_FROM_NS_TYPE {
@@ -709,7 +712,14 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
     // take it for an eviction. A new namespace with this inode overwrites it.
     if let Some(p) = MEMBERS.get_ptr_mut(member_key(kind, inum)) {
         // SAFETY: a live map value, an 8-aligned i64.
-        unsafe { core::ptr::write_volatile(p, MEMBERS_UNWATCHED) };
+        unsafe {
+            // Told already, by the other hook on this free path (ipc's
+            // put_ipc_ns and ipcns_put, one inlined into the other or not).
+            if core::ptr::read_volatile(p) == MEMBERS_FREED {
+                return;
+            }
+            core::ptr::write_volatile(p, MEMBERS_FREED);
+        }
     }
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         let e = unsafe { &mut *entry.as_mut_ptr() };
@@ -752,7 +762,9 @@ free_slots!(
     ns_free_4 = 4,
     ns_free_5 = 5,
     ns_free_6 = 6,
-    ns_free_7 = 7
+    ns_free_7 = 7,
+    ns_free_8 = 8,
+    ns_free_9 = 9
 );
 
 #[cfg(not(test))]

@@ -94,7 +94,12 @@ pub struct Cli {
     /// How namespace ends are detected. `fentry`: the kernel's own free path
     /// is hooked (exact). `tracepoint`: member tasks are counted in the kernel
     /// and an end is reported when the last one leaves and nothing pins the
-    /// namespace. `auto`: fentry where the kernel allows it, else tracepoints.
+    /// namespace (confirmed through nsfs file handles on 6.18+, inferred from
+    /// /proc before). `auto`: fentry where the kernel allows it, else
+    /// tracepoints. The method is chosen per kind: a kind whose free function
+    /// fentry cannot hook on this kernel gets the tracepoint method. The
+    /// start-up line and the JSON start record (`ends_by_kind`) say which
+    /// kind gets which.
     #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub probe_mode: ProbeMode,
 

@@ -240,8 +240,10 @@ impl Tracer<'_> {
                 e.init_exited = Some(a.pid);
             }
         }
-        if let Some(n) = d.freed {
-            let r = self.ends.on_freed(n, d.time_ns, &mut self.registry);
+        if let Some(r) = d
+            .freed
+            .and_then(|n| self.ends.on_freed(n, d.time_ns, &mut self.registry))
+        {
             self.emit(&r)?;
         }
         if !d.emptied.is_empty() {

@@ -141,14 +141,19 @@ pub fn expected_method(tracer: &Tracer, kind: &str, no_fentry_for: &[&str]) -> &
 
 /// The `start` line's `ends_by_kind` (kind → method).
 pub fn ends_by_kind(tracer: &Tracer) -> BTreeMap<String, String> {
-    let start = tracer
-        .lines()
-        .iter()
-        .find_map(|l| {
+    // The start line follows the start-up line on stderr, by a moment.
+    let deadline = Instant::now() + DEFAULT_WAIT;
+    let start = loop {
+        let found = tracer.lines().iter().find_map(|l| {
             let v: Value = serde_json::from_str(l).ok()?;
             (v["event"] == "start").then_some(v)
-        })
-        .expect("a start line");
+        });
+        match found {
+            Some(v) => break v,
+            None if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            None => panic!("no start line: {:?}", tracer.lines()),
+        }
+    };
     start["ends_by_kind"]
         .as_object()
         .unwrap_or_else(|| panic!("no ends_by_kind in {start}"))

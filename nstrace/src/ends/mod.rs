@@ -195,6 +195,8 @@ pub struct Ends {
     watch: BTreeMap<NsKey, Watch>,
     /// Mount namespaces whose mounts are named by path alone.
     home_mntns: Vec<u32>,
+    /// The namespace of the last free event.
+    last_freed: Option<NsKey>,
 }
 
 fn ident(reg: &Registry, key: NsKey) -> Option<Ident> {
@@ -239,6 +241,7 @@ impl Ends {
             methods,
             watch: BTreeMap::new(),
             home_mntns: procfs::home_mount_namespaces(),
+            last_freed: None,
         }
     }
 
@@ -323,9 +326,15 @@ impl Ends {
         }
     }
 
-    /// fentry: the kernel freed it.
-    pub fn on_freed(&mut self, n: NsRef, time_ns: i128, reg: &mut Registry) -> Record {
+    /// fentry: the kernel freed it. None for the second report of one free
+    /// (two hooks on its path, ipc's put and its caller) where the kernel
+    /// side had no member entry to mark it told.
+    pub fn on_freed(&mut self, n: NsRef, time_ns: i128, reg: &mut Registry) -> Option<Record> {
         let key = (n.kind, n.inode);
+        let again = self.last_freed.replace(key) == Some(key);
+        if again && reg.get(key).is_none() {
+            return None;
+        }
         if let Some(e) = reg.get_mut(key) {
             if e.ns_id.is_none() {
                 e.ns_id = n.ns_id;
@@ -334,7 +343,7 @@ impl Ends {
         self.watch.remove(&key);
         let mut r = reg.end(key, EndCause::KernelFreed, time_ns, None);
         r.end_by = Some(EndMethod::Fentry);
-        r
+        Some(r)
     }
 
     /// The key now names another namespace: the kernel gave its inode to a
@@ -751,6 +760,7 @@ mod tests {
             methods,
             watch: BTreeMap::new(),
             home_mntns: vec![1],
+            last_freed: None,
         }
     }
 
@@ -930,8 +940,10 @@ mod tests {
         let out = round(&mut e, 0, &mut reg, &mut counts, &mut src);
         assert_eq!(out[0].event, EventType::Pinned);
         assert!(e.watched().next().is_none(), "the free event ends it");
-        let r = e.on_freed(emptied(NET)[0], 50, &mut reg);
+        let r = e.on_freed(emptied(NET)[0], 50, &mut reg).unwrap();
         assert_eq!(r.end, Some(EndCause::KernelFreed));
+        // The same free told by a second hook on its path: one destroy.
+        assert!(e.on_freed(emptied(NET)[0], 51, &mut reg).is_none());
     }
 
     /// A kernel with a free hook for some kinds only (5.10 before its uts
@@ -964,7 +976,7 @@ mod tests {
         assert_eq!(out[0].end_by, Some(EndMethod::Inference));
         // The net namespace waits for the kernel's free path...
         assert_eq!(e.watched().collect::<Vec<_>>(), vec![&NET]);
-        let r = e.on_freed(emptied(NET)[0], t, &mut reg);
+        let r = e.on_freed(emptied(NET)[0], t, &mut reg).unwrap();
         assert_eq!(r.end_by, Some(EndMethod::Fentry));
         // ...and with handles, the others are asked.
         let kernel = Kernel::default();

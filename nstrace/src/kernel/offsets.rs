@@ -2,7 +2,9 @@
 //! by name in the running kernel's BTF, so one binary serves every kernel.
 
 use anyhow::{Result, anyhow, bail};
-use nstrace_common::{FREE_SLOTS, FreeTarget, KIND_FROM_NS_TYPE, NO_FIELD, NS_KINDS, Offsets};
+use nstrace_common::{
+    FREE_SLOTS, FreeTarget, KIND_FROM_NS_TYPE, NO_COUNT, NO_FIELD, NS_KINDS, Offsets,
+};
 
 use super::btf::{Btf, Kind, Type};
 use crate::record::NsKind;
@@ -144,37 +146,70 @@ enum Arg {
     Member(&'static str),
 }
 
+/// A kernel function that marks a namespace's end.
+struct Candidate {
+    kind: NsKind,
+    func: &'static str,
+    arg: Arg,
+    /// A `put_*` that ends the namespace only when the count is 1.
+    last_put: bool,
+    /// Hooked beside the kind's chosen function, not instead of it: a
+    /// caller into which that function may be inlined (the kernel side
+    /// reports one free once, whichever hook sees it first).
+    also: bool,
+}
+
+const fn c(kind: NsKind, func: &'static str, arg: Arg) -> Candidate {
+    Candidate {
+        kind,
+        func,
+        arg,
+        last_put: false,
+        also: false,
+    }
+}
+
 /// Per kind, the kernel functions that mark a namespace's end, best first.
-/// Names move between versions, so each is looked up (with its first
-/// parameter's type) in the running kernel's BTF; `last_put` marks a `put_*`
-/// that ends the namespace only when the count is 1.
-const FREE_CANDIDATES: &[(NsKind, &str, Arg, bool)] = &[
-    (NsKind::Uts, "free_uts_ns", Arg::Ns, false),
+/// Names and signatures move between versions, so each is looked up (with
+/// its first parameter's type) in the running kernel's BTF; the first that
+/// matches is hooked, with the `also` ones that match.
+const FREE_CANDIDATES: &[Candidate] = &[
+    c(NsKind::Uts, "free_uts_ns", Arg::Ns),
     // 5.10: the kref_put release function, given the kref.
-    (NsKind::Uts, "free_uts_ns", Arg::Member("kref"), false),
-    (NsKind::Ipc, "free_ipc_ns", Arg::Ns, false),
+    c(NsKind::Uts, "free_uts_ns", Arg::Member("kref")),
+    c(NsKind::Ipc, "free_ipc_ns", Arg::Ns),
     // Where free_ipc_ns is inlined into the deferred free_ipc work (5.10,
-    // 6.1): the last put, when the count is 1 (ns_common's, or 5.10's own
-    // ipc_namespace.count). Nothing can take a new reference then: that
+    // 6.1, 6.12): the last put, when the count is 1 (ns_common's, or 5.10's
+    // own ipc_namespace.count). Nothing can take a new reference then: that
     // needs one already.
-    (NsKind::Ipc, "put_ipc_ns", Arg::Ns, true),
-    (NsKind::Mnt, "free_mnt_ns", Arg::Ns, false),
-    (NsKind::Pid, "delayed_free_pidns", Arg::Member("rcu"), false),
+    Candidate {
+        last_put: true,
+        ..c(NsKind::Ipc, "put_ipc_ns", Arg::Ns)
+    },
+    // nsfs's put (an fd closed, a bind mount gone) calls put_ipc_ns from
+    // the same file, where 5.10 inlines it: hooked too.
+    Candidate {
+        last_put: true,
+        also: true,
+        ..c(NsKind::Ipc, "ipcns_put", Arg::Member("ns"))
+    },
+    c(NsKind::Mnt, "free_mnt_ns", Arg::Ns),
+    c(NsKind::Pid, "delayed_free_pidns", Arg::Member("rcu")),
     // A pernet exit, called through a pointer for each dying net (never
     // inlined); __put_net can be inlined into nsfs's put in the same file.
-    (NsKind::Net, "net_ns_net_exit", Arg::Ns, false),
-    (NsKind::Net, "__put_net", Arg::Ns, false),
+    c(NsKind::Net, "net_ns_net_exit", Arg::Ns),
+    c(NsKind::Net, "__put_net", Arg::Ns),
     // free_user_ns (a work function) frees a whole parent chain in one call
     // on 6.1/6.12: these two run once per namespace inside its loop, before
     // the memory goes (CONFIG_SYSCTL, CONFIG_KEYS); free_user_ns and the put
     // helper only where they are absent.
-    (NsKind::User, "retire_userns_sysctls", Arg::Ns, false),
-    (NsKind::User, "key_free_user_ns", Arg::Ns, false),
-    (NsKind::User, "free_user_ns", Arg::Member("work"), false),
-    (NsKind::User, "__put_user_ns", Arg::Ns, false),
-    (NsKind::Cgroup, "free_cgroup_ns", Arg::Ns, false),
-    (NsKind::Time, "free_time_ns", Arg::Ns, false),
-    (NsKind::Time, "free_time_ns", Arg::Member("kref"), false),
+    c(NsKind::User, "retire_userns_sysctls", Arg::Ns),
+    c(NsKind::User, "key_free_user_ns", Arg::Ns),
+    c(NsKind::User, "free_user_ns", Arg::Member("work")),
+    c(NsKind::User, "__put_user_ns", Arg::Ns),
+    c(NsKind::Cgroup, "free_cgroup_ns", Arg::Ns),
+    c(NsKind::Time, "free_time_ns", Arg::Ns),
+    c(NsKind::Time, "free_time_ns", Arg::Member("kref")),
 ];
 
 /// The struct a function's first parameter points to, if the function is in BTF.
@@ -194,8 +229,54 @@ fn first_param_struct(btf: &Btf, func: &str) -> Result<Option<String>> {
     Ok((pointee.kind == Kind::Struct).then(|| btf.name(&pointee).into_owned()))
 }
 
+/// Where `cand` points, if the running kernel has it with the expected
+/// first parameter.
+fn free_target(btf: &Btf, o: &Offsets, cand: &Candidate) -> Result<Option<FreeTarget>> {
+    let kind = cand.kind;
+    let (_, ns_struct, _) = KIND_STRUCTS[kind.index()];
+    // `ns` (the ns_common) inside the kind's struct.
+    let ns_off = o.inum[kind.index()] as i64 - o.nscommon_inum as i64;
+    let Some(param) = first_param_struct(btf, cand.func)? else {
+        return Ok(None);
+    };
+    let delta = match cand.arg {
+        Arg::Ns if param == ns_struct => ns_off,
+        Arg::Member(m) => match optional_field(btf, ns_struct, &[m])? {
+            // rcu_head is a typedef of callback_head.
+            Some(member_off)
+                if matches!(
+                    param.as_str(),
+                    "rcu_head" | "callback_head" | "work_struct" | "kref" | "ns_common"
+                ) =>
+            {
+                ns_off - member_off as i64
+            }
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    // The count a last put is judged by: ns_common's (5.11+) or the
+    // struct's own (5.10), as an offset from the ns_common.
+    let count_delta = if cand.last_put {
+        match optional_field(btf, ns_struct, &["ns", "count"])? {
+            Some(off) => off as i64 - ns_off,
+            None => match optional_field(btf, ns_struct, &["count"])? {
+                Some(off) => off as i64 - ns_off,
+                None => return Ok(None),
+            },
+        }
+    } else {
+        i64::from(NO_COUNT)
+    };
+    Ok(Some(FreeTarget {
+        kind: kind.index() as u32,
+        delta: delta as i32,
+        count_delta: count_delta as i32,
+        kinds: 1 << kind.index(),
+    }))
+}
+
 fn free_targets(btf: &Btf, o: &Offsets, missing: &[NsKind]) -> Result<Vec<(String, FreeTarget)>> {
-    let inum_in_common = o.nscommon_inum;
     // 6.18+: one common free path for every kind.
     if o.nscommon_type != NO_FIELD
         && first_param_struct(btf, "__ns_common_free")?.as_deref() == Some("ns_common")
@@ -203,7 +284,7 @@ fn free_targets(btf: &Btf, o: &Offsets, missing: &[NsKind]) -> Result<Vec<(Strin
         let t = FreeTarget {
             kind: KIND_FROM_NS_TYPE,
             delta: 0,
-            count_off: NO_FIELD,
+            count_delta: NO_COUNT,
             kinds: NsKind::ALL
                 .iter()
                 .filter(|k| !missing.contains(k))
@@ -216,55 +297,15 @@ fn free_targets(btf: &Btf, o: &Offsets, missing: &[NsKind]) -> Result<Vec<(Strin
         if missing.contains(&kind) {
             continue;
         }
-        let (_, ns_struct, _) = KIND_STRUCTS[kind.index()];
-        // `ns` (the ns_common) inside the kind's struct.
-        let ns_off = o.inum[kind.index()] as i64 - inum_in_common as i64;
-        for (k, func, arg, last_put) in FREE_CANDIDATES {
-            if *k != kind {
+        let mut chosen = false;
+        for cand in FREE_CANDIDATES.iter().filter(|c| c.kind == kind) {
+            if cand.also != chosen {
                 continue;
             }
-            let Some(param) = first_param_struct(btf, func)? else {
-                continue;
-            };
-            let delta = match arg {
-                Arg::Ns if param == ns_struct => ns_off,
-                Arg::Member(m) => match optional_field(btf, ns_struct, &[m])? {
-                    // rcu_head is a typedef of callback_head.
-                    Some(member_off)
-                        if matches!(
-                            param.as_str(),
-                            "rcu_head" | "callback_head" | "work_struct" | "kref"
-                        ) =>
-                    {
-                        ns_off - member_off as i64
-                    }
-                    _ => continue,
-                },
-                _ => continue,
-            };
-            // The count a last put is judged by, from the argument (the
-            // kind's struct): ns_common's (5.11+) or the struct's own.
-            let count_off = if *last_put {
-                match optional_field(btf, ns_struct, &["ns", "count"])? {
-                    Some(off) => off,
-                    None => match optional_field(btf, ns_struct, &["count"])? {
-                        Some(off) if matches!(arg, Arg::Ns) => off,
-                        _ => continue,
-                    },
-                }
-            } else {
-                NO_FIELD
-            };
-            out.push((
-                func.to_string(),
-                FreeTarget {
-                    kind: kind.index() as u32,
-                    delta: delta as i32,
-                    count_off,
-                    kinds: 1 << kind.index(),
-                },
-            ));
-            break;
+            if let Some(t) = free_target(btf, o, cand)? {
+                out.push((cand.func.to_string(), t));
+                chosen = true;
+            }
         }
     }
     out.truncate(FREE_SLOTS);
@@ -352,10 +393,14 @@ mod tests {
         assert_eq!(o.task_pid + 4, o.task_tgid);
         // Every kind's end can be hooked: one common path, or one per kind.
         let t = &layout.free_targets;
-        assert!(
-            t.len() == 1 || t.len() + layout.missing_kinds.len() == NS_KINDS,
-            "{t:?}"
-        );
+        let reported = t.iter().fold(0, |m, (_, t)| m | t.kinds);
+        for k in NsKind::ALL {
+            assert_eq!(
+                reported & 1 << k.index() != 0,
+                !layout.missing_kinds.contains(&k),
+                "{k:?}: {t:?}"
+            );
+        }
         let mut skipping = layout.clone();
         skipping.skip_fentry(&[NsKind::Uts]);
         let reported = skipping

@@ -242,10 +242,21 @@ impl Probes {
             }
         };
         match attached {
-            Ok(f) if !f.attached.is_empty() => {
-                for slot in &f.refused_slots {
-                    unload(&mut self.ebpf, *slot);
+            Ok(mut f) if !f.kinds().is_empty() => {
+                // A kind with a refused hook gets another method: its
+                // other hooks go too, or its ends would come from two.
+                for (slot, (_, t)) in layout.free_targets.iter().enumerate() {
+                    let kinds = target_kinds(t);
+                    if f.refused_slots.contains(&slot)
+                        || kinds.iter().any(|k| f.refused_kinds.contains(k))
+                    {
+                        unload(&mut self.ebpf, slot);
+                    }
                 }
+                let refused = std::mem::take(&mut f.refused_kinds);
+                f.attached
+                    .retain(|(_, kinds)| !kinds.iter().any(|k| refused.contains(k)));
+                f.refused_kinds = refused;
                 Ok(f)
             }
             Ok(f) => {
@@ -408,12 +419,19 @@ pub struct Fentry {
     pub attached: Vec<(String, Vec<NsKind>)>,
     pub refused: Vec<(String, String)>,
     refused_slots: Vec<usize>,
+    refused_kinds: Vec<NsKind>,
 }
 
 impl Fentry {
-    /// The kinds whose ends the kernel's free path reports.
+    /// The kinds whose ends the kernel's free path reports: every hook of
+    /// the kind attached (one refused of two would miss some frees).
     pub fn kinds(&self) -> Vec<NsKind> {
-        let mut k: Vec<NsKind> = self.attached.iter().flat_map(|(_, k)| k.clone()).collect();
+        let mut k: Vec<NsKind> = self
+            .attached
+            .iter()
+            .flat_map(|(_, k)| k.clone())
+            .filter(|k| !self.refused_kinds.contains(k))
+            .collect();
         k.sort();
         k.dedup();
         k
@@ -456,6 +474,7 @@ fn attach_fentry(ebpf: &mut Ebpf, layout: &Layout) -> Result<Fentry> {
             Err(why) => {
                 out.refused.push((func.clone(), why));
                 out.refused_slots.push(slot);
+                out.refused_kinds.extend(target_kinds(target));
             }
         }
     }
