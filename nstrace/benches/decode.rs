@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nstrace::{decode, time::Clock};
+use nstrace::{kernel::decode, sys::time::Clock};
 use nstrace_common::{Event, EventKind, KIND_FLAGS, NsSet, Syscall, kind};
 
 const BATCH: usize = 1000;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 
-use crate::record::{EventType, NsKind};
+use crate::model::{EventType, NsKind};
 
 /// Trace Linux namespaces live: every namespace created (clone, clone3,
 /// unshare), joined (setns) or refused, with the inode numbers that
@@ -63,7 +63,7 @@ pub struct Cli {
     /// created/joined/destroyed/failed totals by kind and container runtime,
     /// the oldest pinned namespace's age, losses, nstrace's own CPU and ring
     /// use. Counts every record, whatever the filters.
-    #[arg(long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Print the kernel side's diagnostics on stderr: why a kernel read or a
@@ -235,9 +235,31 @@ fn parse_buffer_mib(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// For `--metrics`: an address, or a bare port on loopback.
+fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9464 (or a port)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_choice_follows_terminal_and_no_color() {
+        use ColorChoice::*;
+        let set = Some(std::ffi::OsStr::new("1"));
+        let empty = Some(std::ffi::OsStr::new(""));
+        assert!(Auto.enabled(true, None));
+        assert!(Auto.enabled(true, empty));
+        assert!(!Auto.enabled(true, set));
+        assert!(!Auto.enabled(false, None));
+        assert!(Always.enabled(false, set));
+        assert!(!Never.enabled(true, None));
+    }
 
     #[test]
     fn defaults_and_flags_parse() {

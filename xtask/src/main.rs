@@ -245,7 +245,9 @@ fn native_suite(how: &str) -> Result<()> {
         "--",
         "--test-threads=1",
     ])
-    .env("NSTRACE_BIN", nstrace_bin());
+    .env("NSTRACE_BIN", nstrace_bin())
+    // A privileged test that would skip fails instead: here it must run.
+    .env("NSTRACE_REQUIRE_ROOT", "1");
     let (passed, failed, status) = run_counting_tests(&mut cmd)?;
     // cargo test ends on whichever target ran last (often one without tests):
     // close on the totals instead.

@@ -403,7 +403,7 @@ mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
 stty -F /dev/ttyS1 raw 2>/dev/null
 out=/dev/ttyS1
 echo "BOOTED $(uname -r)" > $out
-export NSTRACE_BIN=/bin/nstrace
+export NSTRACE_BIN=/bin/nstrace NSTRACE_REQUIRE_ROOT=1
 "#,
     );
     // --report-time puts each test's time in out.log: under TCG the

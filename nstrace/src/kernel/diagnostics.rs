@@ -87,7 +87,7 @@ fn name_errnos(msg: &str) -> String {
         let after = &rest[i + 6..];
         let digits = after.bytes().take_while(u8::is_ascii_digit).count();
         match after[..digits].parse::<i32>() {
-            Ok(n) => out.push_str(&crate::errno::name(n)),
+            Ok(n) => out.push_str(&crate::util::errno::name(n)),
             Err(_) => out.push_str("errno "),
         }
         rest = &after[digits..];

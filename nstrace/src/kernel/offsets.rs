@@ -7,7 +7,7 @@ use nstrace_common::{
 };
 
 use super::btf::{Btf, Kind, Type};
-use crate::record::NsKind;
+use crate::model::NsKind;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::offsets::VMLINUX_BTF;
-use crate::error::hinted;
+use crate::util::error::hinted;
 
 /// BPF ring buffers arrived in Linux 5.8.
 pub const MIN_KERNEL: (u32, u32) = (5, 8);
@@ -179,9 +179,13 @@ mod tests {
     fn a_pid_namespace_other_than_the_hosts_is_refused_with_a_hint() {
         assert!(check_host_pid_namespace(Some(Path::new(HOST_PIDNS))).is_ok());
         let e = check_host_pid_namespace(Some(Path::new("pid:[4026532290]"))).unwrap_err();
-        assert!(crate::error::hint_of(&e).unwrap().contains("--pid=host"));
+        assert!(
+            crate::util::error::hint_of(&e)
+                .unwrap()
+                .contains("--pid=host")
+        );
     }
-    use crate::error::hint_of;
+    use crate::util::error::hint_of;
 
     #[test]
     fn parses_kernel_releases() {

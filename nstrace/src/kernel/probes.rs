@@ -20,10 +20,9 @@ use super::{
     offsets::Layout,
 };
 use crate::{
-    ends::MemberCounts,
-    error::hinted,
-    procfs::NsKey,
-    record::{Loss, NsKind},
+    model::NsKey,
+    model::{Loss, NsKind},
+    util::error::hinted,
 };
 
 /// (program, category, tracepoint), in attach order: the exits before the
@@ -410,6 +409,12 @@ impl Drop for Counters {
             libc::munmap(self.base.as_ptr().cast(), Self::BYTES);
         }
     }
+}
+
+/// The kernel's member counts, which user space corrects but never reads
+/// while tracing (see the rejoin check in `state::ends::Ends::check`).
+pub trait MemberCounts {
+    fn set(&mut self, key: NsKey, members: i64);
 }
 
 /// What fentry hooks: each free function attached with the kinds whose

@@ -11,8 +11,8 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 
 use crate::{
-    time::rfc3339,
-    timeline::{Lane, Timeline},
+    output::timeline::{Lane, Timeline},
+    sys::time::rfc3339,
 };
 
 const PAGE: &str = include_str!("timeline.html");
@@ -51,7 +51,7 @@ pub fn data(t: &Timeline) -> Value {
             _ => groups.push((l.group.clone(), vec![lane(l)])),
         }
     }
-    kinds.sort_by_key(|k| crate::record::NsKind::from_name(k));
+    kinds.sort_by_key(|k| crate::model::NsKind::from_name(k));
     let processes: Vec<Value> = t
         .processes
         .iter()
@@ -116,7 +116,7 @@ pub fn write(t: &Timeline, mut out: impl Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Actor, EventType, NsKind, Record, Syscall};
+    use crate::model::{Actor, EventType, NsKind, Record, Syscall};
 
     #[test]
     fn data_is_relative_and_the_page_holds_it_safely() {

@@ -7,13 +7,13 @@ use serde_json::{Map, Value, json};
 
 use super::Sink;
 use crate::{
-    container::Container,
-    errno,
-    record::{
+    model::Container,
+    model::{
         Actor, Birth, EndCause, EndMethod, EventType, Loss, NsKind, Record, Start, Stop, Syscall,
         flag_names,
     },
-    time::{parse_rfc3339, rfc3339},
+    sys::time::{parse_rfc3339, rfc3339},
+    util::errno,
 };
 
 pub struct JsonSink<W: Write> {
@@ -50,7 +50,7 @@ fn container(c: Option<&Container>) -> Option<ContainerJson<'_>> {
 
 #[derive(Serialize)]
 struct BirthJson<'a> {
-    time: crate::time::Stamp,
+    time: crate::sys::time::Stamp,
     pid: u32,
     comm: &'a str,
     syscall: &'static str,
@@ -299,7 +299,7 @@ fn record_from_json(v: &Value, event: EventType, time_ns: i128) -> Record {
     let container = |c: &Value| {
         Some(Container {
             id: c["id"].as_str()?.to_string(),
-            runtime: crate::container::runtime_name(c["runtime"].as_str().unwrap_or("")),
+            runtime: crate::enrich::container::runtime_name(c["runtime"].as_str().unwrap_or("")),
             name: str_of(c, "name"),
             pod: str_of(c, "pod"),
             namespace: str_of(c, "namespace"),
@@ -384,7 +384,7 @@ mod tests {
     fn to_json(r: &Record) -> Value {
         serde_json::to_value(RecordJson(r)).expect("records serialize")
     }
-    use crate::record::{Actor, EventType, NsKind, Syscall};
+    use crate::model::{Actor, EventType, NsKind, Syscall};
 
     fn record() -> Record {
         Record {
@@ -435,8 +435,8 @@ mod tests {
             event: EventType::Destroy,
             kind: Some(NsKind::Pid),
             inode: Some(7),
-            end: Some(crate::record::EndCause::PinReleased),
-            end_by: Some(crate::record::EndMethod::NsfsHandle),
+            end: Some(crate::model::EndCause::PinReleased),
+            end_by: Some(crate::model::EndMethod::NsfsHandle),
             born: Some(Birth {
                 time_ns: 1_000,
                 pid: 5,
@@ -529,9 +529,9 @@ mod tests {
             event: EventType::Destroy,
             kind: Some(NsKind::Pid),
             inode: Some(7),
-            end: Some(crate::record::EndCause::LastMemberLeft),
+            end: Some(crate::model::EndCause::LastMemberLeft),
             init_pid: Some(99),
-            born: Some(crate::record::Birth {
+            born: Some(crate::model::Birth {
                 time_ns: 1_000,
                 pid: 5,
                 comm: "unshare".into(),

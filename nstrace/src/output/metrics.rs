@@ -46,10 +46,10 @@ use tokio::{
 };
 
 use crate::{
-    error::hinted,
-    procfs::NsKey,
-    record::{EventType, Loss, NsKind, Record},
-    registry::{self, State},
+    model::NsKey,
+    model::{EventType, Loss, NsKind, Record},
+    state::registry::{self, State},
+    util::error::hinted,
 };
 
 /// Connections served at once; more are closed as soon as accepted.
@@ -123,13 +123,13 @@ struct LostLabel {
 }
 
 /// The runtime label of a record's container: one of the names nstrace
-/// gives ([`crate::container::RUNTIMES`]), `none` on the host, `other`
+/// gives ([`crate::enrich::container::RUNTIMES`]), `none` on the host, `other`
 /// for anything else, so the label sets stay 8 kinds times 7 runtimes
 /// whatever a process or a trace calls itself.
-fn runtime_label(c: Option<&crate::container::Container>) -> &'static str {
+fn runtime_label(c: Option<&crate::model::Container>) -> &'static str {
     match c {
         None => "none",
-        Some(c) => crate::container::RUNTIMES
+        Some(c) => crate::enrich::container::RUNTIMES
             .into_iter()
             .find(|r| *r == c.runtime)
             .unwrap_or("other"),
@@ -555,19 +555,10 @@ fn respond(head: &[u8], series: &Series) -> (&'static str, &'static str, String)
     }
 }
 
-/// For `--metrics`: an address, or a bare port on loopback.
-pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    s.parse()
-        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9464 (or a port)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::Container;
+    use crate::model::Container;
 
     #[test]
     fn label_values_are_escaped_and_bounded() {

@@ -1,10 +1,13 @@
 //! Output layers: one module per format, all fed [`Record`]s.
 
+pub mod filter;
 pub mod html;
 pub mod json;
 pub mod metrics;
 pub mod perfetto;
+pub mod summary;
 pub mod text;
+pub mod timeline;
 
 use std::{
     ffi::OsString,
@@ -16,10 +19,10 @@ use std::{
 };
 
 use crate::{
-    error::hinted,
-    escape,
-    record::{Loss, Record, Start, Stop},
-    timeline::Timeline,
+    model::{Loss, Record, Start, Stop},
+    output::timeline::Timeline,
+    util::error::hinted,
+    util::escape,
 };
 
 /// A file nstrace writes (`--output`, `--perfetto`, `--html`): a fresh
@@ -476,7 +479,11 @@ mod tests {
                 .err()
                 .unwrap();
             assert!(err.to_string().contains("is the trace being read"), "{err}");
-            assert!(crate::error::hint_of(&err).unwrap().contains("t.html"));
+            assert!(
+                crate::util::error::hint_of(&err)
+                    .unwrap()
+                    .contains("t.html")
+            );
         }
         let new = d.join("new.html");
         check_distinct(Some((&input, &m)), &[("--html", &new)]).unwrap();

@@ -21,7 +21,7 @@ use std::{
 
 use prost::Message;
 
-use crate::timeline::{HOST, Lane, Timeline};
+use crate::output::timeline::{HOST, Lane, Timeline};
 
 #[derive(Clone, PartialEq, Message)]
 struct Trace {
@@ -395,7 +395,7 @@ fn life(w: &mut Writer, lane: &Lane, track: u64, flow: u64, trace_end: i128) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Actor, EventType, NsKind, Record, Syscall};
+    use crate::model::{Actor, EventType, NsKind, Record, Syscall};
 
     #[test]
     fn slices_nest_and_flows_pair() {

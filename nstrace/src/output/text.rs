@@ -7,9 +7,10 @@ use std::{
 
 use super::Sink;
 use crate::{
-    errno, escape,
-    record::{Birth, EndCause, EventType, Loss, Record, Syscall, flag_names},
-    time::time_of_day,
+    model::{Birth, EndCause, EventType, Loss, Record, Syscall, flag_names},
+    sys::time::time_of_day,
+    util::errno,
+    util::escape,
 };
 
 pub struct TextSink<W: Write> {
@@ -260,7 +261,7 @@ fn who(out: &mut String, r: &Record) {
         }
         out.push(']');
     }
-    if r.event == EventType::Create && r.kind == Some(crate::record::NsKind::User) && !a.admin {
+    if r.event == EventType::Create && r.kind == Some(crate::model::NsKind::User) && !a.admin {
         out.push_str("  (unprivileged)");
     }
     // The flags shown are the kernel's; the caller's memory is only detail.
@@ -388,7 +389,7 @@ impl<W: Write> Sink for TextSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Actor, NsKind};
+    use crate::model::{Actor, NsKind};
 
     fn record(event: EventType) -> Record {
         Record {
@@ -441,19 +442,6 @@ mod tests {
             plain
         );
         assert!(!plain.contains('\x1b'));
-    }
-
-    #[test]
-    fn colour_choice_follows_terminal_and_no_color() {
-        use crate::cli::ColorChoice::*;
-        let set = Some(std::ffi::OsStr::new("1"));
-        let empty = Some(std::ffi::OsStr::new(""));
-        assert!(Auto.enabled(true, None));
-        assert!(Auto.enabled(true, empty));
-        assert!(!Auto.enabled(true, set));
-        assert!(!Auto.enabled(false, None));
-        assert!(Always.enabled(false, set));
-        assert!(!Never.enabled(true, None));
     }
 
     #[test]

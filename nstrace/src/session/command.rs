@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{error::hinted, kernel::probes::Probes};
+use crate::{kernel::probes::Probes, util::error::hinted};
 
 /// How long to wait, after the command ended, for the ends of the namespaces
 /// it caused (a `docker run --rm` container's teardown finishes after the CLI).

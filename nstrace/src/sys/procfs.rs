@@ -9,10 +9,10 @@ use std::{
     path::Path,
 };
 
-use crate::record::NsKind;
+use crate::model::NsKind;
 
 /// A namespace's identity at one moment.
-pub type NsKey = (NsKind, u32);
+use crate::model::NsKey;
 
 /// `net:[4026532309]` → 4026532309
 pub fn parse_ns_link(link: &str) -> Option<(&str, u32)> {

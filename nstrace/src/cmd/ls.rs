@@ -11,9 +11,10 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    escape::{Escaped, escaped},
-    procfs::{self, MountPin, NsKey, NsMeta, Snapshot},
-    record::NsKind,
+    model::NsKey,
+    model::NsKind,
+    sys::procfs::{self, MountPin, NsMeta, Snapshot},
+    util::escape::{Escaped, escaped},
 };
 
 /// One namespace as listed.
@@ -43,6 +44,23 @@ impl Listed {
 }
 
 /// Reads the namespaces alive now.
+/// `nstrace ls [--json | --tree]`.
+pub fn run(json: bool, tree: bool) -> anyhow::Result<()> {
+    let list = collect();
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &to_json(&list))?;
+        writeln!(out)?;
+    } else if tree {
+        write_tree(&mut out, &list)?;
+    } else {
+        write_table(&mut out, &list)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 pub fn collect() -> Vec<Listed> {
     let snap = procfs::scan();
     listed(&snap, |k| snap.meta(k), &procfs::home_mount_namespaces())

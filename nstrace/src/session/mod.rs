@@ -1,8 +1,10 @@
 //! One tracing session: checks, load, stream records until a signal, summary.
 
+pub mod command;
+
 use std::{
     collections::BTreeSet,
-    io::{self, IsTerminal as _, Write},
+    io::{self, IsTerminal as _},
     time::Duration,
 };
 
@@ -13,22 +15,24 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Cli, Command, ProbeMode},
-    command, container, decode,
-    ends::{self, Ends, Methods, handles::Handles},
-    error::hinted,
-    filter::Filter,
+    cli::{Cli, ProbeMode},
+    enrich::container,
+    kernel::decode,
     kernel::{
         offsets, preflight,
         probes::{Losses, Probes},
     },
-    listing,
+    model::NsKey,
+    model::{EndMethod, EventType, NsKind, Start, Stop},
+    output::filter::Filter,
+    output::summary,
     output::{self, Sink},
-    procfs::{self, NsKey},
-    record::{EndMethod, EventType, NsKind, Start, Stop},
-    registry::Registry,
-    summary,
-    time::Clock,
+    state::ends::{self, Ends, Methods},
+    state::registry::Registry,
+    sys::nsfs::Handles,
+    sys::procfs::{self},
+    sys::time::Clock,
+    util::error::hinted,
 };
 
 /// Counts for the closing summary.
@@ -39,45 +43,16 @@ pub struct Totals {
     pub undecodable: u64,
 }
 
-/// The binary's entry point: a subcommand, or tracing. Returns the exit
-/// status: 0, or in command mode the command's.
-pub async fn run(cli: &Cli) -> Result<i32> {
-    match &cli.command {
-        Some(Command::Ls { json, tree }) => ls(*json, *tree).map(|()| 0),
-        Some(Command::Report {
-            file,
-            json,
-            perfetto,
-            html,
-        }) => crate::report::run(file, *json, perfetto.as_deref(), html.as_deref()).map(|()| 0),
-        None => trace(cli).await,
-    }
-}
-
-fn ls(json: bool, tree: bool) -> Result<()> {
-    let list = listing::collect();
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &listing::to_json(&list))?;
-        writeln!(out)?;
-    } else if tree {
-        listing::write_tree(&mut out, &list)?;
-    } else {
-        listing::write_table(&mut out, &list)?;
-    }
-    Ok(())
-}
-
 /// Everything a running trace keeps.
 struct Tracer<'a> {
     clock: Clock,
     sink: Box<dyn Sink + 'a>,
     /// `--output FILE`: every record, unfiltered, as JSON Lines.
     saved: Option<Box<dyn Sink + 'a>>,
+    saved_path: std::path::PathBuf,
     saved_records: u64,
     /// `--perfetto`/`--html`: the lanes drawn when tracing stops.
-    timeline: Option<crate::timeline::Timeline>,
+    timeline: Option<crate::output::timeline::Timeline>,
     probes: Probes,
     registry: Registry,
     ends: Ends,
@@ -97,7 +72,7 @@ struct Tracer<'a> {
 /// wakeup. Records wait this long at most.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
-impl Tracer<'_> {
+impl<'a> Tracer<'a> {
     /// Handles the events waiting in the ring that are stamped up to
     /// `until`; the first later one is held for the next drain (so a steady
     /// stream cannot keep one drain going, and verdicts read at `until` come
@@ -127,7 +102,7 @@ impl Tracer<'_> {
                             self.totals.undecodable += 1;
                             eprintln!(
                                 "nstrace: warning: skipped an undecodable kernel event: {}",
-                                crate::escape::Escaped(&e.to_string())
+                                crate::util::escape::Escaped(&e.to_string())
                             );
                             continue;
                         }
@@ -201,9 +176,7 @@ impl Tracer<'_> {
         if !io::stdout().is_terminal() {
             eprintln!("nstrace: warning: {}", output::text::loss_summary(&loss));
         }
-        if let Some(f) = &mut self.saved {
-            f.lost(&loss)?;
-        }
+        self.write_file(|f| f.lost(&loss));
         self.sink.lost(&loss)?;
         self.flush()
     }
@@ -258,19 +231,37 @@ impl Tracer<'_> {
         Ok(())
     }
 
+    /// Only stdout's errors are returned: it gone, the trace ends.
     fn flush(&mut self) -> io::Result<()> {
-        if let Some(f) = &mut self.saved {
-            f.flush()?;
-        }
+        self.write_file(|f| f.flush());
         self.sink.flush()
     }
 
-    fn emit(&mut self, r: &crate::record::Record) -> io::Result<()> {
+    /// Writes to `--output FILE`, if it is still written. A failure there
+    /// (a full disk) is told with its cause and ends that file, not the
+    /// trace: stdout and the metrics go on.
+    fn write_file(&mut self, write: impl FnOnce(&mut (dyn Sink + 'a)) -> io::Result<()>) -> bool {
+        let Some(f) = &mut self.saved else {
+            return false;
+        };
+        match write(f.as_mut()) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "nstrace: error: writing {}: {e}; that file is no longer written (tracing goes on)",
+                    crate::util::escape::path(&self.saved_path)
+                );
+                self.saved = None;
+                false
+            }
+        }
+    }
+
+    fn emit(&mut self, r: &crate::model::Record) -> io::Result<()> {
         if let Some(m) = &mut self.metrics {
             m.record(r);
         }
-        if let Some(f) = &mut self.saved {
-            f.record(r)?;
+        if self.write_file(|f| f.record(r)) {
             self.saved_records += 1;
         }
         if !self.filter.matches(r) {
@@ -304,14 +295,16 @@ const FINAL_VERDICTS: Duration = Duration::from_millis(400);
 /// returns before loading or starting anything more; what it loaded is
 /// dropped, and so detached, on the way out.
 fn stopped_early() -> bool {
-    let stopped = crate::signals::requested().is_some();
+    let stopped = crate::sys::signals::requested().is_some();
     if stopped {
         eprintln!("nstrace: stopped during start-up, before tracing began");
     }
     stopped
 }
 
-async fn trace(cli: &Cli) -> Result<i32> {
+/// Traces until a stop signal (or, in command mode, until the command's
+/// namespaces are done). Returns the exit status: 0, or the command's.
+pub async fn run(cli: &Cli) -> Result<i32> {
     let loader = crate::kernel::probes::prepare_loader();
     let host = preflight::check()?;
     if stopped_early() {
@@ -364,8 +357,8 @@ async fn trace(cli: &Cli) -> Result<i32> {
         ProbeMode::Auto => match probes.attach_fentry(&layout) {
             Ok(f) => (Some(f), None),
             Err(e) => {
-                let why =
-                    crate::error::hint_of(&e).map_or_else(|| format!("{e:#}"), |_| format!("{e}"));
+                let why = crate::util::error::hint_of(&e)
+                    .map_or_else(|| format!("{e:#}"), |_| format!("{e}"));
                 (None, Some(why))
             }
         },
@@ -468,7 +461,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     // A signal that came before tokio's handlers: the session stops as soon
     // as it has begun (a start line, no records, the closing summary).
-    let signalled_before = crate::signals::requested().is_some();
+    let signalled_before = crate::sys::signals::requested().is_some();
     if !cli.quiet {
         let mut notes = ends_notes(
             ends.methods(),
@@ -499,13 +492,13 @@ async fn trace(cli: &Cli) -> Result<i32> {
         // Notes quote error messages and paths: escaped, as a name is.
         eprintln!(
             "nstrace: tracing namespaces on Linux {} with {} ({}); Ctrl-C to stop",
-            crate::escape::Escaped(&host.kernel_release),
+            crate::util::escape::Escaped(&host.kernel_release),
             if exact_ends {
                 "tracepoints + fentry"
             } else {
                 "tracepoints"
             },
-            crate::escape::Escaped(&notes.join("; "))
+            crate::util::escape::Escaped(&notes.join("; "))
         );
     }
 
@@ -541,10 +534,11 @@ async fn trace(cli: &Cli) -> Result<i32> {
             io::BufWriter::new(stdout.lock()),
         ),
         saved,
+        saved_path: cli.output.clone().unwrap_or_default(),
         saved_records: 0,
         timeline: pictures
             .as_ref()
-            .map(|_| crate::timeline::Timeline::default()),
+            .map(|_| crate::output::timeline::Timeline::default()),
         probes,
         registry,
         ends,
@@ -562,9 +556,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         held: None,
         metrics,
     };
-    if let Some(f) = &mut t.saved {
-        f.start(&start)?;
-    }
+    t.write_file(|f| f.start(&start));
     t.sink.start(&start)?;
     t.flush()?;
     if let Some(tl) = &mut t.timeline {
@@ -582,7 +574,8 @@ async fn trace(cli: &Cli) -> Result<i32> {
     let skipped_before_ready = reported_losses.skipped();
     // Members met between attach and seeding had no entry yet: not evictions.
     let forgotten_before_ready = reported_losses.forgotten;
-    let mut output_closed = false;
+    // Stdout's write error: the trace ends (quietly when its reader is gone).
+    let mut stdout_error: Option<io::Error> = None;
 
     loop {
         if signalled_before {
@@ -595,8 +588,8 @@ async fn trace(cli: &Cli) -> Result<i32> {
                 let began = t.clock.now_as_event_ns();
                 let ring = guard.get_inner_mut();
                 match t.drain(ring, began).and_then(|more| Ok(t.check_ends(ring)? || more)) {
-                    Err(_) => {
-                        output_closed = true;
+                    Err(e) => {
+                        stdout_error = Some(e);
                         break;
                     }
                     // The kernel wakes us only when the ring was empty: with
@@ -610,8 +603,8 @@ async fn trace(cli: &Cli) -> Result<i32> {
             _ = tokio::time::sleep(wake.unwrap_or_default()), if wake.is_some() => {
                 let now = t.clock.now_as_event_ns();
                 let ring = events.get_mut();
-                if t.drain(ring, now).and_then(|_| t.check_ends(ring)).is_err() {
-                    output_closed = true;
+                if let Err(e) = t.drain(ring, now).and_then(|_| t.check_ends(ring)) {
+                    stdout_error = Some(e);
                     break;
                 }
             }
@@ -619,8 +612,8 @@ async fn trace(cli: &Cli) -> Result<i32> {
                 if let Some(m) = &mut t.metrics {
                     m.refresh(&t.registry, t.clock.now_as_event_ns());
                 }
-                if t.report_losses(&mut reported_losses).is_err() {
-                    output_closed = true;
+                if let Err(e) = t.report_losses(&mut reported_losses) {
+                    stdout_error = Some(e);
                     break;
                 }
                 if let Some(until) = linger_until {
@@ -644,6 +637,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
             _ = sighup.recv() => break,
         }
     }
+    let output_closed = stdout_error.is_some();
     // Records already in the ring when the signal came are still the user's,
     // and so are the ends of namespaces that emptied just before: their
     // verdicts come within the settle time of deferred frees, so wait for
@@ -680,10 +674,7 @@ async fn trace(cli: &Cli) -> Result<i32> {
         lost: losses.records,
     };
     let (to_stdout, to_file) = (stop(t.totals.records), stop(t.saved_records));
-    if let Some(f) = &mut t.saved {
-        f.stop(&to_file)?;
-        f.flush()?;
-    }
+    t.write_file(|f| f.stop(&to_file).and_then(|()| f.flush()));
     if !output_closed {
         let _ = t.sink.stop(&to_stdout).and_then(|()| t.sink.flush());
     }
@@ -747,14 +738,20 @@ async fn trace(cli: &Cli) -> Result<i32> {
         }
         eprintln!("{line}");
         if let Some(note) = kernel_log.and_then(|l| l.summary()) {
-            eprintln!("{}", crate::escape::Escaped(&note));
+            eprintln!("{}", crate::util::escape::Escaped(&note));
         }
         eprint!("{}", summary::render(&registry, end_ns));
     }
     if let (Some(p), Some(tl)) = (pictures, timeline) {
         p.write(&tl)?;
     }
-    Ok(exit_code)
+    match stdout_error {
+        // The reader went away (`nstrace | head`): what it read was whole.
+        Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing the trace to stdout"))
+        }
+        _ => Ok(exit_code),
+    }
 }
 
 /// The start-up line's words on ends: per method, the kinds it decides (all

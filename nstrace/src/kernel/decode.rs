@@ -3,8 +3,8 @@
 use nstrace_common::{CLONE_NEW_MASK, Event, EventKind, NsSet, Syscall as RawSyscall};
 
 use crate::{
-    record::{Actor, EventType, NsKind, Record, Syscall},
-    time::Clock,
+    model::{Actor, EventType, NsKind, Record, Syscall},
+    sys::time::Clock,
 };
 
 #[derive(Debug, PartialEq, Eq)]

@@ -10,38 +10,18 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    error::hinted,
-    escape,
+    output::summary,
+    output::timeline::Timeline,
     output::{
         self, Pictures,
         json::{Line, parse_line},
     },
-    record::{Start, Stop},
-    registry::Registry,
-    summary,
-    timeline::Timeline,
+    state::registry::Registry,
+    util::error::hinted,
+    util::escape,
 };
 
-/// What a saved trace holds, read back.
-pub struct Saved {
-    pub start: Option<Start>,
-    pub stop: Option<Stop>,
-    pub registry: Registry,
-    /// Namespace records read (lines other than start, stop and lost).
-    pub records: u64,
-    /// Kernel events the loss notices counted.
-    pub lost: u64,
-    /// The last record's time: the end, when there is no stop line.
-    pub last_ns: i128,
-    pub timeline: Timeline,
-}
-
-impl Saved {
-    /// When the trace ended: its stop line, else its last record.
-    pub fn end_ns(&self) -> i128 {
-        self.stop.map_or(self.last_ns, |s| s.time_ns)
-    }
-}
+use crate::output::summary::Saved;
 
 const HINT: &str = "give a file written by `nstrace --output FILE` or `nstrace --json > FILE`";
 
@@ -205,12 +185,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        container::Container,
-        output::{Sink as _, html, json::JsonSink, perfetto},
-        record::{
+        model::Container,
+        model::{
             Actor, Birth, EndCause, EndMethod, EventType, Loss, NsKind, Record, Start, Stop,
             Syscall,
         },
+        output::{Sink as _, html, json::JsonSink, perfetto},
     };
 
     /// Everything `report` does with a trace, into memory: read, the
@@ -659,7 +639,7 @@ mod tests {
         let err = read_from(BufReader::new(input), "zero").err().unwrap();
         let msg = err.to_string();
         assert!(msg.contains("zero, line 3: longer than 1 MiB"), "{msg}");
-        assert!(crate::error::hint_of(&err).is_some());
+        assert!(crate::util::error::hint_of(&err).is_some());
         // Read up to the limit and a buffer past it, no more.
         assert!(zeros.0 <= (MAX_LINE + 2 * 8192) as u64, "{}", zeros.0);
     }

@@ -1,6 +1,6 @@
 //! Which records the user asked to see.
 
-use crate::record::{EventType, NsKind, Record};
+use crate::model::{EventType, NsKind, Record};
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -55,7 +55,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{container::Container, record::Actor};
+    use crate::{model::Actor, model::Container};
 
     fn rec() -> Record {
         Record {

@@ -12,34 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::record::Actor;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Container {
-    pub id: String,
-    /// `docker`, `containerd`, `cri-containerd`, `cri-o`, `podman`.
-    pub runtime: &'static str,
-    pub name: Option<String>,
-    /// Kubernetes pod name and namespace (CRI containers).
-    pub pod: Option<String>,
-    pub namespace: Option<String>,
-}
-
-impl Container {
-    /// The first 12 characters (an id read back from a saved trace may be
-    /// anything: cut on a character boundary).
-    pub fn short_id(&self) -> &str {
-        match self.id.char_indices().nth(12) {
-            Some((end, _)) => &self.id[..end],
-            None => &self.id,
-        }
-    }
-
-    /// `--container` matching: a prefix of the id, or the exact name.
-    pub fn matches(&self, wanted: &str) -> bool {
-        (!wanted.is_empty() && self.id.starts_with(wanted)) || self.name.as_deref() == Some(wanted)
-    }
-}
+use crate::model::{Actor, Container};
 
 /// Every runtime name nstrace gives (`Container::runtime`).
 pub const RUNTIMES: [&str; 5] = ["docker", "podman", "cri-o", "cri-containerd", "containerd"];
@@ -189,7 +162,7 @@ pub fn is_trusted_runtime(pid: u32, host_user_ns: Option<u32>) -> bool {
     if !root {
         return false;
     }
-    let user_ns = crate::procfs::ns_link_of(pid, "user");
+    let user_ns = crate::sys::procfs::ns_link_of(pid, "user");
     if user_ns.is_none() || (host_user_ns.is_some() && user_ns != host_user_ns) {
         return false;
     }
@@ -355,13 +328,13 @@ fn unified_path(text: &str) -> Option<&str> {
 impl Resolver {
     pub fn new() -> Self {
         // Where the host's is not to be seen, nstrace's own.
-        let host_mnt = crate::procfs::host_ns_link("mnt")
-            .or_else(|| crate::procfs::own_ns_link("mnt"))
+        let host_mnt = crate::sys::procfs::host_ns_link("mnt")
+            .or_else(|| crate::sys::procfs::own_ns_link("mnt"))
             .unwrap_or(0);
         Self {
             unified: cgroup_unified(),
             host_mnt,
-            host_user: crate::procfs::host_ns_link("user"),
+            host_user: crate::sys::procfs::host_ns_link("user"),
             ..Self::default()
         }
     }
@@ -513,7 +486,7 @@ impl Resolver {
             // adopts what runc leaves behind); for one that exited, the
             // parent the kernel recorded at the event.
             let recorded = up.next().filter(|&pp| pp != 0);
-            match crate::procfs::ppid(p).or(recorded) {
+            match crate::sys::procfs::ppid(p).or(recorded) {
                 Some(pp) if pp > 1 => p = pp,
                 _ => break None,
             }
@@ -649,7 +622,7 @@ mod tests {
         };
         let mut r = Resolver {
             host_mnt: 7,
-            host_user: crate::procfs::host_ns_link("user"),
+            host_user: crate::sys::procfs::host_ns_link("user"),
             ..Resolver::default()
         };
         let c = r.for_actor(&actor_below(shim.id()));
@@ -675,7 +648,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the fake shim did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let trusted = is_trusted_runtime(fake.id(), crate::procfs::host_ns_link("user"));
+        let trusted = is_trusted_runtime(fake.id(), crate::sys::procfs::host_ns_link("user"));
         let mut r = Resolver {
             host_mnt: 7,
             ..Resolver::default()

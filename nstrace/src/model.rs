@@ -310,9 +310,9 @@ pub struct Record {
     /// Pinned: what holds the namespace.
     pub pinned_by: Vec<String>,
     /// The container the actor is part of.
-    pub container: Option<crate::container::Container>,
+    pub container: Option<crate::model::Container>,
     /// The container whose runtime created the namespace (joins, pinned, destroy).
-    pub ns_container: Option<crate::container::Container>,
+    pub ns_container: Option<crate::model::Container>,
     /// The actor (or, for pinned/destroy, the namespace's creator) descends
     /// from a followed process (`--pid`, command mode).
     pub followed: bool,
@@ -341,4 +341,37 @@ pub struct Stop {
     pub records: u64,
     pub kernel_events: u64,
     pub lost: u64,
+}
+
+/// `(kind, inode)`: how every stage names a namespace (inodes can be
+/// reused; `ns_id`, where the kernel has it, tells two apart).
+pub type NsKey = (NsKind, u32);
+
+/// The container a process or namespace belongs to (what the attribution
+/// found; the enrich stage finds it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    /// `docker`, `containerd`, `cri-containerd`, `cri-o`, `podman`.
+    pub runtime: &'static str,
+    pub name: Option<String>,
+    /// Kubernetes pod name and namespace (CRI containers).
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl Container {
+    /// The first 12 characters (an id read back from a saved trace may be
+    /// anything: cut on a character boundary).
+    pub fn short_id(&self) -> &str {
+        match self.id.char_indices().nth(12) {
+            Some((end, _)) => &self.id[..end],
+            None => &self.id,
+        }
+    }
+
+    /// `--container` matching: a prefix of the id, or the exact name.
+    pub fn matches(&self, wanted: &str) -> bool {
+        (!wanted.is_empty() && self.id.starts_with(wanted)) || self.name.as_deref() == Some(wanted)
+    }
 }

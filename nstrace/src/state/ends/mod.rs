@@ -1,19 +1,18 @@
-//! Deciding that a namespace ended: the one place that does, with its three
-//! methods side by side, one chosen per kind at start-up ([`Methods`]):
-//! fentry where the kernel has a free function for the kind that fentry can
-//! attach to, else the best of the other two.
+//! Deciding that a namespace ended: the one place that does. This file
+//! keeps the watches (namespaces with no member, not known to be gone) and
+//! the two phases, check and apply; each method is one file behind
+//! [`Decider`], chosen per kind at start-up ([`Methods`]): fentry where the
+//! kernel has a free function for the kind that fentry can attach to, else
+//! the best of the other two.
 //!
-//! - **fentry**: the kernel's own free path reports each end
-//!   ([`Ends::on_freed`]); here only `pinned` is decided.
-//! - **nsfs handles** (tracepoints only, Linux 6.18+): when a namespace loses
-//!   its last member, the kernel is asked whether it still exists
-//!   ([`handles`]); gone is `destroy`, alive is `pinned`, re-asked a few times
-//!   a second until it goes. The kernel's answer is the whole truth.
-//! - **inference** (tracepoints only, older kernels): gone when it has no
-//!   member and nothing in /proc holds it (nsfs mounts in every mount
-//!   namespace, fds of every process, namespaces it owns or contains), seen so
-//!   twice, [`GRACE_NS`] apart. Best effort: a socket or a zombie's credentials
-//!   hold a namespace where /proc does not show it.
+//! - [`fentry`]: the kernel's own free path reports each end; here only
+//!   `pinned` is decided.
+//! - [`handles`] (Linux 6.18+): when a namespace loses its last member, the
+//!   kernel is asked whether it still exists; gone is `destroy`, alive is
+//!   `pinned`, re-asked a few times a second until it goes. The kernel's
+//!   answer is the whole truth.
+//! - [`inference`] (older kernels): gone when it has no member and nothing
+//!   in /proc holds it, seen so twice, [`GRACE_NS`] apart. Best effort.
 //!
 //! Every answer is read at a time S, after the event that emptied the
 //! namespace; its record is emitted only once every event stamped before S
@@ -21,22 +20,33 @@
 //! [`Ends::apply`]). So a verdict never goes back in time: what the kernel
 //! said at S is reported after the joins and exits before S, never before.
 
+pub mod fentry;
 pub mod handles;
+pub mod inference;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    decode::NsRef,
-    procfs::{self, FdHolders, MountPin, NsKey, Snapshot},
-    record::{Actor, EndCause, EndMethod, NsKind, Record},
-    registry::Registry,
+    kernel::{decode::NsRef, probes::MemberCounts},
+    model::{Actor, EndCause, EndMethod, NsKey, NsKind, Record},
+    state::registry::Registry,
+    sys::{
+        nsfs::Answer,
+        procfs::{self, FdHolders, MountPin, Snapshot},
+    },
 };
-use handles::Answer;
+pub use handles::Ask;
 
-/// The kernel's member counts, which user space corrects but never reads
-/// while tracing (see the rejoin check in [`Ends::check`]).
-pub trait MemberCounts {
-    fn set(&mut self, key: NsKey, members: i64);
+/// One way of deciding ends, for the kinds given to it.
+pub trait Decider {
+    fn name(&self) -> EndMethod;
+    /// What is known now of `key` (with its id, if seen): gone or alive;
+    /// None when this method cannot tell, and /proc is read instead
+    /// ([`inference`]).
+    fn ask(&self, key: NsKey, ns_id: Option<u64>) -> Option<std::io::Result<Answer>>;
+    /// Whether a pinned namespace is asked again until it goes (fentry: its
+    /// free event tells).
+    fn polls_pins(&self) -> bool;
 }
 
 /// What /proc says holds namespaces, and who is in them.
@@ -62,22 +72,11 @@ impl Holders for Procfs {
     }
 }
 
-/// Whether a namespace exists, from the kernel itself.
-pub trait Ask {
-    fn ask(&self, kind: NsKind, inode: u32, ns_id: u64) -> std::io::Result<Answer>;
-}
-
-impl Ask for handles::Handles {
-    fn ask(&self, kind: NsKind, inode: u32, ns_id: u64) -> std::io::Result<Answer> {
-        handles::Handles::ask(self, kind, inode, ns_id)
-    }
-}
-
 /// How each kind's ends are decided on this kernel.
 pub struct Methods {
     by_kind: [EndMethod; NsKind::ALL.len()],
     /// The kernel, asked by handle; set when a kind is decided so.
-    ask: Option<Box<dyn Ask>>,
+    handles: Option<handles::ByHandle>,
 }
 
 impl Methods {
@@ -97,11 +96,23 @@ impl Methods {
                 others
             }
         });
-        Methods { by_kind, ask }
+        Methods {
+            by_kind,
+            handles: ask.map(handles::ByHandle),
+        }
     }
 
     pub fn of(&self, kind: NsKind) -> EndMethod {
         self.by_kind[kind.index()]
+    }
+
+    /// The method deciding `kind`'s ends.
+    pub fn decider(&self, kind: NsKind) -> &dyn Decider {
+        match (self.of(kind), &self.handles) {
+            (EndMethod::Fentry, _) => &fentry::Fentry,
+            (EndMethod::NsfsHandle, Some(h)) => h,
+            _ => &inference::Inference,
+        }
     }
 
     /// The one method every kind in `kinds` uses, if they agree.
@@ -313,7 +324,7 @@ impl Ends {
             w.pinned = w.pinned
                 && matches!(
                     reg.get(key).map(|e| &e.state),
-                    Some(crate::registry::State::Pinned(_))
+                    Some(crate::state::registry::State::Pinned(_))
                 );
         }
     }
@@ -324,26 +335,6 @@ impl Ends {
         if let Some(w) = self.watch.get_mut(&key) {
             w.rejoined = true;
         }
-    }
-
-    /// fentry: the kernel freed it. None for the second report of one free
-    /// (two hooks on its path, ipc's put and its caller) where the kernel
-    /// side had no member entry to mark it told.
-    pub fn on_freed(&mut self, n: NsRef, time_ns: i128, reg: &mut Registry) -> Option<Record> {
-        let key = (n.kind, n.inode);
-        let again = self.last_freed.replace(key) == Some(key);
-        if again && reg.get(key).is_none() {
-            return None;
-        }
-        if let Some(e) = reg.get_mut(key) {
-            if e.ns_id.is_none() {
-                e.ns_id = n.ns_id;
-            }
-        }
-        self.watch.remove(&key);
-        let mut r = reg.end(key, EndCause::KernelFreed, time_ns, None);
-        r.end_by = Some(EndMethod::Fentry);
-        Some(r)
     }
 
     /// The key now names another namespace: the kernel gave its inode to a
@@ -439,22 +430,22 @@ impl Ends {
         let mut answers: Vec<(NsKey, std::io::Result<Answer>)> = Vec::new();
         let mut to_infer = Vec::new();
         for k in due {
-            match (self.methods.of(k.0), &self.methods.ask) {
-                // Not freed yet: the free event removes the watch.
-                (EndMethod::Fentry, _) => answers.push((k, Ok(Answer::Alive))),
-                (EndMethod::NsfsHandle, Some(ask)) => match reg.get(k) {
+            let by = self.methods.decider(k.0);
+            let Some(entry) = reg.get(k) else {
+                if by.name() == EndMethod::NsfsHandle {
                     // Ended already (out of the registry): nothing to ask or say.
-                    None => {
-                        self.watch.remove(&k);
-                    }
-                    Some(e) => match e.ns_id {
-                        Some(id) => answers.push((k, ask.ask(k.0, k.1, id))),
-                        // A namespace whose id was never seen cannot be
-                        // asked by handle: inferred, never guessed gone.
-                        None => to_infer.push(k),
-                    },
-                },
-                _ => to_infer.push(k),
+                    self.watch.remove(&k);
+                    continue;
+                }
+                match by.ask(k, None) {
+                    Some(a) => answers.push((k, a)),
+                    None => to_infer.push(k),
+                }
+                continue;
+            };
+            match by.ask(k, entry.ns_id) {
+                Some(a) => answers.push((k, a)),
+                None => to_infer.push(k),
             }
         }
         let inferred = if to_infer.is_empty() {
@@ -491,59 +482,6 @@ impl Ends {
         }
         if !explain.is_empty() {
             out.extend(self.explain(explain, now, reg, src));
-        }
-        out
-    }
-
-    /// Inference: nothing in /proc holds it and it has no member, seen twice
-    /// [`GRACE_NS`] apart; held by something visible, pinned at once.
-    fn infer(
-        &mut self,
-        due: Vec<NsKey>,
-        now: i128,
-        reg: &Registry,
-        src: &mut dyn Holders,
-    ) -> Vec<Verdict> {
-        let mut out = Vec::new();
-        let mounts = src.mounts();
-        let need_fds = due
-            .iter()
-            .any(|k| !mounts.contains_key(k) && reg.dependents(*k).is_empty());
-        let fds = if need_fds {
-            src.fds()
-        } else {
-            FdHolders::new()
-        };
-        for key in due {
-            let pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
-            let Some(w) = self.watch.get_mut(&key) else {
-                continue;
-            };
-            if !pins.is_empty() {
-                w.looks_gone_at = None;
-                w.next = now + POLL_INFERENCE_NS;
-                if !w.pinned {
-                    w.pinned = true;
-                    out.extend(Verdict::pinned(reg, key, pins, now));
-                }
-                continue;
-            }
-            match w.looks_gone_at {
-                Some(t) if now - t >= GRACE_NS => match Verdict::gone(reg, key, now) {
-                    Some(v) => {
-                        w.next = i128::MAX;
-                        out.push(v);
-                    }
-                    None => {
-                        self.watch.remove(&key);
-                    }
-                },
-                Some(t) => w.next = t + GRACE_NS,
-                None => {
-                    w.looks_gone_at = Some(now);
-                    w.next = now + GRACE_NS;
-                }
-            }
         }
         out
     }
@@ -590,12 +528,12 @@ impl Ends {
                 }
                 pins.push(HELD_INSIDE.to_string());
             }
-            let fentry = self.methods.of(key.0) == EndMethod::Fentry;
+            let polled = self.methods.decider(key.0).polls_pins();
             let Some(w) = self.watch.get_mut(&key) else {
                 continue;
             };
             w.pinned = true;
-            if fentry {
+            if !polled {
                 // The free event will tell the end: no polling.
                 self.watch.remove(&key);
             }
@@ -621,7 +559,7 @@ impl Ends {
                     let was_pinned = w.as_ref().is_some_and(|w| w.pinned)
                         || matches!(
                             reg.get(key).map(|e| &e.state),
-                            Some(crate::registry::State::Pinned(_))
+                            Some(crate::state::registry::State::Pinned(_))
                         );
                     let (cause, last) = if was_pinned {
                         (EndCause::PinReleased, None)
@@ -700,7 +638,7 @@ mod tests {
     use std::{cell::RefCell, collections::HashMap};
 
     use super::*;
-    use crate::record::{EventType, Syscall};
+    use crate::model::{EventType, Syscall};
 
     #[derive(Default)]
     struct Counts(HashMap<NsKey, i64>);

@@ -4,11 +4,32 @@
 use std::fmt::Write as _;
 
 use crate::{
-    escape::Escaped,
-    output::text::human_duration,
-    record::NsKind,
-    registry::{Entry, Registry, State},
+    model::{NsKind, Start, Stop},
+    output::{text::human_duration, timeline::Timeline},
+    state::registry::{Entry, Registry, State},
+    util::escape::Escaped,
 };
+
+/// A trace summed up: what `nstrace report` reads back from a saved one.
+pub struct Saved {
+    pub start: Option<Start>,
+    pub stop: Option<Stop>,
+    pub registry: Registry,
+    /// Namespace records read (lines other than start, stop and lost).
+    pub records: u64,
+    /// Kernel events the loss notices counted.
+    pub lost: u64,
+    /// The last record's time: the end, when there is no stop line.
+    pub last_ns: i128,
+    pub timeline: Timeline,
+}
+
+impl Saved {
+    /// When the trace ended: its stop line, else its last record.
+    pub fn end_ns(&self) -> i128 {
+        self.stop.map_or(self.last_ns, |s| s.time_ns)
+    }
+}
 
 fn creator(e: &Entry) -> String {
     e.born
@@ -25,7 +46,7 @@ fn creator(e: &Entry) -> String {
 }
 
 /// The summary's lines after the first (records/lost) line. Command names
-/// and pin paths in it are escaped ([`crate::escape`]): it goes to a terminal.
+/// and pin paths in it are escaped ([`crate::util::escape`]): it goes to a terminal.
 pub fn render(reg: &Registry, now_ns: i128) -> String {
     let mut s = String::new();
     let totals = reg.totals();
@@ -93,7 +114,7 @@ pub fn render(reg: &Registry, now_ns: i128) -> String {
 
 /// The closing line and summary of a saved trace, as the live run printed
 /// them (`nstrace report`), with a note where the trace was cut short.
-pub fn closing(saved: &crate::report::Saved) -> String {
+pub fn closing(saved: &Saved) -> String {
     let mut s = String::new();
     match saved.stop {
         Some(st) => {
@@ -127,7 +148,7 @@ fn saturating_i64(ns: i128) -> i64 {
 }
 
 /// The summary as one JSON object (`nstrace report --json`).
-pub fn to_json(saved: &crate::report::Saved) -> serde_json::Value {
+pub fn to_json(saved: &Saved) -> serde_json::Value {
     use serde_json::json;
     let reg = &saved.registry;
     let end = saved.end_ns();
@@ -149,7 +170,7 @@ pub fn to_json(saved: &crate::report::Saved) -> serde_json::Value {
             "ns_inode": e.inode,
             "ns_id": e.ns_id,
             "ns_created": e.born.as_ref().map(|b| json!({
-                "time": crate::time::rfc3339(b.time_ns),
+                "time": crate::sys::time::rfc3339(b.time_ns),
                 "pid": b.pid,
                 "comm": b.comm,
                 "syscall": b.syscall.name(),
@@ -163,8 +184,8 @@ pub fn to_json(saved: &crate::report::Saved) -> serde_json::Value {
         })
     };
     json!({
-        "start": saved.start.as_ref().map(|s| crate::time::rfc3339(s.time_ns)),
-        "stop": saved.stop.map(|s| crate::time::rfc3339(s.time_ns)),
+        "start": saved.start.as_ref().map(|s| crate::sys::time::rfc3339(s.time_ns)),
+        "stop": saved.stop.map(|s| crate::sys::time::rfc3339(s.time_ns)),
         "records": saved.stop.map_or(saved.records, |s| s.records),
         "lost": saved.stop.map_or(saved.lost, |s| s.lost),
         "kinds": kinds,
@@ -176,7 +197,7 @@ pub fn to_json(saved: &crate::report::Saved) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Actor, EndCause, EventType, Record, Syscall};
+    use crate::model::{Actor, EndCause, EventType, Record, Syscall};
 
     #[test]
     fn names_leaks_and_the_longest_lived() {

@@ -9,7 +9,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use crate::record::NsKind;
+use crate::model::NsKind;
 
 /// `FILEID_NSFS` in `<linux/exportfs.h>`.
 const FILEID_NSFS: i32 = 0xf1;

@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::{
-    procfs::{NsKey, Snapshot},
-    record::{Birth, EndCause, EventType, NsKind, Record},
+    model::NsKey,
+    model::{Birth, EndCause, EventType, NsKind, Record},
+    sys::procfs::Snapshot,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub struct Entry {
     /// When it ended (Unix ns).
     pub ended_ns: Option<i128>,
     /// The container whose runtime created it.
-    pub container: Option<crate::container::Container>,
+    pub container: Option<crate::model::Container>,
     /// Created by a followed process.
     pub followed: bool,
 }
@@ -95,7 +96,10 @@ pub struct Registry {
 
 impl Registry {
     /// Seeds the registry with what a /proc scan found.
-    pub fn from_snapshot(snap: &Snapshot, meta: impl Fn(NsKey) -> crate::procfs::NsMeta) -> Self {
+    pub fn from_snapshot(
+        snap: &Snapshot,
+        meta: impl Fn(NsKey) -> crate::sys::procfs::NsMeta,
+    ) -> Self {
         let mut reg = Registry::default();
         for key in snap.namespaces() {
             let mut e = Entry::new(key.0, key.1);
@@ -263,7 +267,7 @@ impl Registry {
         key: NsKey,
         cause: EndCause,
         time_ns: i128,
-        last: Option<crate::record::Actor>,
+        last: Option<crate::model::Actor>,
     ) -> Record {
         let mut e = self
             .alive
@@ -339,7 +343,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Actor, Syscall};
+    use crate::model::{Actor, Syscall};
 
     fn create(kind: NsKind, inode: u32, t: i128) -> Record {
         Record {

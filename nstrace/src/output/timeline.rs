@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::{
-    container::Container,
-    errno,
-    record::{Birth, EndCause, EndMethod, EventType, NsKind, Record, Start, Stop, flag_names},
+    model::Container,
+    model::{Birth, EndCause, EndMethod, EventType, NsKind, Record, Start, Stop, flag_names},
+    util::errno,
 };
 
 /// The group of namespaces that belong to no container.
@@ -196,7 +196,7 @@ impl Timeline {
                         time_ns: r.time_ns,
                         pid: a.pid,
                         comm: a.comm.clone(),
-                        syscall: r.syscall.unwrap_or(crate::record::Syscall::Unshare),
+                        syscall: r.syscall.unwrap_or(crate::model::Syscall::Unshare),
                     }),
                     begin_ns: r.time_ns,
                     phases: vec![Phase {
@@ -345,7 +345,7 @@ fn group_of(r: &Record) -> String {
 
 fn flags_text(r: &Record) -> Option<String> {
     match r.syscall? {
-        crate::record::Syscall::Setns => r.kind.map(|k| k.name().to_string()),
+        crate::model::Syscall::Setns => r.kind.map(|k| k.name().to_string()),
         _ => {
             let names = flag_names(r.flags);
             (!names.is_empty()).then(|| names.join("|"))
@@ -366,7 +366,7 @@ fn creation(r: &Record) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Actor, Syscall};
+    use crate::model::{Actor, Syscall};
 
     fn actor(pid: u32, comm: &str) -> Option<Actor> {
         Some(Actor {
