@@ -126,6 +126,44 @@ fn docker_run_exec_and_rm_tell_which_container_did_what() {
     assert!(tracer.stop().0.success());
 }
 
+/// The metrics count a container's namespaces under its runtime, their
+/// ends included (`nstrace_namespaces_destroyed_total{runtime="docker"}`).
+#[test]
+fn metrics_count_a_containers_ends_under_its_runtime() {
+    if !docker_ready() {
+        return;
+    }
+    let port = free_port();
+    let tracer = Tracer::start(&["--metrics", &format!("127.0.0.1:{port}")]);
+    let id = docker(&["run", "-d", "--network", "none", IMAGE, "sleep", "60"]);
+    let running = Running(id.clone());
+    let creates = tracer.wait_for(5, |r| {
+        r["event"] == "create" && r["container"]["id"] == id.as_str()
+    });
+    drop(running);
+    for c in &creates {
+        tracer.wait_for(1, |r| {
+            r["event"] == "destroy"
+                && r["ns_inode"] == c["ns_inode"]
+                && r["ns_created"]["time"] == c["time"]
+        });
+    }
+    // Each kind's docker ends, read from the page (a scrape is a refresh).
+    let page = http_get(port, "/metrics").expect("nstrace serves /metrics");
+    for kind in KINDS {
+        let series = format!("nstrace_namespaces_destroyed_total{{kind=\"{kind}\",runtime=\"docker\"}} ");
+        let n: f64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}in {page}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(n >= 1.0, "{kind}: {n}\n{page}");
+    }
+    assert!(tracer.stop().0.success());
+}
+
 #[test]
 fn container_filter_shows_only_that_container() {
     if !docker_ready() {

@@ -181,3 +181,88 @@ fn colour_only_when_asked_or_on_a_terminal() {
     assert!(piped.contains(" create "), "{piped}");
     assert!(!piped.contains('\x1b'), "{piped}");
 }
+
+/// `nstrace ls | head -1`: the reader leaves early, as `head` does; that is
+/// no error (exit 0, nothing on stderr), as for any Unix filter.
+#[test]
+fn ls_into_a_reader_that_leaves_early_exits_zero_silently() {
+    if !privileged() {
+        return;
+    }
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{}' ls | head -1 >/dev/null",
+            nstrace_bin().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+/// Stdout closed mid-trace (its reader gone) ends stdout only: `--output`
+/// goes on recording, the trace stops clean on Ctrl-C with exit 0, and the
+/// file has what came after.
+#[test]
+fn stdout_closed_while_output_keeps_writing() {
+    if !privileged() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let file = std::env::temp_dir().join(format!("nstrace-closed-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let mut child = Command::new(nstrace_bin())
+        .args(["--json", "--type", "uts", "--output"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(first.starts_with("nstrace: tracing"), "{first}");
+    // The reader goes away: the next write to stdout fails (EPIPE).
+    drop(child.stdout.take());
+    let unshare = |n: usize| {
+        for _ in 0..n {
+            assert!(Command::new("unshare").args(["-u", "true"]).status().unwrap().success());
+        }
+    };
+    unshare(3);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Still tracing, into the file.
+    let g = Group::spawn(&["unshare", "-u", "sleep", "60"]);
+    let inode = wait_ns_changed(g.pid(), "uts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|r| is(&r, "create", "uts", inode))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no create of uts:[{inode}] in --output after stdout closed"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "nstrace exited when stdout closed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(g);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    assert!(status.success(), "{status}: {rest}");
+    assert!(!rest.contains("error"), "{rest}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(text.lines().last().is_some_and(|l| l.contains("\"event\":\"stop\"")), "{text}");
+}

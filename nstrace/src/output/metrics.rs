@@ -189,9 +189,15 @@ impl Metrics {
     /// Counts a record (before any filter).
     pub fn record(&mut self, r: &Record) {
         let Some(kind) = r.kind else { return };
+        // An end's runtime: its last member's, else (the member already
+        // gone unattributed, or a pin's end) the namespace's own.
+        let container = match r.event {
+            EventType::Destroy => r.container.as_ref().or(r.ns_container.as_ref()),
+            _ => r.container.as_ref(),
+        };
         let labels = EventLabels {
             kind: LabelValue(kind.name()),
-            runtime: LabelValue(runtime_label(r.container.as_ref())),
+            runtime: LabelValue(runtime_label(container)),
         };
         let s = &self.series;
         match r.event {

@@ -80,13 +80,6 @@ print("flooding", flush=True)
 threading.Event().wait()
 "#;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// GET /metrics: the body, if served (200) within 5 s.
 fn scrape(port: u16) -> Option<String> {

@@ -1,0 +1,157 @@
+//! The close: the records still in the ring, the verdicts of namespaces
+//! that emptied just before the stop, the `stop` lines, then the closing
+//! line and summary, said once.
+
+use std::{
+    io::{self},
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::{
+    cli::Cli,
+    model::Stop,
+    output,
+    output::summary,
+    session::{
+        Session,
+        run::{DRAIN_INTERVAL, Ended, Tracer},
+    },
+    sys::time::Clock,
+};
+
+/// How long a stop waits for the verdicts of namespaces that emptied just
+/// before it: past the last settle re-check (160 ms) and one grace (100 ms).
+const FINAL_VERDICTS: Duration = Duration::from_millis(400);
+
+pub async fn close(cli: &Cli, s: Session, ended: Ended) -> Result<i32> {
+    let Session {
+        mut t,
+        mut events,
+        mut diagnostics,
+        kernel_log,
+        pictures,
+        ..
+    } = s;
+    let Ended {
+        exit_code,
+        mut reported_losses,
+        skipped_before_ready,
+        forgotten_before_ready,
+    } = ended;
+    let output_closed = t.outputs_gone();
+    // Records already in the ring when the signal came are still the user's,
+    // and so are the ends of namespaces that emptied just before: their
+    // verdicts come within the settle time of deferred frees, so wait for
+    // them (a little) rather than leave them unsaid.
+    if !output_closed {
+        let until = tokio::time::Instant::now() + FINAL_VERDICTS;
+        loop {
+            while let Ok(true) = t.drain(events.get_mut(), i128::MAX) {}
+            if t.check_ends(events.get_mut()).is_err() {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if !t.ends.undecided() || now >= until {
+                break;
+            }
+            let wait = t.next_wake().unwrap_or(DRAIN_INTERVAL);
+            tokio::time::sleep(wait.min(until - now)).await;
+        }
+        let _ = t.report_losses(&mut reported_losses);
+    }
+    let losses = t.probes.losses();
+    if let Some(d) = &mut diagnostics {
+        d.get_mut().flush();
+    }
+    drop(diagnostics);
+    drop(events);
+    // One end time for the stop line and the summary: `report` on the
+    // saved trace then prints the same ages.
+    let end_ns = Clock::now_unix_ns();
+    let stop = |records| Stop {
+        time_ns: end_ns,
+        records,
+        kernel_events: t.totals.events,
+        lost: losses.records,
+    };
+    let (to_stdout, to_file) = (stop(t.totals.records), stop(t.saved_records));
+    t.write_file(|f| f.stop(&to_file).and_then(|()| f.flush()));
+    t.write_stdout(|s| s.stop(&to_stdout).and_then(|()| s.flush()));
+    if let Some(tl) = &mut t.timeline {
+        tl.stop(&to_stdout);
+    }
+    let Tracer {
+        sink,
+        saved,
+        probes,
+        registry,
+        totals,
+        timeline,
+        stdout_error,
+        ..
+    } = t;
+    drop(sink);
+    drop(saved);
+    // Detaches and unloads every program.
+    drop(probes);
+    if !cli.quiet {
+        let mut line = format!(
+            "nstrace: {} records ({} kernel events), {} lost",
+            totals.records, totals.events, losses.records
+        );
+        if losses.pending > 0 {
+            line.push_str(&format!(
+                ", {} syscalls missed (in-flight table full)",
+                losses.pending
+            ));
+        }
+        if losses.unwatched > 0 {
+            line.push_str(&format!(
+                ", {} namespaces not watched for their end (member map full)",
+                losses.unwatched
+            ));
+        }
+        let forgotten = losses.forgotten.saturating_sub(forgotten_before_ready);
+        if forgotten > 0 {
+            line.push_str(&format!(
+                ", {forgotten} watched namespaces forgotten by the member map (LRU eviction)"
+            ));
+        }
+        if losses.untracked > 0 {
+            line.push_str(&format!(
+                ", {} exits not tracked (tracked map full)",
+                losses.untracked
+            ));
+        }
+        if losses.unfollowed > 0 {
+            line.push_str(&format!(
+                ", {} processes not followed (follow map full)",
+                losses.unfollowed
+            ));
+        }
+        let skipped = losses.skipped().saturating_sub(skipped_before_ready);
+        if skipped > 0 {
+            line.push_str(&format!(", {}", output::text::skipped_runs(skipped)));
+        }
+        if totals.undecodable > 0 {
+            line.push_str(&format!(", {} undecodable", totals.undecodable));
+        }
+        eprintln!("{line}");
+        if let Some(note) = kernel_log.and_then(|l| l.summary()) {
+            eprintln!("{}", crate::util::escape::Escaped(&note));
+        }
+        eprint!("{}", summary::render(&registry, end_ns));
+    }
+    if let (Some(p), Some(tl)) = (pictures, timeline) {
+        p.write(&tl)?;
+    }
+    match stdout_error {
+        // The reader went away (`nstrace | head`): what it read was whole.
+        Some(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing the trace to stdout"))
+        }
+        _ => Ok(exit_code),
+    }
+}

@@ -1,0 +1,400 @@
+//! The loop: drain the ring up to a moment, decode, update the state, check
+//! the ends due, and write each record to the sinks, until a stop.
+
+use std::{
+    io::{self, IsTerminal as _},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    enrich::container,
+    kernel::decode,
+    kernel::probes::{Losses, Probes},
+    model::{EventType, NsKind},
+    output::filter::Filter,
+    output::{self, Sink},
+    session::{Session, command},
+    state::ends::{self, Ends},
+    state::registry::Registry,
+    sys::time::Clock,
+};
+
+/// Counts for the closing summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub events: u64,
+    pub records: u64,
+    pub undecodable: u64,
+}
+
+/// Everything a running trace keeps.
+pub struct Tracer<'a> {
+    pub(super) clock: Clock,
+    pub(super) sink: Box<dyn Sink + 'a>,
+    /// `--output FILE`: every record, unfiltered, as JSON Lines.
+    pub(super) saved: Option<Box<dyn Sink + 'a>>,
+    pub(super) saved_path: std::path::PathBuf,
+    pub(super) saved_records: u64,
+    /// `--perfetto`/`--html`: the lanes drawn when tracing stops.
+    pub(super) timeline: Option<crate::output::timeline::Timeline>,
+    pub(super) probes: Probes,
+    pub(super) registry: Registry,
+    pub(super) ends: Ends,
+    pub(super) totals: Totals,
+    pub(super) filter: Filter,
+    pub(super) containers: container::Resolver,
+    /// Command mode while the command runs: containers created now are its.
+    pub(super) collect_caused: bool,
+    /// An event read past a drain's limit, handled first by the next drain.
+    pub(super) held: Option<decode::Decoded>,
+    /// `--metrics`: fed every record, whatever the filters.
+    pub(super) metrics: Option<output::metrics::Metrics>,
+    /// Why stdout can no longer be written (its reader gone, or worse):
+    /// from then on it is not, and the other outputs go on.
+    pub(super) stdout_error: Option<io::Error>,
+}
+
+/// Drains are at least this far apart: each then handles a batch, and the
+/// checks of namespaces it emptied are asked together, instead of once per
+/// wakeup. Records wait this long at most.
+pub(super) const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+impl<'a> Tracer<'a> {
+    /// Handles the events waiting in the ring that are stamped up to
+    /// `until`; the first later one is held for the next drain (so a steady
+    /// stream cannot keep one drain going, and verdicts read at `until` come
+    /// after every event before it). Returns whether events were left;
+    /// errors only when output is gone.
+    pub(super) fn drain(
+        &mut self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        until: i128,
+    ) -> io::Result<bool> {
+        let mut more = false;
+        let mut read = 0u64;
+        loop {
+            let d = match self.held.take() {
+                Some(d) => d,
+                None => {
+                    let Some(item) = ring.next() else {
+                        break;
+                    };
+                    read += 1;
+                    self.totals.events += 1;
+                    let decoded = decode::parse(&item).and_then(|e| decode::decode(&e, self.clock));
+                    drop(item);
+                    match decoded {
+                        Ok(d) => d,
+                        Err(e) => {
+                            self.totals.undecodable += 1;
+                            eprintln!(
+                                "nstrace: warning: skipped an undecodable kernel event: {}",
+                                crate::util::escape::Escaped(&e.to_string())
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            if d.time_ns > until {
+                self.held = Some(d);
+                more = true;
+                break;
+            }
+            self.handle(d)?;
+        }
+        if let Some(m) = &self.metrics {
+            // Each record: its 8-byte ring header and the event, 8-aligned.
+            let each = (8 + std::mem::size_of::<nstrace_common::Event>()).next_multiple_of(8);
+            m.ring_backlog(read * each as u64);
+        }
+        self.flush()?;
+        Ok(more)
+    }
+
+    /// Asks about the namespaces whose check is due, then handles every event
+    /// stamped before the answer, then reports what the answer means.
+    /// Returns whether events were left in the ring.
+    pub(super) fn check_ends(
+        &mut self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    ) -> io::Result<bool> {
+        let now = self.clock.now_as_event_ns();
+        if !self.ends.due(now) {
+            return Ok(false);
+        }
+        let verdicts = self
+            .ends
+            .check(now, &self.registry, &mut self.probes, &mut ends::Procfs);
+        let more = self.drain(ring, now)?;
+        for r in self.ends.apply(verdicts, now, &mut self.registry) {
+            self.emit(&r)?;
+        }
+        self.flush()?;
+        Ok(more)
+    }
+
+    /// When the loop must wake without a ring wakeup: the next check due,
+    /// or soon when an event is held back from the last drain.
+    pub(super) fn next_wake(&self) -> Option<Duration> {
+        let now = self.clock.now_as_event_ns();
+        let held = self
+            .held
+            .as_ref()
+            .map(|_| now + DRAIN_INTERVAL.as_nanos() as i128);
+        let at = match (self.ends.next_due(), held) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(Duration::from_nanos((at - now).max(0) as u64))
+    }
+
+    /// A `lost` notice in the stream for anything dropped since `reported`;
+    /// on stderr too when the stream is not in front of the user.
+    pub(super) fn report_losses(&mut self, reported: &mut Losses) -> io::Result<()> {
+        let now = self.probes.losses();
+        let Some(loss) = now.since(reported, Clock::now_unix_ns()) else {
+            return Ok(());
+        };
+        *reported = now;
+        if let Some(m) = &self.metrics {
+            m.lost(&loss);
+        }
+        if !io::stdout().is_terminal() {
+            eprintln!("nstrace: warning: {}", output::text::loss_summary(&loss));
+        }
+        self.write_file(|f| f.lost(&loss));
+        self.write_stdout(|s| s.lost(&loss));
+        self.flush()
+    }
+
+    pub(super) fn handle(&mut self, d: decode::Decoded) -> io::Result<()> {
+        for mut r in d.records {
+            if let Some(a) = &r.actor {
+                r.container = self.containers.for_actor(a);
+            }
+            if self.collect_caused && r.event == EventType::Create {
+                if let Some(c) = &r.container {
+                    if !self.filter.extra_containers.contains(&c.id) {
+                        self.filter.extra_containers.push(c.id.clone());
+                    }
+                }
+            }
+            if let Some(stale) = self.registry.observe(&mut r) {
+                // The kernel reused the inode of a namespace whose end we did
+                // not see: it has certainly ended. Say so, late, then the create.
+                let time = r.time_ns;
+                let cause = self.ends.forget(stale.key());
+                let end = self.registry.end_replaced(stale, time, cause);
+                self.emit(&end)?;
+            }
+            if r.event == EventType::Join {
+                if let (Some(k), Some(i)) = (r.kind, r.inode) {
+                    self.ends.on_joined((k, i));
+                }
+            }
+            self.emit(&r)?;
+        }
+        if let Some(pidns) = d.reaper_of {
+            if let (Some(e), Some(a)) = (self.registry.get_mut((NsKind::Pid, pidns)), &d.actor) {
+                e.init_exited = Some(a.pid);
+            }
+        }
+        if let Some(r) = d
+            .freed
+            .and_then(|n| self.ends.on_freed(n, d.time_ns, &mut self.registry))
+        {
+            self.emit(&r)?;
+        }
+        if !d.emptied.is_empty() {
+            self.ends
+                .on_emptied(&d.emptied, d.actor.as_ref(), d.time_ns, &mut self.registry);
+        }
+        if let (true, Some(a)) = (d.exited, &d.actor) {
+            if a.pid == a.tid {
+                self.containers.forget(a.pid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Only stdout's errors are returned: it gone, the trace ends.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        self.write_file(|f| f.flush());
+        self.write_stdout(|s| s.flush());
+        Ok(())
+    }
+
+    /// Writes to stdout, while it can be. A failure is told with its cause
+    /// (not when the reader just went away, as `head` does) and ends stdout
+    /// only: `--output`, the metrics and the pictures go on, and the trace
+    /// ends when none is left ([`Tracer::outputs_gone`]).
+    pub(super) fn write_stdout(&mut self, write: impl FnOnce(&mut (dyn Sink + 'a)) -> io::Result<()>) {
+        if self.stdout_error.is_some() {
+            return;
+        }
+        if let Err(e) = write(self.sink.as_mut()) {
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                eprintln!("nstrace: error: writing to stdout: {e}");
+            }
+            if !self.outputs_gone_but_stdout() {
+                eprintln!("nstrace: stdout is no longer written; tracing goes on for the other outputs");
+            }
+            self.stdout_error = Some(e);
+        }
+    }
+
+    fn outputs_gone_but_stdout(&self) -> bool {
+        self.saved.is_none() && self.metrics.is_none() && self.timeline.is_none()
+    }
+
+    /// Whether nothing is left to write to: the trace ends.
+    pub(super) fn outputs_gone(&self) -> bool {
+        self.stdout_error.is_some() && self.outputs_gone_but_stdout()
+    }
+
+    /// Writes to `--output FILE`, if it is still written. A failure there
+    /// (a full disk) is told with its cause and ends that file, not the
+    /// trace: stdout and the metrics go on.
+    pub(super) fn write_file(
+        &mut self,
+        write: impl FnOnce(&mut (dyn Sink + 'a)) -> io::Result<()>,
+    ) -> bool {
+        let Some(f) = &mut self.saved else {
+            return false;
+        };
+        match write(f.as_mut()) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "nstrace: error: writing {}: {e}; that file is no longer written (tracing goes on)",
+                    crate::util::escape::path(&self.saved_path)
+                );
+                self.saved = None;
+                false
+            }
+        }
+    }
+
+    pub(super) fn emit(&mut self, r: &crate::model::Record) -> io::Result<()> {
+        if let Some(m) = &mut self.metrics {
+            m.record(r);
+        }
+        if self.write_file(|f| f.record(r)) {
+            self.saved_records += 1;
+        }
+        if !self.filter.matches(r) {
+            return Ok(());
+        }
+        self.totals.records += 1;
+        if let Some(t) = &mut self.timeline {
+            t.record(r);
+        }
+        self.write_stdout(|s| s.record(r));
+        Ok(())
+    }
+
+    /// Command mode, after the command ended: are namespaces it (or its
+    /// containers) created still alive? Then their ends are still to come.
+    pub(super) fn caused_alive(&self) -> bool {
+        self.registry.alive().any(|e| {
+            e.born.is_some()
+                && (e.followed
+                    || e.container
+                        .as_ref()
+                        .is_some_and(|c| self.filter.extra_containers.contains(&c.id)))
+        })
+    }
+}
+
+/// How the loop ended, for the close.
+pub struct Ended {
+    pub(super) exit_code: i32,
+    pub(super) reported_losses: Losses,
+    pub(super) skipped_before_ready: u64,
+    pub(super) forgotten_before_ready: u64,
+}
+
+pub async fn until_stop(s: &mut Session) -> Result<Ended> {
+    let Session {
+        t,
+        events,
+        diagnostics,
+        command,
+        sigint,
+        sigterm,
+        sighup,
+        signalled_before,
+        tick,
+        ..
+    } = s;
+    let mut exit_code = 0;
+    // Command mode: when the command ended, and until when its namespaces'
+    // ends are awaited.
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    let mut reported_losses = t.probes.losses();
+    let skipped_before_ready = reported_losses.skipped();
+    // Members met between attach and seeding had no entry yet: not evictions.
+    let forgotten_before_ready = reported_losses.forgotten;
+
+    loop {
+        // Stopped, or nothing left to write to (stdout gone, alone).
+        if *signalled_before || t.outputs_gone() {
+            break;
+        }
+        let wake = t.next_wake();
+        tokio::select! {
+            guard = events.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                let began = t.clock.now_as_event_ns();
+                let ring = guard.get_inner_mut();
+                match t.drain(ring, began).and_then(|more| Ok(t.check_ends(ring)? || more)) {
+                    Err(e) => return Err(e).context("tracing"),
+                    // The kernel wakes us only when the ring was empty: with
+                    // events left, stay ready.
+                    Ok(true) => {}
+                    Ok(false) => guard.clear_ready(),
+                }
+                drop(guard);
+                tokio::time::sleep(DRAIN_INTERVAL).await;
+            }
+            _ = tokio::time::sleep(wake.unwrap_or_default()), if wake.is_some() => {
+                let now = t.clock.now_as_event_ns();
+                let ring = events.get_mut();
+                t.drain(ring, now).and_then(|_| t.check_ends(ring)).context("tracing")?;
+            }
+            _ = tick.tick() => {
+                if let Some(m) = &mut t.metrics {
+                    m.refresh(&t.registry, t.clock.now_as_event_ns());
+                }
+                t.report_losses(&mut reported_losses).context("tracing")?;
+                if let Some(until) = linger_until {
+                    if !t.caused_alive() || tokio::time::Instant::now() >= until {
+                        break;
+                    }
+                }
+            }
+            status = async { command.as_mut().expect("guarded").wait().await }, if command.is_some() && linger_until.is_none() => {
+                exit_code = command::exit_code(status.context("waiting for the command")?);
+                t.collect_caused = false;
+                linger_until = Some(tokio::time::Instant::now() + command::LINGER);
+            }
+            guard = async { diagnostics.as_mut().expect("guarded").readable_mut().await }, if diagnostics.is_some() => {
+                let mut guard = guard.context("waiting for kernel diagnostics")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
+        }
+    }
+    Ok(Ended {
+        exit_code,
+        reported_losses,
+        skipped_before_ready,
+        forgotten_before_ready,
+    })
+}
