@@ -78,13 +78,20 @@ mod on {
 
     #[inline(always)]
     fn slot() -> Option<*mut Note> {
+        // SAFETY: bpf_get_smp_processor_id takes no arguments and touches no memory.
         let cpu = unsafe { bpf_get_smp_processor_id() } as usize;
+        // SAFETY: only a raw pointer to NOTES[cpu] is made, no reference;
+        // `cpu < CPUS` is checked just before.
         (cpu < CPUS).then(|| unsafe { (&raw mut NOTES[cpu]) })
     }
 
     #[inline(always)]
     fn note(what: u64, a: u64, b: u64, c: u64, d: u64) {
         if let Some(n) = slot() {
+            // SAFETY: `n` is this CPU's in-bounds NOTES slot, touched only by
+            // program runs on this CPU, one at a time, except that an fentry
+            // run (migrate-disabled, not preempt-disabled) can be preempted
+            // mid-note and two notes' u64 stores interleave.
             let n = unsafe { &mut *n };
             if n.what == NOTHING {
                 n.what = what;
@@ -135,6 +142,10 @@ mod on {
         let Some(n) = slot() else {
             return;
         };
+        // SAFETY: `n` is this CPU's in-bounds NOTES slot, touched only by
+        // program runs on this CPU, one at a time, except that an fentry run
+        // (migrate-disabled, not preempt-disabled) can be preempted mid-note
+        // and two notes' u64 stores interleave. As in `note`.
         let n = unsafe { &mut *n };
         let Note {
             what,

@@ -130,10 +130,15 @@ static FOLLOWING: u32 = 0;
 static mut IN_FLIGHT: i64 = 0;
 
 fn following() -> bool {
+    // SAFETY: an aligned read of the FOLLOWING static, set by user space before
+    // load and never written after; volatile so the placeholder is not folded
+    // in.
     unsafe { core::ptr::read_volatile(&raw const FOLLOWING) != 0 }
 }
 
 fn in_flight(delta: i64) {
+    // SAFETY: IN_FLIGHT is a static i64, 8-aligned and valid for the program's
+    // life; the add is atomic against other CPUs'.
     unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut IN_FLIGHT, delta) };
 }
 
@@ -147,11 +152,15 @@ const RET: usize = 16;
 /// tracepoint program may read its record directly; a probe read would cost
 /// a helper call on every clone in the machine).
 fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: callers pass ARG0/ARG1, 8-aligned u64 slots inside the sys_enter
+    // record `ctx` points at; the verifier bounds-checks every context load.
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
 fn count(index: u32) {
     if let Some(c) = COUNTS.get_ptr_mut(index) {
+        // SAFETY: `c` is a live COUNTS value (array values are never freed), an
+        // 8-aligned u64; the add is atomic against other CPUs.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1) };
     }
 }
@@ -231,12 +240,16 @@ fn move_member(before: &NsSet, after: &NsSet, created: u64) -> u32 {
     let Some(emptied) = scratch() else {
         return 0;
     };
+    // SAFETY: `emptied` is this CPU's SCRATCH slot, an aligned u32; only
+    // tracepoint programs use it, which never nest on one CPU and run with
+    // preemption off.
     unsafe { *emptied = 0 };
     for k in 0..NS_KINDS {
         if before.inum[k] == after.inum[k] {
             continue;
         }
         if adjust(k, before.inum[k], -1) & EMPTIED != 0 {
+            // SAFETY: this CPU's SCRATCH slot, as above.
             unsafe { *emptied |= KIND_FLAGS[k] as u32 };
         }
         if created & KIND_FLAGS[k] != 0 {
@@ -245,6 +258,7 @@ fn move_member(before: &NsSet, after: &NsSet, created: u64) -> u32 {
             adjust(k, after.inum[k], 1);
         }
     }
+    // SAFETY: this CPU's SCRATCH slot, as above.
     unsafe { *emptied }
 }
 
@@ -256,6 +270,9 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
     let Some(p) = PENDING_SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: `p` is this CPU's PENDING_SCRATCH slot, used only by the
+    // sys_enter tracepoints (never nested on a CPU, preemption off); the task
+    // reads are probe reads.
     unsafe {
         (*p).flags = flags;
         (*p).syscall = syscall as u32;
@@ -313,6 +330,8 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     // fault a page in: arguments the kernel will read fine may be unreadable
     // here. Then no entry is left, and `task_newtask` reports the creates
     // from the kernel's own flags (a bad pointer fails with EFAULT instead).
+    // SAFETY: bpf_probe_read_user faults into Err, never dereferences `uargs`;
+    // any 8 bytes are a valid u64.
     let flags: u64 = match unsafe { aya_ebpf::helpers::bpf_probe_read_user(uargs as *const u64) } {
         Ok(f) => f,
         Err(e) => {
@@ -330,6 +349,8 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
 /// Common exit path: unshare/setns report the switch, clone only its failure
 /// (success was reported from `sched_process_fork`, where the child is visible).
 fn exit(ctx: &TracePointContext) {
+    // SAFETY: an aligned 8-byte read of the IN_FLIGHT static; other CPUs'
+    // atomic adds can only make it stale.
     if unsafe { core::ptr::read_volatile(&raw const IN_FLIGHT) } <= 0 {
         return;
     }
@@ -341,7 +362,11 @@ fn exit(ctx: &TracePointContext) {
     // about half the time when `ret` comes from a helper (measured: 35 ms
     // against 55 ms; it is the slowest program to load), and only namespace
     // calls get here.
+    // SAFETY: `read_at` is a probe read (bpf_probe_read_kernel) of the 8-byte
+    // `ret` slot at 16 in the sys_exit record.
     let ret: i64 = unsafe { ctx.read_at(RET) }.unwrap_or(0);
+    // SAFETY: `p` is this thread's PENDING value: keyed by its tid, which only
+    // this thread's own programs insert or remove, not before this run ends.
     let syscall = unsafe { (*p).syscall };
     let is_clone = syscall == Syscall::Clone as u32 || syscall == Syscall::Clone3 as u32;
     if ret < 0 || !is_clone {
@@ -352,6 +377,7 @@ fn exit(ctx: &TracePointContext) {
         };
         let task = task::current();
         let created = if syscall == Syscall::Unshare as u32 {
+            // SAFETY: this thread's PENDING value, as above.
             unsafe { (*p).flags }
         } else {
             0
@@ -361,6 +387,9 @@ fn exit(ctx: &TracePointContext) {
         let mut emptied = 0;
         if ret >= 0 {
             if let Some(pm) = PENDING.get_ptr_mut(tid) {
+                // SAFETY: `pm` is the same PENDING value as `p`, borrowed by
+                // disjoint fields; `read_ns_since` only probe-reads kernel
+                // memory.
                 unsafe {
                     task::read_ns_since(
                         task,
@@ -374,7 +403,13 @@ fn exit(ctx: &TracePointContext) {
             }
         }
         if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+            // SAFETY: reserve() returned space for exactly one Event
+            // (8-aligned); Event is all integers, so any bytes are valid, and
+            // every field is written before submit.
             let e = unsafe { &mut *entry.as_mut_ptr() };
+            // SAFETY: `p` is this thread's PENDING value, as above, apart from
+            // `e`; `fill_header` and `read_owners` only probe-read kernel
+            // memory.
             unsafe {
                 fill_header(e, kind, task);
                 e.admin = (*p).admin;
@@ -428,6 +463,8 @@ fn new_task(ctx: &RawTracePointContext) {
     let child: *const u8 = ctx.arg::<u64>(0) as *const u8;
     let clone_flags: u64 = ctx.arg::<u64>(1);
     if following() && FOLLOW.get_ptr(current_tgid()).is_some() {
+        // SAFETY: `tgid_of` only probe-reads from `child`, the new task_struct
+        // the tracepoint hands over.
         if let Err(e) = FOLLOW.insert(unsafe { task::tgid_of(child) }, 1, 0) {
             count(COUNTER_FOLLOW_FULL);
             diag::update(diag::Map::Follow, e);
@@ -444,8 +481,11 @@ fn new_task(ctx: &RawTracePointContext) {
     }
     // Any fork or new thread: one more member wherever the child is.
     let mut ptrs = [0u64; NS_KINDS];
+    // SAFETY: probe reads from `child`, the new task_struct; `ptrs` is a local.
     if unsafe { task::ns_ptrs_unless_initial(child, &mut ptrs) } {
         let mut inums = [0u32; NS_KINDS];
+        // SAFETY: probe reads of the namespace structs at `ptrs` (initial ones
+        // masked to null); `inums` is a local.
         unsafe { task::watchable_inums(&ptrs, &mut inums) };
         for k in 0..NS_KINDS {
             adjust(k, inums[k], 1);
@@ -480,7 +520,13 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
     let flags = clone_flags;
     // The counts are kept whether or not the ring has room.
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        // SAFETY: reserve() returned space for exactly one Event (8-aligned);
+        // Event is all integers, so any bytes are valid, and every field is
+        // written before submit.
         let e = unsafe { &mut *entry.as_mut_ptr() };
+        // SAFETY: `p` is this thread's PENDING value or this CPU's
+        // UNREAD_SCRATCH slot (task_newtask's alone), apart from `e`; the task
+        // reads are probe reads.
         unsafe {
             // The pending entry's spare pointer array, not the stack.
             task::read_ns(child, &mut e.after, &mut (*p).after_ptrs);
@@ -502,6 +548,8 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
         // The pending entry's spare arrays again: a set and its pointers on
         // the stack put task_newtask's frame past 6.1's limit once a callee
         // needs a frame of its own (the `--debug` object's).
+        // SAFETY: `p` as above, borrowed by disjoint fields; `ns_ptrs` and
+        // `watchable_inums` only probe-read kernel memory.
         unsafe {
             let (set, ptrs) = (&mut (*p).after, &mut (*p).after_ptrs);
             set.inum = [0; NS_KINDS];
@@ -512,6 +560,7 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
         lost(EventKind::Clone);
     }
     track(tid, task::current());
+    // SAFETY: a probe read of the child's pid.
     track(unsafe { task::tid_of(child) }, child);
 }
 
@@ -544,15 +593,20 @@ fn process_exit() {
     // Tasks in the initial namespaces are never tracked (see `track`): most
     // exits on a machine end here, after three reads and no map.
     let mut ptrs = [0u64; NS_KINDS];
+    // SAFETY: probe reads from the current task_struct; `ptrs` is a local.
     if !unsafe { task::ns_ptrs_unless_initial(task, &mut ptrs) } {
         return;
     }
+    // SAFETY: the reference is only tested for presence, never read, so a
+    // concurrent update or removal of the entry cannot show through it.
     let tracked = unsafe { TRACKED.get(tid) }.is_some();
     if tracked {
         let _ = TRACKED.remove(tid);
     }
     // Counts first: they must stay right even when the ring is full.
     let mut inums = [0u32; NS_KINDS];
+    // SAFETY: probe reads of the namespace structs at `ptrs` (initial ones
+    // masked to null); `inums` is a local.
     unsafe { task::watchable_inums(&ptrs, &mut inums) };
     let (emptied, reaper) = leave_all(task, &inums, ptrs[kind::PID]);
     // One path for tracked and untracked exits: the verifier walks it once.
@@ -568,18 +622,24 @@ fn leave_all(task: *const u8, inums: &[u32; NS_KINDS], pidns: u64) -> (u32, bool
     let Some(bits) = scratch() else {
         return (0, false);
     };
+    // SAFETY: `bits` is this CPU's SCRATCH slot, an aligned u32; only
+    // tracepoint programs use it, which never nest on one CPU and run with
+    // preemption off.
     unsafe { *bits = 0 };
     let mut pid_watched = 0;
     for k in 0..NS_KINDS {
         let r = adjust(k, inums[k], -1);
         if r & EMPTIED != 0 {
+            // SAFETY: this CPU's SCRATCH slot, as above.
             unsafe { *bits |= KIND_FLAGS[k] as u32 };
         }
         if k == kind::PID {
             pid_watched = r & WATCHED;
         }
     }
+    // SAFETY: a probe read of the PID namespace's child_reaper; `task` is only compared.
     let reaper = pid_watched != 0 && unsafe { task::is_pidns_reaper(task, pidns) };
+    // SAFETY: this CPU's SCRATCH slot, as above.
     (unsafe { *bits }, reaper)
 }
 
@@ -595,8 +655,13 @@ fn current_tgid() -> u32 {
 
 fn emit_process(kind: EventKind, emptied: u32, reaper: u32) {
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        // SAFETY: reserve() returned space for exactly one Event (8-aligned);
+        // Event is all integers, so any bytes are valid, and every field is
+        // written before submit.
         let e = unsafe { &mut *entry.as_mut_ptr() };
         let task = task::current();
+        // SAFETY: `e` is the reserved Event and `ptrs` a local; `read_ns` and
+        // `fill_process` only probe-read kernel memory.
         unsafe {
             let mut ptrs = [0u64; NS_KINDS];
             task::read_ns(task, &mut e.before, &mut ptrs);
@@ -610,7 +675,13 @@ fn emit_process(kind: EventKind, emptied: u32, reaper: u32) {
 
 /// A process event (exec, exit) whose `before` set is already read: the
 /// header, the set as `after` too, and no syscall.
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0). It must
+/// be the current task's `task_struct` for the record to be right.
 unsafe fn fill_process(e: &mut Event, kind: EventKind, task: *const u8, emptied: u32, reaper: u32) {
+    // SAFETY: `fill_header` only probe-reads from `task`.
     unsafe { fill_header(e, kind, task) };
     e.syscall = Syscall::None as u32;
     e.flags = 0;
@@ -626,6 +697,7 @@ unsafe fn fill_process(e: &mut Event, kind: EventKind, task: *const u8, emptied:
 /// can end nothing, and the hot path for those exits never looks here.
 fn track(tid: u32, task: *const u8) {
     let mut ptrs = [0u64; NS_KINDS];
+    // SAFETY: probe reads from `task`; `ptrs` is a local.
     if unsafe { task::ns_ptrs_unless_initial(task, &mut ptrs) } {
         if let Err(e) = TRACKED.insert(tid, 1, 0) {
             count(COUNTER_TRACKED_FULL);
@@ -635,26 +707,37 @@ fn track(tid: u32, task: *const u8) {
 }
 
 /// Sets every field but the call-specific ones; zeroes the create-only ones.
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0). It must
+/// be the current task's `task_struct` for the record to be right.
 unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: bpf_ktime_get_ns takes no arguments and touches no memory.
     e.ts_ns = unsafe { bpf_ktime_get_ns() };
     e.kind = kind as u32;
     e.pid = (pid_tgid >> 32) as u32;
     e.tid = pid_tgid as u32;
+    // SAFETY: probe reads from `task` (its real parent's tgid).
     e.ppid = unsafe { task::parent_tgid(task) };
+    // SAFETY: probe reads along `task`'s real_parent chain.
     e.elders = unsafe { task::elder_tgids(task) };
     e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     e.emptied = 0;
     e.reaper = 0;
     e.owners = [0; NS_KINDS];
     e.pid_parent = 0;
+    // SAFETY: probe reads from `task` (its thread_pid's numbers).
     e.vpid = unsafe { task::vpid(task) };
     e.followed = (following() && FOLLOW.get_ptr(e.pid).is_some()) as u32;
     e.uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: probe reads from `task` (its cred).
     e.euid = unsafe { task::euid_admin(task) }.0;
     // Set only where it means something (a create): computed here, for
     // every record, it quadrupled sys_exit_ns's verification (35 -> 145 ms).
     e.admin = 0;
+    // SAFETY: bpf_get_current_cgroup_id takes no arguments and touches no memory.
     e.cgroup = unsafe { bpf_get_current_cgroup_id() };
     e.user_flags = 0;
     e.flags_unread = 0;
@@ -669,6 +752,8 @@ static FREE_TARGETS: [FreeTarget; FREE_SLOTS] = [FreeTarget::UNUSED; FREE_SLOTS]
 /// fentry on a kernel function that frees (or drops the last reference of) a
 /// namespace: the exact end, wherever the kernel allows fentry.
 fn ns_freed(ctx: &FEntryContext, slot: usize) {
+    // SAFETY: an aligned read of a FREE_TARGETS element (the index is
+    // bounds-checked), set by user space before load and never written after.
     let t = unsafe { core::ptr::read_volatile(&FREE_TARGETS[slot]) };
     if t.kind == NO_FIELD {
         return;
@@ -688,6 +773,7 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
     }
     let (inum_off, id_off, type_off) = task::nscommon_offsets();
     let kind = if t.kind == KIND_FROM_NS_TYPE {
+        // SAFETY: a probe read of ns_common.ns_type, at its BTF offset.
         let flag = unsafe { task::read_u32(ns, type_off) } as u64;
         let mut found = NS_KINDS;
         for k in 0..NS_KINDS {
@@ -702,6 +788,7 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
     if kind >= NS_KINDS || t.kinds & (1 << kind) == 0 {
         return;
     }
+    // SAFETY: a probe read of ns_common.inum, at its BTF offset.
     let inum = unsafe { task::read_u32(ns, inum_off) };
     if inum == 0 {
         return;
@@ -722,7 +809,12 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
         }
     }
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+        // SAFETY: reserve() returned space for exactly one Event (8-aligned);
+        // Event is all integers, so any bytes are valid, and every field is
+        // written before submit.
         let e = unsafe { &mut *entry.as_mut_ptr() };
+        // SAFETY: `e` is the reserved Event; `fill_header` and `read_u64` only
+        // probe-read kernel memory.
         unsafe {
             fill_header(e, EventKind::Freed, task::current());
             e.syscall = Syscall::None as u32;

@@ -15,6 +15,8 @@ macro_rules! off {
     ($($field:tt)+) => {
         {
             #[allow(unused_unsafe)]
+            // SAFETY: an aligned read of a field of the OFFSETS static, which
+            // user space fills before load and nothing writes after.
             let v = unsafe { read_volatile(addr_of!(OFFSETS.$($field)+)) };
             v
         }
@@ -25,43 +27,80 @@ macro_rules! off {
 /// when the read faults (a null base included), so nothing branches on its
 /// result: every branch here would multiply the paths the verifier walks,
 /// and it walks these reads dozens of times per program.
+///
+/// # Safety
+///
+/// Any bit pattern must be a valid `T` (callers read plain integers). `base` may
+/// be any value: it is only probe-read.
 #[inline(always)]
 unsafe fn read<T: Copy + Default>(base: *const u8, offset: u32) -> T {
     let mut v = T::default();
+    // SAFETY: `v` is a live local `T`, valid for `size_of::<T>()` bytes of
+    // writes; any bytes are a valid `T` (the caller's guarantee).
     unsafe { read_field_into(&mut v, base, offset) };
     v
 }
 
 /// [`read`] straight into `dst` (map or ring memory: no stack copy);
 /// `dst` is left alone when the kernel has no such field.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `size_of::<T>()` bytes, and any bit pattern
+/// must be a valid `T`. `base` may be any value: it is only probe-read.
 #[inline(always)]
 unsafe fn read_field_into<T>(dst: *mut T, base: *const u8, offset: u32) {
     if offset != NO_FIELD {
+        // SAFETY: the caller's guarantees on `dst`, passed on; `base + offset` is only probe-read.
         unsafe { read_into(dst, base, offset) };
     }
 }
 
 /// The helper's result goes only to `--debug` diagnostics (nothing in the
 /// object built without them).
+///
+/// # Safety
+///
+/// As [`read_field_into`]: `dst` valid for writes of `size_of::<T>()` bytes, any
+/// bit pattern a valid `T`; `base` may be any value.
 #[inline(always)]
 unsafe fn read_into<T>(dst: *mut T, base: *const u8, offset: u32) {
     let len = size_of::<T>() as u32;
     let src = base.wrapping_add(offset as usize);
+    // SAFETY: a probe read: bpf_probe_read_kernel writes `len` = size_of::<T>()
+    // bytes to `dst` (valid, per the caller), zeroes it on a fault, never
+    // dereferences `src`.
     let ret = unsafe { gen::bpf_probe_read_kernel(dst.cast(), len, src.cast()) };
     crate::diag::read(base, offset, len, ret);
 }
 
+/// A pointer-sized read at `base + offset` (null when unreadable).
+///
+/// # Safety
+///
+/// No requirement: `base` is only probe-read (a fault reads as 0). The result is an
+/// address for further probe reads, never to be dereferenced.
 #[inline(always)]
 unsafe fn read_ptr(base: *const u8, offset: u32) -> *const u8 {
+    // SAFETY: `read` into a `u64` (valid for any bytes); the address is only probe-read.
     unsafe { read::<u64>(base, offset) as *const u8 }
 }
 
 /// Reads a `u32`/`u64` at `base + off` (0 when unreadable): for fentry programs.
+///
+/// # Safety
+///
+/// No requirement: `base + off` is only probe-read (a fault reads as 0).
 pub unsafe fn read_u32(base: *const u8, off: u32) -> u32 {
+    // SAFETY: `read` into a `u32` (valid for any bytes); the address is only probe-read.
     unsafe { read::<u32>(base, off) }
 }
 
+/// # Safety
+///
+/// As [`read_u32`]: only a probe read, into a `u64`.
 pub unsafe fn read_u64(base: *const u8, off: u32) -> u64 {
+    // SAFETY: `read` into a `u64` (valid for any bytes); the address is only probe-read.
     unsafe { read::<u64>(base, off) }
 }
 
@@ -73,53 +112,105 @@ pub fn nscommon_offsets() -> (u32, u32, u32) {
 /// The running task's `task_struct`.
 #[inline(always)]
 pub fn current() -> *const u8 {
+    // SAFETY: bpf_get_current_task takes no arguments and touches no memory;
+    // the pointer it returns is only probe-read.
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
 /// The thread id (`task->pid`) of `task`.
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
 pub unsafe fn tid_of(task: *const u8) -> u32 {
+    // SAFETY: a probe read of `task->pid`, at its BTF offset.
     unsafe { read::<u32>(task, off!(task_pid)) }
 }
 
 /// `task`'s thread id as seen in its own PID namespace
 /// (`thread_pid->numbers[thread_pid->level].nr`).
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
 pub unsafe fn vpid(task: *const u8) -> u32 {
+    // SAFETY: a probe read of `task->thread_pid`, at its BTF offset.
     let pid = unsafe { read_ptr(task, off!(task_thread_pid)) };
+    // SAFETY: a probe read of `pid->level` (a null `pid` reads as 0).
     let level = unsafe { read::<u32>(pid, off!(pid_level)) };
     let (numbers, size) = (off!(pid_numbers), off!(upid_size));
     if pid.is_null() || numbers == NO_FIELD || size == NO_FIELD || level > 32 {
         return 0;
     }
     // `nr` is the first member of `struct upid`.
+    // SAFETY: a probe read; `pid` is non-null and `level` at most 32, checked above.
     unsafe { read::<u32>(pid, numbers + level * size) }
 }
 
 /// `task`'s effective uid and whether it has CAP_SYS_ADMIN (in its own
 /// user namespace), from its subjective credentials.
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
 pub unsafe fn euid_admin(task: *const u8) -> (u32, u32) {
+    // SAFETY: a probe read of `task->cred`, at its BTF offset.
     let cred = unsafe { read_ptr(task, off!(task_cred)) };
+    // SAFETY: a probe read of `cred->euid` (a null `cred` reads as 0).
     let euid = unsafe { read::<u32>(cred, off!(cred_euid)) };
+    // SAFETY: a probe read of `cred->cap_effective`, into a `u64`.
     let caps = unsafe { read::<u64>(cred, off!(cred_cap_effective)) };
     (euid, ((caps >> 21) & 1) as u32)
 }
 
 /// The thread-group id (`task->tgid`).
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
 pub unsafe fn tgid_of(task: *const u8) -> u32 {
+    // SAFETY: a probe read of `task->tgid`, at its BTF offset.
     unsafe { read::<u32>(task, off!(task_tgid)) }
 }
 
 /// `task->real_parent->tgid`.
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
 pub unsafe fn parent_tgid(task: *const u8) -> u32 {
+    // SAFETY: a probe read of `task->real_parent`, at its BTF offset.
     let parent = unsafe { read_ptr(task, off!(task_real_parent)) };
+    // SAFETY: a probe read of the parent's tgid (a null `parent` reads as 0).
     unsafe { read::<u32>(parent, off!(task_tgid)) }
 }
 
 /// The tgids of `task`'s grandparent and great-grandparent (0 past init:
 /// a failed read gives a null pointer, and reads through it give 0).
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
 pub unsafe fn elder_tgids(task: *const u8) -> [u32; 2] {
+    // SAFETY: a probe read of `task->real_parent`, at its BTF offset.
     let parent = unsafe { read_ptr(task, off!(task_real_parent)) };
+    // SAFETY: a probe read of the grandparent pointer (null reads as 0).
     let grand = unsafe { read_ptr(parent, off!(task_real_parent)) };
+    // SAFETY: a probe read of the great-grandparent pointer (null reads as 0).
     let great = unsafe { read_ptr(grand, off!(task_real_parent)) };
+    // SAFETY: probe reads of two tgids (a null task reads as 0).
     unsafe {
         [
             read::<u32>(grand, off!(task_tgid)),
@@ -150,10 +241,19 @@ pub fn watchable_mask(ns: u64) -> u64 {
 }
 
 /// `task`'s nsproxy and the user namespace of its credentials.
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
 #[inline(always)]
 unsafe fn roots(task: *const u8) -> (*const u8, u64) {
+    // SAFETY: a probe read of `task->nsproxy`, at its BTF offset.
     let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
+    // SAFETY: a probe read of `task->real_cred`, at its BTF offset.
     let cred = unsafe { read_ptr(task, off!(task_real_cred)) };
+    // SAFETY: a probe read of `cred->user_ns` (a null `cred` reads as 0).
     (nsproxy, unsafe { read_ptr(cred, off!(cred_user_ns)) }
         as u64)
 }
@@ -161,31 +261,50 @@ unsafe fn roots(task: *const u8) -> (*const u8, u64) {
 /// Pointers to `task`'s namespace structs, per kind: from the nsproxy (pid
 /// and time: the "for children" ones), and the user namespace of its
 /// credentials. Null where unreadable.
+///
+/// # Safety
+///
+/// No requirement beyond `out` (a live `&mut`): `task` is only probe-read (a fault
+/// reads as 0). It must be a `task_struct` (or null) for the result to mean anything.
 #[inline(always)]
 pub unsafe fn ns_ptrs(task: *const u8, out: &mut [u64; NS_KINDS]) {
+    // SAFETY: `roots` only probe-reads from `task`.
     let (nsproxy, user) = unsafe { roots(task) };
+    // SAFETY: `ptrs_from` only probe-reads from `nsproxy` and writes `out`, a live `&mut`.
     unsafe { ptrs_from(nsproxy, user, out) };
 }
 
 /// Like [`ns_ptrs`], but false (and `out` untouched) for a task entirely in
 /// the initial namespaces: the host's processes, most forks and exits on a
 /// machine, leave after three reads.
+///
+/// # Safety
+///
+/// As [`ns_ptrs`]: `task` is only probe-read.
 #[inline(always)]
 pub unsafe fn ns_ptrs_unless_initial(task: *const u8, out: &mut [u64; NS_KINDS]) -> bool {
     if off!(valid) == 0 {
         return false;
     }
+    // SAFETY: `roots` only probe-reads from `task`.
     let (nsproxy, user) = unsafe { roots(task) };
     if is_initial(nsproxy as u64) && is_initial(user) {
         return false;
     }
+    // SAFETY: `ptrs_from` only probe-reads from `nsproxy` and writes `out`, a live `&mut`.
     unsafe { ptrs_from(nsproxy, user, out) };
     true
 }
 
+/// Fills `out` from the nsproxy at `nsproxy` and the user namespace `user`.
+///
+/// # Safety
+///
+/// No requirement: `nsproxy` is only probe-read (a fault reads as 0).
 #[inline(always)]
 unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: &mut [u64; NS_KINDS]) {
     let mut block = [0u64; NSPROXY_WORDS];
+    // SAFETY: a probe read into `block`, a local `[u64; NSPROXY_WORDS]` exactly `len` bytes long.
     unsafe { read_into(&mut block, nsproxy, 0) };
     for (k, slot) in out.iter_mut().enumerate() {
         if k == kind::USER {
@@ -197,6 +316,7 @@ unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: &mut [u64; NS_KINDS]) {
         *slot = if off % 8 == 0 && word < NSPROXY_WORDS {
             block[word]
         } else {
+            // SAFETY: a probe read at the kind's BTF offset in `nsproxy` (null reads as 0).
             unsafe { read_ptr(nsproxy, off) as u64 }
         };
     }
@@ -204,11 +324,17 @@ unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: &mut [u64; NS_KINDS]) {
 
 /// Inodes of the namespaces at `ptrs` that can be watched (0 for the
 /// initial ones and unreadable kinds): what member counts are kept by.
+///
+/// # Safety
+///
+/// No requirement: the pointers in `ptrs` are only probe-read (a fault reads as 0).
 #[inline(always)]
 pub unsafe fn watchable_inums(ptrs: &[u64; NS_KINDS], out: &mut [u32; NS_KINDS]) {
     for k in 0..NS_KINDS {
         // An initial one reads from null: 0, as a failed read.
         let ns = ptrs[k] & watchable_mask(ptrs[k]);
+        // SAFETY: a probe read of the kind's inode, at its BTF offset (`ns` may
+        // be null: reads as 0).
         out[k] = unsafe { read::<u32>(ns as *const u8, off!(inum[k])) };
     }
 }
@@ -216,6 +342,12 @@ pub unsafe fn watchable_inums(ptrs: &[u64; NS_KINDS], out: &mut [u32; NS_KINDS])
 /// Fills `out` with `task`'s namespaces, inodes and ids (unreadable kinds stay
 /// 0), and `ptrs` with their struct pointers, for [`read_ns_since`] and
 /// [`read_owners`].
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
 pub unsafe fn read_ns(task: *const u8, out: &mut NsSet, ptrs: &mut [u64; NS_KINDS]) {
     *out = NsSet {
         inum: [0; NS_KINDS],
@@ -225,23 +357,38 @@ pub unsafe fn read_ns(task: *const u8, out: &mut NsSet, ptrs: &mut [u64; NS_KIND
     if off!(valid) == 0 {
         return;
     }
+    // SAFETY: `ns_ptrs` only probe-reads from `task` and writes `ptrs`, a live `&mut`.
     unsafe { ns_ptrs(task, ptrs) };
     for k in 0..NS_KINDS {
+        // SAFETY: `ns_ident` only probe-reads from `ptrs[k]` and writes two
+        // live `&mut` fields of `out`.
         unsafe { ns_ident(ptrs[k], k, &mut out.inum[k], &mut out.id[k]) };
     }
 }
 
 /// Inode and id of the namespace at `ns` of kind `k`, read straight into
 /// their destinations.
+///
+/// # Safety
+///
+/// No requirement: `ns` is only probe-read (a fault leaves 0 in `inum` and `id`).
 #[inline(always)]
 unsafe fn ns_ident(ns: u64, k: usize, inum: &mut u32, id: &mut u64) {
     let ns = ns as *const u8;
+    // SAFETY: `inum` is a live `&mut u32`, valid for 4 bytes of writes; `ns` is only probe-read.
     unsafe { read_field_into(inum, ns, off!(inum[k])) };
+    // SAFETY: `id` is a live `&mut u64`, valid for 8 bytes of writes; `ns` is only probe-read.
     unsafe { read_field_into(id, ns, off!(ns_id[k])) };
 }
 
 /// Like [`read_ns`] for a task whose set was `before` (at pointers
 /// `before_ptrs`): only kinds whose namespace pointer changed are read again.
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
 pub unsafe fn read_ns_since(
     task: *const u8,
     before: &NsSet,
@@ -254,9 +401,12 @@ pub unsafe fn read_ns_since(
     if off!(valid) == 0 {
         return;
     }
+    // SAFETY: `ns_ptrs` only probe-reads from `task` and writes `ptrs`, a live `&mut`.
     unsafe { ns_ptrs(task, ptrs) };
     for k in 0..NS_KINDS {
         if ptrs[k] != before_ptrs[k] || ptrs[k] == 0 {
+            // SAFETY: `ns_ident` only probe-reads from `ptrs[k]` and writes two
+            // live `&mut` fields of `out`.
             unsafe { ns_ident(ptrs[k], k, &mut out.inum[k], &mut out.id[k]) };
         }
     }
@@ -266,6 +416,10 @@ pub unsafe fn read_ns_since(
 /// just created), from the task's namespace pointers `ptrs`: the owning user
 /// namespace (for user, its parent); and `e.pid_parent` when a PID namespace
 /// was created.
+///
+/// # Safety
+///
+/// No requirement: the pointers in `ptrs` are only probe-read (a fault reads as 0).
 pub unsafe fn read_owners(ptrs: &[u64; NS_KINDS], e: &mut Event, kinds: u64) {
     if off!(valid) == 0 {
         return;
@@ -275,18 +429,28 @@ pub unsafe fn read_owners(ptrs: &[u64; NS_KINDS], e: &mut Event, kinds: u64) {
         if kinds & KIND_FLAGS[k] == 0 {
             continue;
         }
+        // SAFETY: a probe read of the namespace's owning user namespace, at its BTF offset.
         let owner = unsafe { read_ptr(ptrs[k] as *const u8, off!(owner[k])) };
+        // SAFETY: a probe read of the owner's inode (a null `owner` reads as 0).
         e.owners[k] = unsafe { read::<u32>(owner, user_inum) };
     }
     if kinds & KIND_FLAGS[kind::PID] != 0 {
+        // SAFETY: a probe read of the PID namespace's parent, at its BTF offset.
         let parent = unsafe { read_ptr(ptrs[kind::PID] as *const u8, off!(pidns_parent)) };
+        // SAFETY: a probe read of the parent's inode (a null `parent` reads as 0).
         e.pid_parent = unsafe { read::<u32>(parent, off!(inum[kind::PID])) };
     }
 }
 
 /// Whether `task` is the init (child reaper) of the PID namespace at
 /// `pidns` (its namespace for children, which for an init is the one it leads).
+///
+/// # Safety
+///
+/// No requirement: `pidns` is only probe-read (a fault reads as 0), and `task` is
+/// only compared.
 pub unsafe fn is_pidns_reaper(task: *const u8, pidns: u64) -> bool {
+    // SAFETY: a probe read of the PID namespace's child_reaper, at its BTF offset.
     let reaper = unsafe { read_ptr(pidns as *const u8, off!(pidns_child_reaper)) };
     !reaper.is_null() && reaper == task
 }
