@@ -179,6 +179,32 @@ pub struct Event {
     pub _pad: u32,
 }
 
+// The layout both sides read, checked where it is built: no padding (every
+// byte is written by the kernel side, and user space reads it as plain
+// data), 8-aligned for the ring buffer, and the header offsets the decoder's
+// tests write to.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    let fields = 8 * 3 // ts_ns, flags, ret
+        + 4 * 6 // kind, syscall, pid, tid, ppid, fd
+        + 16 // comm
+        + 2 * size_of::<NsSet>()
+        + 4 * 2 // emptied, reaper
+        + 4 * NS_KINDS // owners
+        + 4 * 4 // pid_parent, vpid, followed, uid
+        + 8 // cgroup
+        + 4 * 2 // euid, admin
+        + 4 * 2 // elders
+        + 8 // user_flags
+        + 4 * 2; // flags_unread, _pad
+    assert!(size_of::<Event>() == fields);
+    assert!(size_of::<Event>().is_multiple_of(8));
+    assert!(size_of::<NsSet>() == 12 * NS_KINDS);
+    assert!(offset_of!(Event, kind) == 24);
+    assert!(offset_of!(Event, syscall) == 28);
+    assert!(offset_of!(Event, before) == 64);
+};
+
 /// Key of a namespace in the member-count map: kind index in the high half,
 /// inode in the low half.
 pub const fn member_key(kind: usize, inum: u32) -> u64 {

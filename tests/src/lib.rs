@@ -685,6 +685,7 @@ impl KernelJudge {
             )
         };
         if fd >= 0 {
+            // SAFETY: the fd the call above returned, ours to close.
             unsafe { libc::close(fd as i32) };
             return true;
         }

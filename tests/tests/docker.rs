@@ -151,7 +151,8 @@ fn metrics_count_a_containers_ends_under_its_runtime() {
     // Each kind's docker ends, read from the page (a scrape is a refresh).
     let page = http_get(port, "/metrics").expect("nstrace serves /metrics");
     for kind in KINDS {
-        let series = format!("nstrace_namespaces_destroyed_total{{kind=\"{kind}\",runtime=\"docker\"}} ");
+        let series =
+            format!("nstrace_namespaces_destroyed_total{{kind=\"{kind}\",runtime=\"docker\"}} ");
         let n: f64 = page
             .lines()
             .find_map(|l| l.strip_prefix(&series))

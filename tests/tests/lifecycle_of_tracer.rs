@@ -67,6 +67,7 @@ fn debug_loads_and_no_kernel_read_fails() {
     // And one failure the kernel itself answers for, so that the silence
     // above is known to come from a working log path: clone3 with arguments
     // at an unmapped address fails with EFAULT and creates nothing.
+    // SAFETY: the kernel only reads the (unmapped) address and fails; nothing is written.
     let ret = unsafe { libc::syscall(libc::SYS_clone3, 4096usize, 88usize) };
     let errno = std::io::Error::last_os_error().raw_os_error();
     assert_eq!((ret, errno), (-1, Some(libc::EFAULT)));
@@ -232,7 +233,13 @@ fn stdout_closed_while_output_keeps_writing() {
     drop(child.stdout.take());
     let unshare = |n: usize| {
         for _ in 0..n {
-            assert!(Command::new("unshare").args(["-u", "true"]).status().unwrap().success());
+            assert!(
+                Command::new("unshare")
+                    .args(["-u", "true"])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
         }
     };
     unshare(3);
@@ -251,7 +258,10 @@ fn stdout_closed_while_output_keeps_writing() {
             std::time::Instant::now() < deadline,
             "no create of uts:[{inode}] in --output after stdout closed"
         );
-        assert!(child.try_wait().unwrap().is_none(), "nstrace exited when stdout closed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "nstrace exited when stdout closed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     drop(g);
@@ -264,5 +274,10 @@ fn stdout_closed_while_output_keeps_writing() {
     assert!(!rest.contains("error"), "{rest}");
     let text = std::fs::read_to_string(&file).unwrap();
     let _ = std::fs::remove_file(&file);
-    assert!(text.lines().last().is_some_and(|l| l.contains("\"event\":\"stop\"")), "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.contains("\"event\":\"stop\"")),
+        "{text}"
+    );
 }

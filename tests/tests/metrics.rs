@@ -2,8 +2,6 @@
 //! by `cargo xtask setup`), asked through its HTTP API with PromQL.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},

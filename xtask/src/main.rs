@@ -5,6 +5,7 @@
 mod bench;
 mod dist;
 mod docker;
+mod libtest;
 mod picture;
 mod setup;
 mod vm;
@@ -106,12 +107,12 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run(),
-        Task::Build => setup::run().and_then(|()| build()),
+        Task::Build => setup::for_build().and_then(|()| build()),
         Task::Dist => setup::run().and_then(|()| dist::run()),
         Task::Picture => setup::run()
             .and_then(|()| build())
             .and_then(|()| picture::run()),
-        Task::Run { args } => setup::run()
+        Task::Run { args } => setup::for_build()
             .and_then(|()| build())
             .and_then(|()| run(&args)),
         Task::Test {
@@ -283,18 +284,10 @@ fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64, std::process::Exit
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            passed += count_before(rest, " passed");
-            failed += count_before(rest, " failed");
+        if let Some((p, f)) = libtest::summary(&line) {
+            passed += p;
+            failed += f;
         }
     }
     Ok((passed, failed, child.wait()?))
-}
-
-/// In "ok. 14 passed; 0 failed; ...", the number before `label`.
-fn count_before(text: &str, label: &str) -> u64 {
-    text.split(';')
-        .find_map(|part| part.trim().strip_suffix(label.trim_start()))
-        .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
 }

@@ -40,17 +40,34 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 
+/// The Debian packages building needs (crates.io and the toolchain are
+/// fetched over TLS).
+const BUILD_PACKAGES: &[&str] = &["ca-certificates"];
+
 /// PyPI packages the tests read Perfetto traces with (its trace protos need
 /// protobuf 6.31 or later, newer than Debian's).
 const PYTHON_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf>=6.31.1,<8"];
 
+/// What building and running nstrace needs, nothing more (`cargo xtask
+/// build`, `cargo xtask run`): the nightly toolchain's `rust-src` and
+/// bpf-linker. A newcomer's first command pulls no browser, VM or daemon.
+pub fn for_build() -> Result<()> {
+    debian_packages(BUILD_PACKAGES)?;
+    nightly_with_rust_src()?;
+    let linker = bpf_linker()?;
+    eprintln!(
+        "xtask: build set-up complete (bpf-linker at {})",
+        linker.display()
+    );
+    Ok(())
+}
+
+/// Everything: the build's needs, and what the tests, the VM matrix, the
+/// packaging, the bench and the pictures call.
 pub fn run() -> Result<()> {
     debian_packages(DEBIAN_PACKAGES)?;
-    nightly_with_rust_src()?;
     python_env()?;
-    let linker = bpf_linker()?;
-    eprintln!("xtask: setup complete (bpf-linker at {})", linker.display());
-    Ok(())
+    for_build()
 }
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -276,16 +276,12 @@ fn build() -> Result<Binaries> {
         bail!("building the test binaries failed");
     }
     let mut tests = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str())
-        else {
-            continue;
-        };
-        if v["target"]["kind"][0] == "test" {
-            tests.push((name.to_string(), PathBuf::from(exe)));
+    for message in cargo_metadata::Message::parse_stream(&out.stdout[..]) {
+        if let Ok(cargo_metadata::Message::CompilerArtifact(a)) = message {
+            let is_test = a.target.kind.contains(&cargo_metadata::TargetKind::Test);
+            if let (true, Some(exe)) = (is_test, a.executable) {
+                tests.push((a.target.name, exe.into_std_path_buf()));
+            }
         }
     }
     let target = workspace_root().join("target/release");
@@ -475,16 +471,10 @@ fn parse_results(out: &str) -> Vec<TestResult> {
             });
             continue;
         }
-        if let Some(rest) = line.strip_prefix("test result: ") {
+        if let Some((passed, failed)) = crate::libtest::summary(line) {
             if let Some(r) = results.last_mut() {
-                let num = |label: &str| {
-                    rest.split(';')
-                        .find_map(|p| p.trim().strip_suffix(label))
-                        .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                r.passed += num("passed");
-                r.failed += num("failed");
+                r.passed += passed;
+                r.failed += failed;
             }
         }
         if let Some(r) = results.last_mut() {
@@ -804,31 +794,10 @@ fn find_image(x: &Path) -> Option<PathBuf> {
     None
 }
 
-/// Enough of a regex for the patterns above: `^`, `$`, `\.`, `\+`, `[0-9]+`,
-/// `[0-9.]+` — used to recognise cached kernels when apt has no lists.
+/// Whether a cached kernel's name is of `pattern`'s line (used when apt
+/// has no lists, offline).
 fn regex_lite_match(pattern: &str, s: &str) -> bool {
-    fn m(p: &[u8], s: &[u8]) -> bool {
-        match p {
-            [] | [b'$'] => s.is_empty(),
-            [b'\\', c, rest @ ..] => s.first() == Some(c) && m(rest, &s[1..]),
-            [b'[', rest @ ..] => {
-                let Some(end) = rest.iter().position(|&c| c == b']') else {
-                    return false;
-                };
-                let class = &rest[..end];
-                let ok = |c: u8| c.is_ascii_digit() || (class.contains(&b'.') && c == b'.');
-                let after = &rest[end + 1..];
-                if after.first() == Some(&b'+') {
-                    let n = s.iter().take_while(|&&c| ok(c)).count();
-                    (1..=n).rev().any(|k| m(&after[1..], &s[k..]))
-                } else {
-                    s.first().is_some_and(|&c| ok(c)) && m(after, &s[1..])
-                }
-            }
-            [c, rest @ ..] => s.first() == Some(c) && m(rest, &s[1..]),
-        }
-    }
-    m(pattern.trim_start_matches('^').as_bytes(), s.as_bytes())
+    regex_lite::Regex::new(pattern).is_ok_and(|re| re.is_match(s))
 }
 
 /// The static binary from `cargo xtask dist` in a guest with nothing else:

@@ -313,6 +313,7 @@ fn cgroup_unified() -> bool {
     let Ok(path) = std::ffi::CString::new("/sys/fs/cgroup") else {
         return false;
     };
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid C string and a zeroed statfs for the kernel to fill.
     let ok = unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0;

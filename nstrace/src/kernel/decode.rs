@@ -470,8 +470,9 @@ mod tests {
                 offset in any::<i64>(),
             ) {
                 // Mostly valid kind and syscall, so decoding goes deep.
-                bytes[24..28].copy_from_slice(&kind.to_ne_bytes());
-                bytes[28..32].copy_from_slice(&syscall.to_ne_bytes());
+                let (k, c) = (std::mem::offset_of!(Event, kind), std::mem::offset_of!(Event, syscall));
+                bytes[k..k + 4].copy_from_slice(&kind.to_ne_bytes());
+                bytes[c..c + 4].copy_from_slice(&syscall.to_ne_bytes());
                 let e = parse(&bytes).unwrap();
                 if let Ok(d) = decode(&e, Clock::with_offset(i128::from(offset))) {
                     print_all(&d.records);

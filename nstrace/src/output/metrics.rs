@@ -395,8 +395,9 @@ impl Series {
 }
 
 fn own_cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes only the struct it is given.
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only the struct it is given.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
         return 0.0;
     }

@@ -231,7 +231,10 @@ impl<'a> Tracer<'a> {
     /// (not when the reader just went away, as `head` does) and ends stdout
     /// only: `--output`, the metrics and the pictures go on, and the trace
     /// ends when none is left ([`Tracer::outputs_gone`]).
-    pub(super) fn write_stdout(&mut self, write: impl FnOnce(&mut (dyn Sink + 'a)) -> io::Result<()>) {
+    pub(super) fn write_stdout(
+        &mut self,
+        write: impl FnOnce(&mut (dyn Sink + 'a)) -> io::Result<()>,
+    ) {
         if self.stdout_error.is_some() {
             return;
         }
@@ -240,7 +243,9 @@ impl<'a> Tracer<'a> {
                 eprintln!("nstrace: error: writing to stdout: {e}");
             }
             if !self.outputs_gone_but_stdout() {
-                eprintln!("nstrace: stdout is no longer written; tracing goes on for the other outputs");
+                eprintln!(
+                    "nstrace: stdout is no longer written; tracing goes on for the other outputs"
+                );
             }
             self.stdout_error = Some(e);
         }

@@ -149,7 +149,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
         }
     };
     let methods = Methods::new(&freed_kinds, others_ask);
-    let mut ends = Ends::new(methods);
+    let mut ends = Ends::new(methods, procfs::home_mount_namespaces());
     ends.seed(&snap, &host_ns, clock.now_as_event_ns());
 
     if let Some(pid) = cli.pid {
@@ -180,8 +180,8 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
 
     let (diagnostics, kernel_log) = match probes.take_diagnostics() {
         Some((reader, log)) => (
-            // SAFETY: as for the events: the AsyncFd owns the reader and its fd.
             Some(
+                // SAFETY: as for the events: the AsyncFd owns the reader and its fd.
                 unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE) }
                     .context("watching kernel diagnostics")?,
             ),

@@ -80,6 +80,7 @@ impl Handles {
             )
         };
         if fd >= 0 {
+            // SAFETY: fd is the one open_by_handle_at just returned, owned by no one else.
             drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
             return Ok(Answer::Alive);
         }

@@ -443,6 +443,7 @@ pub fn open_nsfs(path: &str, follow: Follow, key: NsKey) -> Option<fs::File> {
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC | nofollow)
         .open(path)
         .ok()?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
     let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: an open fd and a zeroed statfs for the kernel to fill.
     if unsafe { libc::fstatfs(probe.as_raw_fd(), &mut sfs) } != 0 {
@@ -476,8 +477,11 @@ pub fn ns_meta_at(path: &str, follow: Follow, key: NsKey) -> NsMeta {
         if r < 0 {
             return None;
         }
+        // SAFETY: an all-zero stat is a valid value of this plain C struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: an open fd and a stat struct for the kernel to fill.
         let ok = unsafe { libc::fstat(r, &mut st) } == 0;
+        // SAFETY: r is the fd openat returned above, ours to close.
         unsafe { libc::close(r) };
         ok.then_some(st.st_ino as u32)
     };

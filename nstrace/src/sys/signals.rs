@@ -54,6 +54,7 @@ mod tests {
         unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         install();
         assert_eq!(requested(), None);
+        // SAFETY: raising a signal whose handler, installed above, only stores its number.
         unsafe { libc::raise(libc::SIGHUP) };
         assert_eq!(requested(), Some(libc::SIGHUP));
         REQUESTED.store(0, Ordering::SeqCst);

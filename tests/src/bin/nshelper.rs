@@ -124,6 +124,7 @@ fn main() {
             if fd < 0 {
                 die(&format!("pidfd_open: errno {}", errno()));
             }
+            // SAFETY: fd is the pidfd just opened; setns reads only its arguments.
             if unsafe { libc::setns(fd, flags as i32) } != 0 {
                 say(&format!("errno {}", errno()));
                 std::process::exit(1);
@@ -141,6 +142,7 @@ fn main() {
             if fd < 0 {
                 die(&format!("open: errno {}", errno()));
             }
+            // SAFETY: fd is the namespace file just opened; setns reads only its arguments.
             if unsafe { libc::setns(fd, nstype as i32) } != 0 {
                 say(&format!("errno {}", errno()));
                 std::process::exit(1);
@@ -180,6 +182,7 @@ fn main() {
             std::thread::spawn(move || {
                 // SAFETY: plain syscalls.
                 let tid = unsafe { libc::gettid() };
+                // SAFETY: plain syscall on this thread, no memory involved.
                 let r = unsafe { libc::unshare(flags as i32) };
                 let _ = tx.send(if r == 0 {
                     format!("tid {tid}")
@@ -266,6 +269,7 @@ fn main() {
             // redirects stdout and execs (or exits).
             let pid = unsafe { libc::fork() };
             if pid == 0 {
+                // SAFETY: the child after fork: only open, dup2, execv and _exit, all async-signal-safe.
                 unsafe {
                     let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
                     libc::dup2(null, 1);
@@ -273,6 +277,7 @@ fn main() {
                     libc::_exit(127);
                 }
             }
+            // SAFETY: an all-zero rusage is a valid value of this plain C struct.
             let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
             // SAFETY: our own child; status and usage are ours to write.
             if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {

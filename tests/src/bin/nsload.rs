@@ -127,6 +127,7 @@ fn forkexec(n: u64) {
         // SAFETY: fork then only execv/_exit in the child.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // SAFETY: the child after fork only calls execv and _exit, with argv built before the fork.
             unsafe {
                 libc::execv(prog.as_ptr(), argv.as_ptr());
                 libc::_exit(127);
@@ -144,6 +145,7 @@ fn forkexit(n: u64) {
         // SAFETY: fork then only _exit in the child.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // SAFETY: the child after fork only calls _exit.
             unsafe { libc::_exit(0) };
         }
         check(pid as i64, "fork");
@@ -212,6 +214,7 @@ fn hold(n: u64) {
     // Blocked before anything else, so an early SIGUSR1 waits for sigwait.
     // SAFETY: plain signal-mask calls on a local set.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigset calls on the local set, initialised by sigemptyset first.
     unsafe {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGUSR1);

@@ -80,7 +80,6 @@ print("flooding", flush=True)
 threading.Event().wait()
 "#;
 
-
 /// GET /metrics: the body, if served (200) within 5 s.
 fn scrape(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

@@ -247,11 +247,13 @@ pub fn seed_counts(
 }
 
 impl Ends {
-    pub fn new(methods: Methods) -> Self {
+    /// `home_mntns`: the mount namespaces whose mounts are named by path
+    /// alone (`sys::procfs::home_mount_namespaces`: the host's and ours).
+    pub fn new(methods: Methods, home_mntns: Vec<u32>) -> Self {
         Ends {
             methods,
             watch: BTreeMap::new(),
-            home_mntns: procfs::home_mount_namespaces(),
+            home_mntns,
             last_freed: None,
         }
     }
@@ -694,12 +696,7 @@ mod tests {
     }
 
     fn ends(methods: Methods) -> Ends {
-        Ends {
-            methods,
-            watch: BTreeMap::new(),
-            home_mntns: vec![1],
-            last_freed: None,
-        }
+        Ends::new(methods, vec![1])
     }
 
     fn registry_with_created(key: NsKey, owner: Option<u32>) -> Registry {
