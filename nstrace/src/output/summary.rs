@@ -197,7 +197,7 @@ pub fn to_json(saved: &Saved) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Actor, EndCause, EventType, Record, Syscall};
+    use crate::model::{Actor, EventType, Record, Syscall};
 
     #[test]
     fn names_leaks_and_the_longest_lived() {
@@ -222,12 +222,7 @@ mod tests {
             };
             reg.observe(&mut r);
         }
-        reg.end(
-            (NsKind::Net, 7),
-            EndCause::LastMemberLeft,
-            4_000_000_000,
-            None,
-        );
+        reg.end((NsKind::Net, 7), 4_000_000_000);
         let s = render(&reg, 5_000_000_000);
         assert!(s.contains("net            2       0          1"), "{s}");
         assert!(
@@ -258,11 +253,7 @@ mod tests {
             ..Record::default()
         };
         reg.observe(&mut r);
-        reg.pin(
-            (NsKind::Uts, 9),
-            vec!["mount /tmp/\x1b[2J\u{202e}".into()],
-            2_000_000_000,
-        );
+        reg.pin((NsKind::Uts, 9), vec!["mount /tmp/\x1b[2J\u{202e}".into()]);
         let s = render(&reg, 5_000_000_000);
         assert!(
             s.contains(r"uts 9 by \e]0;t\x07 (pid 42, unshare), 4.000s old, no member, held by mount /tmp/\e[2J\u{202e}"),

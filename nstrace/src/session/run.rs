@@ -12,12 +12,12 @@ use crate::{
     enrich::container,
     kernel::decode,
     kernel::probes::{Losses, Probes},
-    model::{EventType, NsKind},
+    model::{EndCause, EventType, NsKind},
     output::filter::Filter,
     output::{self, Sink},
     session::{Session, command},
     state::ends::{self, Ends},
-    state::registry::Registry,
+    state::{records, registry::Registry},
     sys::time::Clock,
 };
 
@@ -187,7 +187,8 @@ impl<'a> Tracer<'a> {
                 // not see: it has certainly ended. Say so, late, then the create.
                 let time = r.time_ns;
                 let cause = self.ends.forget(stale.key());
-                let end = self.registry.end_replaced(stale, time, cause);
+                let e = self.registry.end_entry(stale, time);
+                let end = records::destroy(e, cause.unwrap_or(EndCause::InodeReused), None, None);
                 self.emit(&end)?;
             }
             if r.event == EventType::Join {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::{
     model::NsKey,
-    model::{Birth, EndCause, EventType, NsKind, Record},
+    model::{Birth, EventType, NsKind, Record},
     sys::procfs::Snapshot,
 };
 
@@ -135,14 +135,13 @@ impl Registry {
                 self.observe(r);
             }
             (EventType::Pinned, Some(key)) => {
-                self.pin(key, r.pinned_by.clone(), r.time_ns);
+                self.pin(key, r.pinned_by.clone());
             }
             (EventType::Destroy, Some(key)) => {
-                let cause = r.end.unwrap_or(EndCause::LastMemberLeft);
                 if let Some(e) = self.alive.get_mut(&key) {
                     e.init_exited = r.init_pid;
                 }
-                self.end(key, cause, r.time_ns, r.actor.clone());
+                self.end(key, r.time_ns);
             }
             _ => {}
         }
@@ -236,9 +235,9 @@ impl Registry {
         }
     }
 
-    /// Marks a namespace pinned; returns the record, or None if it was
-    /// already pinned by the same things.
-    pub fn pin(&mut self, key: NsKey, by: Vec<String>, time_ns: i128) -> Option<Record> {
+    /// Marks a namespace pinned by `by`; the entry, or None if it was
+    /// already pinned by the same things (nothing to say).
+    pub fn pin(&mut self, key: NsKey, by: Vec<String>) -> Option<&Entry> {
         let e = self
             .alive
             .entry(key)
@@ -246,74 +245,27 @@ impl Registry {
         if e.state == State::Pinned(by.clone()) {
             return None;
         }
-        e.state = State::Pinned(by.clone());
-        Some(Record {
-            time_ns,
-            event: EventType::Pinned,
-            kind: Some(key.0),
-            inode: Some(key.1),
-            ns_id: e.ns_id,
-            born: e.born.clone(),
-            pinned_by: by,
-            ns_container: e.container.clone(),
-            followed: e.followed,
-            ..Record::default()
-        })
+        e.state = State::Pinned(by);
+        Some(e)
     }
 
-    /// Ends a namespace: moves it to the ended list and returns its destroy record.
-    pub fn end(
-        &mut self,
-        key: NsKey,
-        cause: EndCause,
-        time_ns: i128,
-        last: Option<crate::model::Actor>,
-    ) -> Record {
-        let mut e = self
+    /// Ends a namespace at `time_ns`: moves it to the ended ones and returns
+    /// it (one the registry never knew is ended as a bare key).
+    pub fn end(&mut self, key: NsKey, time_ns: i128) -> &Entry {
+        let e = self
             .alive
             .remove(&key)
             .unwrap_or_else(|| Entry::new(key.0, key.1));
-        e.ended_ns = Some(time_ns);
-        self.totals.entry(key.0).or_default().destroyed += 1;
-        let r = Record {
-            time_ns,
-            event: EventType::Destroy,
-            kind: Some(key.0),
-            inode: Some(key.1),
-            ns_id: e.ns_id,
-            born: e.born.clone(),
-            end: Some(cause),
-            init_pid: e.init_exited,
-            actor: last,
-            ns_container: e.container.clone(),
-            followed: e.followed,
-            ..Record::default()
-        };
-        self.keep_ended(e);
-        r
+        self.end_entry(e, time_ns)
     }
 
-    /// Ends an entry a create replaced (its inode was reused): `cause` where
-    /// its end was already being decided, else [`EndCause::InodeReused`].
-    pub fn end_replaced(&mut self, mut e: Entry, time_ns: i128, cause: Option<EndCause>) -> Record {
-        let key = e.key();
+    /// Ends an entry no longer in the alive set (a create replaced it: its
+    /// inode was reused).
+    pub fn end_entry(&mut self, mut e: Entry, time_ns: i128) -> &Entry {
         e.ended_ns = Some(time_ns);
-        self.totals.entry(key.0).or_default().destroyed += 1;
-        let r = Record {
-            time_ns,
-            event: EventType::Destroy,
-            kind: Some(key.0),
-            inode: Some(key.1),
-            ns_id: e.ns_id,
-            born: e.born.clone(),
-            end: Some(cause.unwrap_or(EndCause::InodeReused)),
-            init_pid: e.init_exited,
-            ns_container: e.container.clone(),
-            followed: e.followed,
-            ..Record::default()
-        };
+        self.totals.entry(e.kind).or_default().destroyed += 1;
         self.keep_ended(e);
-        r
+        self.recent_ends.back().expect("just kept")
     }
 
     /// Live namespaces owned by (user) or nested in (pid) `key`: they pin it.
@@ -397,8 +349,8 @@ mod tests {
     fn reused_inode_is_a_new_entry() {
         let mut reg = Registry::default();
         reg.observe(&mut create(NsKind::Uts, 9, 100));
-        let d = reg.end((NsKind::Uts, 9), EndCause::LastMemberLeft, 300, None);
-        assert_eq!(d.event, EventType::Destroy);
+        let d = reg.end((NsKind::Uts, 9), 300);
+        assert_eq!(d.ended_ns, Some(300));
         assert_eq!(d.born.as_ref().unwrap().time_ns, 100);
         reg.observe(&mut create(NsKind::Uts, 9, 500));
         assert_eq!(reg.recent_ends().count(), 1);
@@ -442,7 +394,7 @@ mod tests {
             reg.observe(&mut create(NsKind::Uts, i, 0));
             // The 7th lives longest.
             let end = if i == 7 { 1_000 } else { 10 };
-            reg.end((NsKind::Uts, i), EndCause::LastMemberLeft, end, None);
+            reg.end((NsKind::Uts, i), end);
         }
         assert_eq!(reg.recent_ends().count(), RECENT_ENDS);
         assert_eq!(reg.longest_ended().unwrap().inode, 7);
@@ -455,8 +407,8 @@ mod tests {
         let mut reg = Registry::default();
         reg.observe(&mut create(NsKind::Net, 7, 1));
         let pins = vec!["mount /run/netns/t".to_string()];
-        assert!(reg.pin((NsKind::Net, 7), pins.clone(), 5).is_some());
-        assert!(reg.pin((NsKind::Net, 7), pins, 6).is_none());
+        assert!(reg.pin((NsKind::Net, 7), pins.clone()).is_some());
+        assert!(reg.pin((NsKind::Net, 7), pins).is_none());
         assert_eq!(reg.leaks().len(), 1);
     }
 }

@@ -7,7 +7,7 @@ use super::{Decider, Ends};
 use crate::{
     kernel::decode::NsRef,
     model::{EndCause, EndMethod, NsKey, Record},
-    state::registry::Registry,
+    state::{records, registry::Registry},
     sys::nsfs::Answer,
 };
 
@@ -42,8 +42,12 @@ impl Ends {
             }
         }
         self.watch.remove(&key);
-        let mut r = reg.end(key, EndCause::KernelFreed, time_ns, None);
-        r.end_by = Some(EndMethod::Fentry);
-        Some(r)
+        let e = reg.end(key, time_ns);
+        Some(records::destroy(
+            e,
+            EndCause::KernelFreed,
+            Some(EndMethod::Fentry),
+            None,
+        ))
     }
 }

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::{
     kernel::{decode::NsRef, probes::MemberCounts},
     model::{Actor, EndCause, EndMethod, NsKey, NsKind, Record},
-    state::registry::Registry,
+    state::{records, registry::Registry},
     sys::{
         nsfs::Answer,
         procfs::{self, FdHolders, MountPin, Snapshot},
@@ -572,9 +572,8 @@ impl Ends {
                         .get(key)
                         .map(|e| (e.owner, e.parent))
                         .unwrap_or_default();
-                    let mut r = reg.end(key, cause, at, last);
-                    r.end_by = Some(self.methods.of(key.0));
-                    out.push(r);
+                    let by = Some(self.methods.of(key.0));
+                    out.push(records::destroy(reg.end(key, at), cause, by, last));
                     // Its owner or parent may have been waiting only for it:
                     // ask again now rather than at the next poll.
                     for up in [
@@ -608,8 +607,8 @@ impl Ends {
                     if self.watch.get(&key).is_some_and(|w| w.rejoined) {
                         continue;
                     }
-                    if let Some(r) = reg.pin(key, by, at) {
-                        out.push(r);
+                    if let Some(e) = reg.pin(key, by) {
+                        out.push(records::pinned(e, at));
                     }
                 }
             }
