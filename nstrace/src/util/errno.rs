@@ -1,30 +1,12 @@
 //! Errno names for error records (the kernel hands us numbers).
 
-/// The symbolic name of `errno` (`EPERM`), or `E<n>` for one we do not list.
+/// The symbolic name of `errno` (`EPERM`), from nix's table of Linux's
+/// errnos, or `E<n>` for a number it does not know.
 pub fn name(errno: i32) -> String {
-    let known = match errno {
-        1 => "EPERM",
-        2 => "ENOENT",
-        3 => "ESRCH",
-        4 => "EINTR",
-        5 => "EIO",
-        7 => "E2BIG",
-        9 => "EBADF",
-        11 => "EAGAIN",
-        12 => "ENOMEM",
-        13 => "EACCES",
-        14 => "EFAULT",
-        16 => "EBUSY",
-        17 => "EEXIST",
-        22 => "EINVAL",
-        24 => "EMFILE",
-        28 => "ENOSPC",
-        38 => "ENOSYS",
-        87 => "EUSERS",
-        95 => "EOPNOTSUPP",
-        _ => return format!("E{errno}"),
-    };
-    known.to_string()
+    match nix::errno::Errno::from_raw(errno) {
+        nix::errno::Errno::UnknownErrno => format!("E{errno}"),
+        known => format!("{known:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -37,6 +19,11 @@ mod tests {
         assert_eq!(name(22), "EINVAL");
         assert_eq!(name(9), "EBADF");
         assert_eq!(name(28), "ENOSPC");
+        assert_eq!(name(87), "EUSERS");
+        assert_eq!(name(95), "EOPNOTSUPP");
+        assert_eq!(name(11), "EAGAIN");
         assert_eq!(name(200), "E200");
+        assert_eq!(name(0), "E0");
+        assert_eq!(name(-5), "E-5");
     }
 }
