@@ -46,12 +46,21 @@ fn create_then_destroy(flags: &[&str], kind: &str, link: &str) {
         "{d}"
     );
     assert!(d["lifetime_ns"].as_i64().unwrap() >= 300_000_000, "{d}");
-    // Decided by the method the start line names for this kind.
+    // Decided by the method the start line names for this kind. On a busy
+    // machine another namespace can take the inode first: then the end is
+    // told at that create, late and by no method (as the README says).
     let method = expected_method(&tracer, kind, &[]);
     assert_eq!(ends_by_kind(&tracer)[kind], method);
-    assert_eq!(d["end_by"], method, "{d}");
-    if method == "fentry" {
-        assert_eq!(d["end"], "kernel-freed", "{d}");
+    let reused = d["end_by"].is_null()
+        && tracer
+            .records()
+            .iter()
+            .any(|r| is(r, "create", kind, inode) && r["time"] == d["time"]);
+    if !reused {
+        assert_eq!(d["end_by"], method, "{d}");
+        if method == "fentry" {
+            assert_eq!(d["end"], "kernel-freed", "{d}");
+        }
     }
     assert_eq!(d["ns_created"]["comm"], "unshare");
     assert!(d["syscall"].is_null());

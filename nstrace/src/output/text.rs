@@ -282,6 +282,12 @@ pub fn skipped_runs(n: u64) -> String {
 }
 
 pub fn loss_summary(l: &Loss) -> String {
+    loss_parts(l).join("; ")
+}
+
+/// Each kind of loss in `l` as a phrase, with what it costs or what to do:
+/// the loss notices' words, and the closing line's.
+pub fn loss_parts(l: &Loss) -> Vec<String> {
     let mut parts = Vec::new();
     if l.events > 0 {
         let mut by: Vec<String> = l.by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
@@ -330,7 +336,7 @@ pub fn loss_summary(l: &Loss) -> String {
             .collect();
         parts.push(format!("{} [{}]", skipped_runs(l.skipped), by.join(", ")));
     }
-    parts.join("; ")
+    parts
 }
 
 /// The timeline line of a loss notice: a gap the reader must not miss.

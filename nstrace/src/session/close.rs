@@ -11,6 +11,7 @@ use anyhow::Result;
 
 use crate::{
     cli::Cli,
+    kernel::probes::Losses,
     model::Stop,
     output,
     output::summary,
@@ -37,8 +38,7 @@ pub async fn close(cli: &Cli, s: Session, ended: Ended) -> Result<i32> {
     let Ended {
         exit_code,
         mut reported_losses,
-        skipped_before_ready,
-        forgotten_before_ready,
+        ready,
     } = ended;
     let output_closed = t.outputs_gone();
     // Records already in the ring when the signal came are still the user's,
@@ -101,39 +101,22 @@ pub async fn close(cli: &Cli, s: Session, ended: Ended) -> Result<i32> {
             "nstrace: {} records ({} kernel events), {} lost",
             totals.records, totals.events, losses.records
         );
-        if losses.pending > 0 {
-            line.push_str(&format!(
-                ", {} syscalls missed (in-flight table full)",
-                losses.pending
-            ));
-        }
-        if losses.unwatched > 0 {
-            line.push_str(&format!(
-                ", {} namespaces not watched for their end (member map full)",
-                losses.unwatched
-            ));
-        }
-        let forgotten = losses.forgotten.saturating_sub(forgotten_before_ready);
-        if forgotten > 0 {
-            line.push_str(&format!(
-                ", {forgotten} watched namespaces forgotten by the member map (LRU eviction)"
-            ));
-        }
-        if losses.untracked > 0 {
-            line.push_str(&format!(
-                ", {} exits not tracked (tracked map full)",
-                losses.untracked
-            ));
-        }
-        if losses.unfollowed > 0 {
-            line.push_str(&format!(
-                ", {} processes not followed (follow map full)",
-                losses.unfollowed
-            ));
-        }
-        let skipped = losses.skipped().saturating_sub(skipped_before_ready);
-        if skipped > 0 {
-            line.push_str(&format!(", {}", output::text::skipped_runs(skipped)));
+        // What else the kernel side lost, in the loss notices' words. Not
+        // what came before tracing began: members met between attach and
+        // seeding had no entry yet (not evictions), and runs skipped then
+        // could not have told anything.
+        let before = Losses {
+            records: losses.records,
+            by_kind: losses.by_kind,
+            forgotten: ready.forgotten,
+            skipped_by: ready.skipped_by,
+            ..Losses::default()
+        };
+        if let Some(more) = losses.since(&before, end_ns) {
+            for part in output::text::loss_parts(&more) {
+                line.push_str(", ");
+                line.push_str(&part);
+            }
         }
         if totals.undecodable > 0 {
             line.push_str(&format!(", {} undecodable", totals.undecodable));

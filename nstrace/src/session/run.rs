@@ -319,8 +319,8 @@ impl<'a> Tracer<'a> {
 pub struct Ended {
     pub(super) exit_code: i32,
     pub(super) reported_losses: Losses,
-    pub(super) skipped_before_ready: u64,
-    pub(super) forgotten_before_ready: u64,
+    /// The kernel side's losses when tracing began.
+    pub(super) ready: Losses,
 }
 
 pub async fn until_stop(s: &mut Session) -> Result<Ended> {
@@ -341,9 +341,7 @@ pub async fn until_stop(s: &mut Session) -> Result<Ended> {
     // ends are awaited.
     let mut linger_until: Option<tokio::time::Instant> = None;
     let mut reported_losses = t.probes.losses();
-    let skipped_before_ready = reported_losses.skipped();
-    // Members met between attach and seeding had no entry yet: not evictions.
-    let forgotten_before_ready = reported_losses.forgotten;
+    let ready = reported_losses;
 
     loop {
         // Stopped, or nothing left to write to (stdout gone, alone).
@@ -400,7 +398,6 @@ pub async fn until_stop(s: &mut Session) -> Result<Ended> {
     Ok(Ended {
         exit_code,
         reported_losses,
-        skipped_before_ready,
-        forgotten_before_ready,
+        ready,
     })
 }
