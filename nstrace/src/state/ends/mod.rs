@@ -433,19 +433,13 @@ impl Ends {
         let mut to_infer = Vec::new();
         for k in due {
             let by = self.methods.decider(k.0);
-            let Some(entry) = reg.get(k) else {
-                if by.name() == EndMethod::NsfsHandle {
-                    // Ended already (out of the registry): nothing to ask or say.
-                    self.watch.remove(&k);
-                    continue;
-                }
-                match by.ask(k, None) {
-                    Some(a) => answers.push((k, a)),
-                    None => to_infer.push(k),
-                }
+            let entry = reg.get(k);
+            if entry.is_none() && by.name() == EndMethod::NsfsHandle {
+                // Ended already (out of the registry): nothing to ask or say.
+                self.watch.remove(&k);
                 continue;
-            };
-            match by.ask(k, entry.ns_id) {
+            }
+            match by.ask(k, entry.and_then(|e| e.ns_id)) {
                 Some(a) => answers.push((k, a)),
                 None => to_infer.push(k),
             }
