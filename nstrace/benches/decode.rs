@@ -1,10 +1,14 @@
-//! Raw ring-buffer bytes to records: the per-event cost on the hot path.
-//! `cargo bench -p nstrace --bench decode`
+//! Raw ring-buffer bytes to records, and records to JSON lines: the
+//! per-event cost on the hot path. `cargo bench -p nstrace --bench decode`
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nstrace::{kernel::decode, sys::time::Clock};
+use nstrace::{
+    kernel::decode,
+    output::{Sink, json::JsonSink},
+    sys::time::Clock,
+};
 use nstrace_common::{Event, EventKind, KIND_FLAGS, NsSet, Syscall, kind};
 
 const BATCH: usize = 1000;
@@ -88,6 +92,26 @@ fn bench(c: &mut Criterion) {
             for bytes in &raw {
                 let e = decode::parse(black_box(bytes)).expect("whole event");
                 black_box(decode::decode(&e, clock).expect("known kind"));
+            }
+        })
+    });
+    g.finish();
+
+    let records: Vec<_> = raw
+        .iter()
+        .flat_map(|bytes| {
+            decode::decode(&decode::parse(bytes).unwrap(), clock)
+                .unwrap()
+                .records
+        })
+        .collect();
+    let mut g = c.benchmark_group("json");
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function(records.len().to_string(), |b| {
+        let mut sink = JsonSink::new(std::io::sink());
+        b.iter(|| {
+            for r in &records {
+                sink.record(black_box(r)).unwrap();
             }
         })
     });

@@ -50,7 +50,10 @@ fn a_fifo_behind_a_hidden_pin_stalls_neither_start_up_nor_ls() {
     let started = Instant::now();
     let t = Tracer::start(&[]);
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "start-up took {took:?}");
+    // A blocked open never returns; on a busy machine (other tests load
+    // their programs beside this one) a start-up that reads no FIFO still
+    // took 6 s, so the bound tells a stall from a slow start, no more.
+    assert!(took < Duration::from_secs(30), "start-up took {took:?}");
     let (status, _) = t.stop();
     assert!(status.success());
 
