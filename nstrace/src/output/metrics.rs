@@ -187,7 +187,7 @@ impl Metrics {
     }
 
     /// Counts a record (before any filter).
-    pub fn record(&mut self, r: &Record) {
+    fn count(&mut self, r: &Record) {
         let Some(kind) = r.kind else { return };
         // An end's runtime: its last member's, else (the member already
         // gone unattributed, or a pin's end) the namespace's own.
@@ -229,7 +229,7 @@ impl Metrics {
         }
     }
 
-    pub fn lost(&self, l: &Loss) {
+    fn count_lost(&self, l: &Loss) {
         let s = &self.series;
         let add = |what, n: u64| {
             if n > 0 {
@@ -248,7 +248,26 @@ impl Metrics {
         add("unfollowed_processes", l.unfollowed);
         add("probe_runs_skipped", l.skipped);
     }
+}
 
+/// Counting never fails: the server's errors are its own.
+impl super::Sink for Metrics {
+    fn record(&mut self, r: &Record) -> std::io::Result<()> {
+        self.count(r);
+        Ok(())
+    }
+
+    fn lost(&mut self, l: &Loss) -> std::io::Result<()> {
+        self.count_lost(l);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Metrics {
     /// The gauges, from the registry as it is `now` (event-scale ns).
     pub fn refresh(&mut self, reg: &registry::Registry, now: i128) {
         let s = &self.series;

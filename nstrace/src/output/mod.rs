@@ -4,6 +4,7 @@ pub mod filter;
 pub mod html;
 pub mod json;
 pub mod metrics;
+pub mod outputs;
 pub mod perfetto;
 pub mod summary;
 pub mod text;

@@ -144,6 +144,33 @@ pub fn group_label(c: &Container) -> String {
     }
 }
 
+/// What the pictures draw: the lanes of the records given, start to stop.
+impl super::Sink for Timeline {
+    fn record(&mut self, r: &Record) -> std::io::Result<()> {
+        Timeline::record(self, r);
+        Ok(())
+    }
+
+    /// A gap shows as lanes without an end; nothing else to draw.
+    fn lost(&mut self, _: &crate::model::Loss) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn start(&mut self, st: &Start) -> std::io::Result<()> {
+        Timeline::start(self, st);
+        Ok(())
+    }
+
+    fn stop(&mut self, st: &Stop) -> std::io::Result<()> {
+        Timeline::stop(self, st);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Timeline {
     pub fn start(&mut self, st: &Start) {
         self.start_ns = Some(st.time_ns);

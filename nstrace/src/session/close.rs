@@ -12,7 +12,6 @@ use anyhow::Result;
 use crate::{
     cli::Cli,
     kernel::probes::Losses,
-    model::Stop,
     output,
     output::summary,
     session::{
@@ -40,7 +39,7 @@ pub async fn close(cli: &Cli, s: Session, ended: Ended) -> Result<i32> {
         mut reported_losses,
         ready,
     } = ended;
-    let output_closed = t.outputs_gone();
+    let output_closed = t.outputs.gone();
     // Records already in the ring when the signal came are still the user's,
     // and so are the ends of namespaces that emptied just before: their
     // verdicts come within the settle time of deferred frees, so wait for
@@ -48,10 +47,8 @@ pub async fn close(cli: &Cli, s: Session, ended: Ended) -> Result<i32> {
     if !output_closed {
         let until = tokio::time::Instant::now() + FINAL_VERDICTS;
         loop {
-            while let Ok(true) = t.drain(events.get_mut(), i128::MAX) {}
-            if t.check_ends(events.get_mut()).is_err() {
-                break;
-            }
+            while t.drain(events.get_mut(), i128::MAX) {}
+            t.check_ends(events.get_mut());
             let now = tokio::time::Instant::now();
             if !t.ends.undecided() || now >= until {
                 break;
@@ -59,7 +56,7 @@ pub async fn close(cli: &Cli, s: Session, ended: Ended) -> Result<i32> {
             let wait = t.next_wake().unwrap_or(DRAIN_INTERVAL);
             tokio::time::sleep(wait.min(until - now)).await;
         }
-        let _ = t.report_losses(&mut reported_losses);
+        t.report_losses(&mut reported_losses);
     }
     let losses = t.probes.losses();
     if let Some(d) = &mut diagnostics {
@@ -70,36 +67,22 @@ pub async fn close(cli: &Cli, s: Session, ended: Ended) -> Result<i32> {
     // One end time for the stop line and the summary: `report` on the
     // saved trace then prints the same ages.
     let end_ns = Clock::now_unix_ns();
-    let stop = |records| Stop {
-        time_ns: end_ns,
-        records,
-        kernel_events: t.totals.events,
-        lost: losses.records,
-    };
-    let (to_stdout, to_file) = (stop(t.totals.records), stop(t.saved_records));
-    t.write_file(|f| f.stop(&to_file).and_then(|()| f.flush()));
-    t.write_stdout(|s| s.stop(&to_stdout).and_then(|()| s.flush()));
-    if let Some(tl) = &mut t.timeline {
-        tl.stop(&to_stdout);
-    }
+    t.outputs.stop(end_ns, t.totals.events, losses.records);
     let Tracer {
-        sink,
-        saved,
+        outputs,
         probes,
         registry,
         totals,
-        timeline,
-        stdout_error,
         ..
     } = t;
-    drop(sink);
-    drop(saved);
+    let shown = outputs.shown;
+    let (timeline, stdout_error) = outputs.close();
     // Detaches and unloads every program.
     drop(probes);
     if !cli.quiet {
         let mut line = format!(
             "nstrace: {} records ({} kernel events), {} lost",
-            totals.records, totals.events, losses.records
+            shown, totals.events, losses.records
         );
         // What else the kernel side lost, in the loss notices' words. Not
         // what came before tracing began: members met between attach and

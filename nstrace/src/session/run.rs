@@ -13,47 +13,34 @@ use crate::{
     kernel::decode,
     kernel::probes::{Losses, Probes},
     model::{EndCause, EventType, NsKind},
-    output::filter::Filter,
-    output::{self, Sink},
+    output::{self, outputs::Outputs},
     session::{Session, command},
     state::ends::{self, Ends},
     state::{records, registry::Registry},
     sys::time::Clock,
 };
 
-/// Counts for the closing summary.
+/// Counts for the closing summary (the records shown are the outputs').
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Totals {
     pub events: u64,
-    pub records: u64,
     pub undecodable: u64,
 }
 
 /// Everything a running trace keeps.
 pub struct Tracer<'a> {
     pub(super) clock: Clock,
-    pub(super) sink: Box<dyn Sink + 'a>,
-    /// `--output FILE`: every record, unfiltered, as JSON Lines.
-    pub(super) saved: Option<Box<dyn Sink + 'a>>,
-    pub(super) saved_path: std::path::PathBuf,
-    pub(super) saved_records: u64,
-    /// `--perfetto`/`--html`: the lanes drawn when tracing stops.
-    pub(super) timeline: Option<crate::output::timeline::Timeline>,
+    /// Metrics, `--output FILE`, the pictures, stdout; and the filters.
+    pub(super) outputs: Outputs<'a>,
     pub(super) probes: Probes,
     pub(super) registry: Registry,
     pub(super) ends: Ends,
     pub(super) totals: Totals,
-    pub(super) filter: Filter,
     pub(super) containers: container::Resolver,
     /// Command mode while the command runs: containers created now are its.
     pub(super) collect_caused: bool,
     /// An event read past a drain's limit, handled first by the next drain.
     pub(super) held: Option<decode::Decoded>,
-    /// `--metrics`: fed every record, whatever the filters.
-    pub(super) metrics: Option<output::metrics::Metrics>,
-    /// Why stdout can no longer be written (its reader gone, or worse):
-    /// from then on it is not, and the other outputs go on.
-    pub(super) stdout_error: Option<io::Error>,
 }
 
 /// Drains are at least this far apart: each then handles a batch, and the
@@ -65,13 +52,12 @@ impl<'a> Tracer<'a> {
     /// Handles the events waiting in the ring that are stamped up to
     /// `until`; the first later one is held for the next drain (so a steady
     /// stream cannot keep one drain going, and verdicts read at `until` come
-    /// after every event before it). Returns whether events were left;
-    /// errors only when output is gone.
+    /// after every event before it). Returns whether events were left.
     pub(super) fn drain(
         &mut self,
         ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
         until: i128,
-    ) -> io::Result<bool> {
+    ) -> bool {
         let mut more = false;
         let mut read = 0u64;
         loop {
@@ -103,37 +89,34 @@ impl<'a> Tracer<'a> {
                 more = true;
                 break;
             }
-            self.handle(d)?;
+            self.handle(d);
         }
-        if let Some(m) = &self.metrics {
+        if let Some(m) = self.outputs.metrics() {
             // Each record: its 8-byte ring header and the event, 8-aligned.
             let each = (8 + std::mem::size_of::<nstrace_common::Event>()).next_multiple_of(8);
             m.ring_backlog(read * each as u64);
         }
-        self.flush()?;
-        Ok(more)
+        self.outputs.flush();
+        more
     }
 
     /// Asks about the namespaces whose check is due, then handles every event
     /// stamped before the answer, then reports what the answer means.
     /// Returns whether events were left in the ring.
-    pub(super) fn check_ends(
-        &mut self,
-        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    ) -> io::Result<bool> {
+    pub(super) fn check_ends(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> bool {
         let now = self.clock.now_as_event_ns();
         if !self.ends.due(now) {
-            return Ok(false);
+            return false;
         }
         let verdicts = self
             .ends
             .check(now, &self.registry, &mut self.probes, &mut ends::Procfs);
-        let more = self.drain(ring, now)?;
+        let more = self.drain(ring, now);
         for r in self.ends.apply(verdicts, now, &mut self.registry) {
-            self.emit(&r)?;
+            self.outputs.record(&r);
         }
-        self.flush()?;
-        Ok(more)
+        self.outputs.flush();
+        more
     }
 
     /// When the loop must wake without a ring wakeup: the next check due,
@@ -153,32 +136,29 @@ impl<'a> Tracer<'a> {
 
     /// A `lost` notice in the stream for anything dropped since `reported`;
     /// on stderr too when the stream is not in front of the user.
-    pub(super) fn report_losses(&mut self, reported: &mut Losses) -> io::Result<()> {
+    pub(super) fn report_losses(&mut self, reported: &mut Losses) {
         let now = self.probes.losses();
         let Some(loss) = now.since(reported, Clock::now_unix_ns()) else {
-            return Ok(());
+            return;
         };
         *reported = now;
-        if let Some(m) = &self.metrics {
-            m.lost(&loss);
-        }
         if !io::stdout().is_terminal() {
             eprintln!("nstrace: warning: {}", output::text::loss_summary(&loss));
         }
-        self.write_file(|f| f.lost(&loss));
-        self.write_stdout(|s| s.lost(&loss));
-        self.flush()
+        self.outputs.lost(&loss);
+        self.outputs.flush();
     }
 
-    pub(super) fn handle(&mut self, d: decode::Decoded) -> io::Result<()> {
+    pub(super) fn handle(&mut self, d: decode::Decoded) {
         for mut r in d.records {
             if let Some(a) = &r.actor {
                 r.container = self.containers.for_actor(a);
             }
             if self.collect_caused && r.event == EventType::Create {
                 if let Some(c) = &r.container {
-                    if !self.filter.extra_containers.contains(&c.id) {
-                        self.filter.extra_containers.push(c.id.clone());
+                    let extra = &mut self.outputs.filter.extra_containers;
+                    if !extra.contains(&c.id) {
+                        extra.push(c.id.clone());
                     }
                 }
             }
@@ -189,14 +169,14 @@ impl<'a> Tracer<'a> {
                 let cause = self.ends.forget(stale.key());
                 let e = self.registry.end_entry(stale, time);
                 let end = records::destroy(e, cause.unwrap_or(EndCause::InodeReused), None, None);
-                self.emit(&end)?;
+                self.outputs.record(&end);
             }
             if r.event == EventType::Join {
                 if let (Some(k), Some(i)) = (r.kind, r.inode) {
                     self.ends.on_joined((k, i));
                 }
             }
-            self.emit(&r)?;
+            self.outputs.record(&r);
         }
         if let Some(pidns) = d.reaper_of {
             if let (Some(e), Some(a)) = (self.registry.get_mut((NsKind::Pid, pidns)), &d.actor) {
@@ -207,7 +187,7 @@ impl<'a> Tracer<'a> {
             .freed
             .and_then(|n| self.ends.on_freed(n, d.time_ns, &mut self.registry))
         {
-            self.emit(&r)?;
+            self.outputs.record(&r);
         }
         if !d.emptied.is_empty() {
             self.ends
@@ -218,88 +198,6 @@ impl<'a> Tracer<'a> {
                 self.containers.forget(a.pid);
             }
         }
-        Ok(())
-    }
-
-    /// Only stdout's errors are returned: it gone, the trace ends.
-    pub(super) fn flush(&mut self) -> io::Result<()> {
-        self.write_file(|f| f.flush());
-        self.write_stdout(|s| s.flush());
-        Ok(())
-    }
-
-    /// Writes to stdout, while it can be. A failure is told with its cause
-    /// (not when the reader just went away, as `head` does) and ends stdout
-    /// only: `--output`, the metrics and the pictures go on, and the trace
-    /// ends when none is left ([`Tracer::outputs_gone`]).
-    pub(super) fn write_stdout(
-        &mut self,
-        write: impl FnOnce(&mut (dyn Sink + 'a)) -> io::Result<()>,
-    ) {
-        if self.stdout_error.is_some() {
-            return;
-        }
-        if let Err(e) = write(self.sink.as_mut()) {
-            if e.kind() != io::ErrorKind::BrokenPipe {
-                eprintln!("nstrace: error: writing to stdout: {e}");
-            }
-            if !self.outputs_gone_but_stdout() {
-                eprintln!(
-                    "nstrace: stdout is no longer written; tracing goes on for the other outputs"
-                );
-            }
-            self.stdout_error = Some(e);
-        }
-    }
-
-    fn outputs_gone_but_stdout(&self) -> bool {
-        self.saved.is_none() && self.metrics.is_none() && self.timeline.is_none()
-    }
-
-    /// Whether nothing is left to write to: the trace ends.
-    pub(super) fn outputs_gone(&self) -> bool {
-        self.stdout_error.is_some() && self.outputs_gone_but_stdout()
-    }
-
-    /// Writes to `--output FILE`, if it is still written. A failure there
-    /// (a full disk) is told with its cause and ends that file, not the
-    /// trace: stdout and the metrics go on.
-    pub(super) fn write_file(
-        &mut self,
-        write: impl FnOnce(&mut (dyn Sink + 'a)) -> io::Result<()>,
-    ) -> bool {
-        let Some(f) = &mut self.saved else {
-            return false;
-        };
-        match write(f.as_mut()) {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln!(
-                    "nstrace: error: writing {}: {e}; that file is no longer written (tracing goes on)",
-                    crate::util::escape::path(&self.saved_path)
-                );
-                self.saved = None;
-                false
-            }
-        }
-    }
-
-    pub(super) fn emit(&mut self, r: &crate::model::Record) -> io::Result<()> {
-        if let Some(m) = &mut self.metrics {
-            m.record(r);
-        }
-        if self.write_file(|f| f.record(r)) {
-            self.saved_records += 1;
-        }
-        if !self.filter.matches(r) {
-            return Ok(());
-        }
-        self.totals.records += 1;
-        if let Some(t) = &mut self.timeline {
-            t.record(r);
-        }
-        self.write_stdout(|s| s.record(r));
-        Ok(())
     }
 
     /// Command mode, after the command ended: are namespaces it (or its
@@ -310,7 +208,7 @@ impl<'a> Tracer<'a> {
                 && (e.followed
                     || e.container
                         .as_ref()
-                        .is_some_and(|c| self.filter.extra_containers.contains(&c.id)))
+                        .is_some_and(|c| self.outputs.filter.extra_containers.contains(&c.id)))
         })
     }
 }
@@ -345,7 +243,7 @@ pub async fn until_stop(s: &mut Session) -> Result<Ended> {
 
     loop {
         // Stopped, or nothing left to write to (stdout gone, alone).
-        if *signalled_before || t.outputs_gone() {
+        if *signalled_before || t.outputs.gone() {
             break;
         }
         let wake = t.next_wake();
@@ -354,12 +252,11 @@ pub async fn until_stop(s: &mut Session) -> Result<Ended> {
                 let mut guard = guard.context("waiting for events")?;
                 let began = t.clock.now_as_event_ns();
                 let ring = guard.get_inner_mut();
-                match t.drain(ring, began).and_then(|more| Ok(t.check_ends(ring)? || more)) {
-                    Err(e) => return Err(e).context("tracing"),
-                    // The kernel wakes us only when the ring was empty: with
-                    // events left, stay ready.
-                    Ok(true) => {}
-                    Ok(false) => guard.clear_ready(),
+                let more = t.drain(ring, began);
+                // The kernel wakes us only when the ring was empty: with
+                // events left, stay ready.
+                if !(t.check_ends(ring) || more) {
+                    guard.clear_ready();
                 }
                 drop(guard);
                 tokio::time::sleep(DRAIN_INTERVAL).await;
@@ -367,13 +264,15 @@ pub async fn until_stop(s: &mut Session) -> Result<Ended> {
             _ = tokio::time::sleep(wake.unwrap_or_default()), if wake.is_some() => {
                 let now = t.clock.now_as_event_ns();
                 let ring = events.get_mut();
-                t.drain(ring, now).and_then(|_| t.check_ends(ring)).context("tracing")?;
+                t.drain(ring, now);
+                t.check_ends(ring);
             }
             _ = tick.tick() => {
-                if let Some(m) = &mut t.metrics {
-                    m.refresh(&t.registry, t.clock.now_as_event_ns());
+                let now = t.clock.now_as_event_ns();
+                if let Some(m) = t.outputs.metrics() {
+                    m.refresh(&t.registry, now);
                 }
-                t.report_losses(&mut reported_losses).context("tracing")?;
+                t.report_losses(&mut reported_losses);
                 if let Some(until) = linger_until {
                     if !t.caused_alive() || tokio::time::Instant::now() >= until {
                         break;

@@ -20,8 +20,7 @@ use crate::{
     kernel::{offsets, preflight, probes::Probes},
     model::NsKey,
     model::{EndMethod, NsKind, Start},
-    output::filter::Filter,
-    output::{self, Sink},
+    output::{self, Sink, filter::Filter, outputs::Outputs, timeline::Timeline},
     session::{
         Session, command,
         run::{Totals, Tracer},
@@ -54,7 +53,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
     // Output files first: a path that cannot be written fails before any
     // program loads.
     // Each its own file: a picture drawn over the trace would destroy it.
-    let outputs: Vec<(&str, &std::path::Path)> = [
+    let files: Vec<(&str, &std::path::Path)> = [
         ("--output", cli.output.as_deref()),
         ("--perfetto", cli.perfetto.as_deref()),
         ("--html", cli.html.as_deref()),
@@ -62,7 +61,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
     .into_iter()
     .filter_map(|(flag, p)| Some((flag, p?)))
     .collect();
-    output::check_distinct(None, &outputs)?;
+    output::check_distinct(None, &files)?;
     let saved: Option<Box<dyn Sink>> = match &cli.output {
         Some(path) => {
             let f = output::create_trace_file(path)?;
@@ -263,51 +262,46 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
         },
     };
 
-    let stdout = io::stdout();
-    let mut t = Tracer {
-        clock,
-        sink: output::sink(
-            cli.json,
-            cli.color.enabled(
-                io::stdout().is_terminal(),
-                std::env::var_os("NO_COLOR").as_deref(),
-            ),
-            io::BufWriter::new(stdout.lock()),
+    let stdout = output::sink(
+        cli.json,
+        cli.color.enabled(
+            io::stdout().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
         ),
-        saved,
-        saved_path: cli.output.clone().unwrap_or_default(),
-        saved_records: 0,
-        timeline: pictures
-            .as_ref()
-            .map(|_| crate::output::timeline::Timeline::default()),
+        io::BufWriter::new(io::stdout().lock()),
+    );
+    let filter = Filter {
+        container: cli.container.clone(),
+        followed_only: cli.pid.is_some() || command.is_some(),
+        extra_containers: Vec::new(),
+        comm: cli.comm.clone(),
+        kinds: cli.types.clone(),
+        events: cli.events.clone(),
+    };
+    let mut outputs = Outputs::new(
+        filter,
+        metrics,
+        saved.zip(cli.output.as_deref()),
+        pictures.as_ref().map(|_| Timeline::default()),
+        stdout,
+    );
+    outputs.start(&start);
+    outputs.flush();
+    // A scrape right after start sees the gauges, not an empty page.
+    if let Some(m) = outputs.metrics() {
+        m.refresh(&registry, clock.now_as_event_ns());
+    }
+    let t = Tracer {
+        clock,
+        outputs,
         probes,
         registry,
         ends,
         totals: Totals::default(),
-        filter: Filter {
-            container: cli.container.clone(),
-            followed_only: cli.pid.is_some() || command.is_some(),
-            extra_containers: Vec::new(),
-            comm: cli.comm.clone(),
-            kinds: cli.types.clone(),
-            events: cli.events.clone(),
-        },
         containers: container::Resolver::new(),
         collect_caused: command.is_some(),
         held: None,
-        metrics,
-        stdout_error: None,
     };
-    t.write_file(|f| f.start(&start));
-    t.write_stdout(|s| s.start(&start));
-    t.flush()?;
-    if let Some(tl) = &mut t.timeline {
-        tl.start(&start);
-    }
-    // A scrape right after start sees the gauges, not an empty page.
-    if let Some(m) = &mut t.metrics {
-        m.refresh(&t.registry, t.clock.now_as_event_ns());
-    }
     Ok(Some(Session {
         t,
         events,
