@@ -28,7 +28,16 @@ pub fn dist_dir() -> PathBuf {
     workspace_root().join("target/dist")
 }
 
-pub fn run() -> Result<()> {
+#[derive(clap::Args)]
+pub struct Options {}
+
+pub fn run(_: Options) -> Result<()> {
+    crate::setup::everything()?;
+    build()
+}
+
+/// Builds what users install into [`dist_dir`].
+pub fn build() -> Result<()> {
     sh(cargo().args(["build", "--release", "-p", "nstrace", "--target", TARGET]))?;
     let built = workspace_root().join(format!("target/{TARGET}/release/nstrace"));
     let static_ok = is_static(&std::fs::read(&built)?)?;

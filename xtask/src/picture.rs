@@ -14,7 +14,12 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{docker, nstrace_bin, sh, workspace_root};
 
-pub fn run() -> Result<()> {
+#[derive(clap::Args)]
+pub struct Options {}
+
+pub fn run(_: Options) -> Result<()> {
+    crate::setup::everything()?;
+    crate::build::release()?;
     let daemon = docker::Daemon::ensure(&workspace_root().join("target/dockerd.log"))?;
     daemon.ensure_image()?;
     let page = workspace_root().join("target/timeline.html");

@@ -62,9 +62,17 @@ pub fn for_build() -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask setup` takes no options: it installs everything.
+#[derive(clap::Args)]
+pub struct Options {}
+
+pub fn run(_: Options) -> Result<()> {
+    everything()
+}
+
 /// Everything: the build's needs, and what the tests, the VM matrix, the
 /// packaging, the bench and the pictures call.
-pub fn run() -> Result<()> {
+pub fn everything() -> Result<()> {
     debian_packages(DEBIAN_PACKAGES)?;
     python_env()?;
     for_build()

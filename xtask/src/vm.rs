@@ -140,7 +140,42 @@ fn choose(kernel: &str) -> Result<Chosen<'static>> {
     )
 }
 
-pub fn run(kernel: &str, selection: &Selection) -> Result<()> {
+#[derive(clap::Args)]
+pub struct Options {
+    /// 5.10, 6.1, 6.12, 7, all, or the path of a kernel image (a
+    /// bzImage/vmlinuz with BTF built in) to run the same plan on your
+    /// own kernel.
+    #[arg(long, default_value = "all")]
+    kernel: String,
+    /// Only these parts of the plan, as MODE:TEST (e.g. both:ends);
+    /// repeatable.
+    #[arg(long)]
+    only: Vec<String>,
+    /// Run each selected part this many times (to chase a flaky one).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Only the static binary (`cargo xtask dist`) in a guest without libc.
+    #[arg(long)]
+    static_binary: bool,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    crate::setup::everything()?;
+    if opts.static_binary {
+        crate::dist::build()?;
+        return static_guest(&crate::dist::dist_dir().join("nstrace"));
+    }
+    run_plan(
+        &opts.kernel,
+        &Selection {
+            only: opts.only,
+            repeat: opts.repeat,
+        },
+    )
+}
+
+/// The plan's `selection`, on `kernel` (a name, `all`, or an image's path).
+pub fn run_plan(kernel: &str, selection: &Selection) -> Result<()> {
     let plan = selection.plan()?;
     let chosen = choose(kernel)?;
     let bins = build()?;

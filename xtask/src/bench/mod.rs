@@ -49,14 +49,29 @@ impl Mode {
     }
 }
 
-pub struct Opts {
-    pub rounds: usize,
-    pub churn: u64,
-    pub forkexec: u64,
-    pub burst: u64,
-    pub forkexit: u64,
-    pub soak: u64,
-    pub write: bool,
+#[derive(clap::Args)]
+pub struct Options {
+    /// Alternating rounds per workload; the table shows medians.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Children in the namespace-churn workload.
+    #[arg(long, default_value_t = 5000)]
+    churn: u64,
+    /// fork + exec of /bin/true in the no-namespace workload.
+    #[arg(long, default_value_t = 3000)]
+    forkexec: u64,
+    /// setns round trips in the burst (twice as many join records).
+    #[arg(long, default_value_t = 50_000)]
+    burst: u64,
+    /// fork + _exit per run in the BPF-cost-per-operation tables.
+    #[arg(long, default_value_t = 20_000)]
+    forkexit: u64,
+    /// Namespaces churned in the soak (RSS after 10,000 and after these).
+    #[arg(long, default_value_t = 1_000_000)]
+    soak: u64,
+    /// Print the results only; leave docs/performance.md alone.
+    #[arg(long)]
+    no_write: bool,
 }
 
 /// One workload run under one mode.
@@ -89,7 +104,9 @@ struct Bins {
     nsload: PathBuf,
 }
 
-pub fn run(opts: &Opts) -> Result<()> {
+pub fn run(opts: Options) -> Result<()> {
+    crate::setup::everything()?;
+    let opts = &opts;
     crate::setup::debian_packages(&["bpftrace", "strace"])?;
     let _stats = BpfStats::enable()?;
     sh(Command::new("cargo").args([
@@ -170,7 +187,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     )
     .ok();
     print!("{report}");
-    if opts.write {
+    if !opts.no_write {
         let path = workspace_root().join("docs/performance.md");
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
         std::fs::write(&path, &report)?;
@@ -485,7 +502,7 @@ fn run_one(bins: &Bins, script: &Path, mode: Mode, name: &str, n: u64) -> Result
 /// User-space CPU per record of the static (musl) build that `cargo xtask
 /// dist` ships, beside the glibc build, alternating, churn workload: musl's
 /// allocator and stdio are not glibc's. Medians of `opts.rounds`: (glibc, musl).
-fn static_cpu_per_record(bins: &Bins, script: &Path, opts: &Opts) -> Result<(f64, f64)> {
+fn static_cpu_per_record(bins: &Bins, script: &Path, opts: &Options) -> Result<(f64, f64)> {
     sh(crate::cargo().args([
         "build",
         "--release",
@@ -687,7 +704,7 @@ fn render(
     tables: &[Table],
     burst: &Burst,
     decode_rate: f64,
-    opts: &Opts,
+    opts: &Options,
     hot: (String, Vec<String>),
 ) -> String {
     let mut s = String::new();
