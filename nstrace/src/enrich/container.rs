@@ -310,15 +310,8 @@ fn cgroup_of(pid: u32) -> Option<String> {
 
 /// Whether /sys/fs/cgroup is the cgroup v2 hierarchy alone.
 fn cgroup_unified() -> bool {
-    let Ok(path) = std::ffi::CString::new("/sys/fs/cgroup") else {
-        return false;
-    };
-    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and a zeroed statfs for the kernel to fill.
-    let ok = unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0;
-    // Both are `long` on some targets and not on others.
-    ok && st.f_type as u64 == libc::CGROUP2_SUPER_MAGIC as u64
+    nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// The path in the v2 line of a /proc/PID/cgroup text.

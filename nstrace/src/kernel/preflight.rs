@@ -151,24 +151,14 @@ fn tracefs() -> Result<(PathBuf, bool)> {
 }
 
 fn mount_tracefs(at: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let target = std::ffi::CString::new(at.as_os_str().as_bytes())?;
-    let fstype = c"tracefs";
-    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    nix::mount::mount(
+        Some("tracefs"),
+        at,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

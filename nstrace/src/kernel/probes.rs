@@ -601,12 +601,9 @@ fn load_error(e: anyhow::Error) -> anyhow::Error {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn raise_memlock() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: plain syscall with a valid struct; failure only matters on old kernels.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    use nix::sys::resource::{RLIM_INFINITY, Resource, setrlimit};
+    // A failure matters only on those kernels, and their load error says so.
+    let _ = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY);
 }
 
 #[cfg(test)]

@@ -414,14 +414,11 @@ impl Series {
 }
 
 fn own_cpu_seconds() -> f64 {
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes only the struct it is given.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+    use nix::sys::{resource, time::TimeValLike as _};
+    let Ok(u) = resource::getrusage(resource::UsageWho::RUSAGE_SELF) else {
         return 0.0;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(u.ru_utime) + secs(u.ru_stime)
+    };
+    (u.user_time().num_microseconds() + u.system_time().num_microseconds()) as f64 / 1e6
 }
 
 /// A listener with a short queue: what waits there past [`ACCEPT_RATE`]

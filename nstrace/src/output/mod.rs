@@ -98,12 +98,12 @@ impl OutFile {
         if !streamable(&file.metadata()?) {
             return Err(io::Error::other("it changed while being opened"));
         }
-        // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
-        unsafe {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        // Opened non-blocking not to wait for a reader; written blocking.
+        {
+            use nix::fcntl::{FcntlArg, OFlag, fcntl};
+            if let Ok(flags) = fcntl(&file, FcntlArg::F_GETFL) {
+                let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+                let _ = fcntl(&file, FcntlArg::F_SETFL(flags));
             }
         }
         Ok(OutFile {
