@@ -75,7 +75,8 @@ pub fn run(_: Options) -> Result<()> {
 pub fn everything() -> Result<()> {
     debian_packages(DEBIAN_PACKAGES)?;
     python_env()?;
-    for_build()
+    for_build()?;
+    lint_components()
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -140,14 +141,6 @@ fn rustup() -> Command {
 }
 
 fn nightly_with_rust_src() -> Result<()> {
-    // The lint step needs rustfmt and clippy on the default toolchain.
-    let stable = output(rustup().args(["component", "list", "--installed"]))?;
-    for component in ["rustfmt", "clippy"] {
-        if !stable.lines().any(|l| l.starts_with(component)) {
-            eprintln!("xtask: adding {component} to the default toolchain");
-            sh(rustup().args(["component", "add", component]))?;
-        }
-    }
     // aya-build runs `rustup run nightly`: the plain channel must resolve.
     let has_nightly = rustup()
         .args(["run", "nightly", "rustc", "-V"])
@@ -173,6 +166,34 @@ fn nightly_with_rust_src() -> Result<()> {
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to the nightly toolchain");
         sh(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+/// What `cargo xtask test`'s lint step runs: rustfmt and clippy on the
+/// default toolchain, and clippy on nightly for the eBPF crate.
+fn lint_components() -> Result<()> {
+    for (toolchain, components) in [
+        ("default", &["rustfmt", "clippy"][..]),
+        ("nightly", &["clippy"]),
+    ] {
+        let mut list = rustup();
+        list.args(["component", "list", "--installed"]);
+        if toolchain != "default" {
+            list.args(["--toolchain", toolchain]);
+        }
+        let installed = output(&mut list)?;
+        for component in components {
+            if !installed.lines().any(|l| l.starts_with(component)) {
+                eprintln!("xtask: adding {component} to the {toolchain} toolchain");
+                let mut add = rustup();
+                add.args(["component", "add", component]);
+                if toolchain != "default" {
+                    add.args(["--toolchain", toolchain]);
+                }
+                sh(&mut add)?;
+            }
+        }
     }
     Ok(())
 }

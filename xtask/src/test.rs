@@ -35,6 +35,28 @@ pub fn run(opts: Options) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // The kernel programs too: outside the default members (they build
+        // only for bpfel, on nightly), so the line above does not see them.
+        for features in ["", "diagnostics"] {
+            sh(Command::new("rustup").args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "-p",
+                "nstrace-ebpf",
+                "--features",
+                features,
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+        }
     }
     crate::build::release()?;
     // What users install, for tests/tests/dist.rs.
