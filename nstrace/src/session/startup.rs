@@ -3,7 +3,6 @@
 //! `start` record.
 
 use std::{
-    collections::BTreeSet,
     io::{self, IsTerminal as _},
     time::Duration,
 };
@@ -18,7 +17,6 @@ use crate::{
     cli::{Cli, ProbeMode},
     enrich::container,
     kernel::{offsets, preflight, probes::Probes},
-    model::NsKey,
     model::{EndMethod, NsKind, Start},
     output::{self, Sink, filter::Filter, outputs::Outputs, timeline::Timeline},
     session::{
@@ -117,37 +115,16 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
     // Attached first, seeded second: a fork between the two is caught by the
     // /proc re-check before any end of a namespace that existed at start.
     let snap = procfs::scan();
-    let host_ns: BTreeSet<NsKey> = NsKind::ALL
-        .into_iter()
-        .flat_map(|k| {
-            [procfs::active_link(k), procfs::acting_link(k)]
-                .into_iter()
-                .filter_map(move |link| procfs::host_ns_link(link).map(|i| (k, i)))
-        })
-        .collect();
+    let host_ns = procfs::host_namespaces();
     let watched = ends::seed_counts(&snap, &host_ns, &mut probes);
     let registry = Registry::from_snapshot(&snap, |key| snap.meta(key));
-    // How ends are decided, per kind: the kernel's free path, else the
-    // kernel's answer through nsfs file handles, else inference from /proc.
-    let mut ends_note = None;
-    let others_ask: Option<Box<dyn ends::Ask>> = if kinds.iter().all(|k| freed_kinds.contains(k)) {
-        None
-    } else if cli.infer_ends {
-        ends_note = Some("inference forced by --infer-ends".to_string());
-        None
-    } else if !layout.has_ns_id {
-        ends_note = Some("no namespace ids on this kernel (6.18+ has them)".to_string());
-        None
-    } else {
-        match Handles::open() {
-            Ok(h) => Some(Box::new(h)),
-            Err(why) => {
-                ends_note = Some(format!("nsfs file handles unusable: {why}"));
-                None
-            }
-        }
-    };
-    let methods = Methods::new(&freed_kinds, others_ask);
+    let (methods, ends_note) = Methods::choose(
+        &kinds,
+        &freed_kinds,
+        cli.infer_ends,
+        layout.has_ns_id,
+        || Handles::open().map(|h| Box::new(h) as Box<dyn ends::Ask>),
+    );
     let mut ends = Ends::new(methods, procfs::home_mount_namespaces());
     ends.seed(&snap, &host_ns, clock.now_as_event_ns());
 

@@ -287,6 +287,19 @@ pub fn host_ns_link(link: &str) -> Option<u32> {
         .find_map(|pid| read_link_inode(Path::new(&format!("/proc/{pid}/ns/{link}"))))
 }
 
+/// The host's namespaces of every kind, by both links (a PID namespace's
+/// `pid` and `pid_for_children`): they never end.
+pub fn host_namespaces() -> BTreeSet<NsKey> {
+    NsKind::ALL
+        .into_iter()
+        .flat_map(|k| {
+            [active_link(k), acting_link(k)]
+                .into_iter()
+                .filter_map(move |link| host_ns_link(link).map(|i| (k, i)))
+        })
+        .collect()
+}
+
 /// The parent pid field of a /proc/PID/stat text (after the parenthesised
 /// comm, which may itself hold spaces and parentheses). Hand-written, as
 /// the uid of /proc/PID/status in [`proc_info`]: one field each, read for

@@ -102,6 +102,36 @@ impl Methods {
         }
     }
 
+    /// How this kernel decides each kind's ends: the kernel's free path
+    /// for `freed`; for the rest, the kernel's answer through nsfs file
+    /// handles where it has namespace ids and they work, else inference
+    /// from /proc (forced with `infer`). The note says why not handles, for
+    /// the start-up line, when some kind is left to inference.
+    pub fn choose(
+        kinds: &[NsKind],
+        freed: &[NsKind],
+        infer: bool,
+        has_ns_id: bool,
+        open: impl FnOnce() -> Result<Box<dyn Ask>, String>,
+    ) -> (Self, Option<String>) {
+        let (ask, note) = if kinds.iter().all(|k| freed.contains(k)) {
+            (None, None)
+        } else if infer {
+            (None, Some("inference forced by --infer-ends".to_string()))
+        } else if !has_ns_id {
+            (
+                None,
+                Some("no namespace ids on this kernel (6.18+ has them)".to_string()),
+            )
+        } else {
+            match open() {
+                Ok(h) => (Some(h), None),
+                Err(why) => (None, Some(format!("nsfs file handles unusable: {why}"))),
+            }
+        };
+        (Methods::new(freed, ask), note)
+    }
+
     pub fn of(&self, kind: NsKind) -> EndMethod {
         self.by_kind[kind.index()]
     }
@@ -679,6 +709,42 @@ mod tests {
     }
 
     const NET: NsKey = (NsKind::Net, 4026532300);
+
+    #[test]
+    fn each_kind_gets_the_best_method_this_kernel_has_and_the_start_line_says_why_not() {
+        let all = NsKind::ALL;
+        let kernel = || Ok(Box::new(Kernel::default()) as Box<dyn Ask>);
+        let refused = || Err("EPERM".to_string());
+        // Every kind hooked: handles are not even opened.
+        let (m, note) = Methods::choose(&all, &all, false, true, || panic!("opened"));
+        assert_eq!((m.uniform(&all), note), (Some(EndMethod::Fentry), None));
+        // Some kinds hooked: the rest by handle, where they work.
+        let (m, note) = Methods::choose(&all, &[NsKind::Net], false, true, kernel);
+        assert_eq!(
+            (m.of(NsKind::Net), m.of(NsKind::Uts)),
+            (EndMethod::Fentry, EndMethod::NsfsHandle)
+        );
+        assert_eq!(note, None);
+        for (infer, ids, open, why) in [
+            (
+                true,
+                true,
+                kernel as fn() -> _,
+                "inference forced by --infer-ends",
+            ),
+            (
+                false,
+                false,
+                kernel,
+                "no namespace ids on this kernel (6.18+ has them)",
+            ),
+            (false, true, refused, "nsfs file handles unusable: EPERM"),
+        ] {
+            let (m, note) = Methods::choose(&all, &[], infer, ids, open);
+            assert_eq!(m.uniform(&all), Some(EndMethod::Inference));
+            assert_eq!(note.as_deref(), Some(why));
+        }
+    }
 
     fn mount(path: &str) -> Vec<MountPin> {
         vec![MountPin {
