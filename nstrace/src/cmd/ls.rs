@@ -62,7 +62,9 @@ pub fn run(json: bool, tree: bool) -> anyhow::Result<()> {
 }
 
 pub fn collect() -> Vec<Listed> {
-    let snap = procfs::scan();
+    // Sockets too: a network namespace only a socket holds is still one
+    // the machine keeps (and, memberless, a leak to look at).
+    let snap = procfs::scan().with_sockets();
     listed(&snap, |k| snap.meta(k), &procfs::home_mount_namespaces())
 }
 
@@ -75,7 +77,10 @@ fn listed(snap: &Snapshot, meta: impl Fn(NsKey) -> NsMeta, home: &[u32]) -> Vec<
             let mounts = snap.mounts.get(&key).cloned().unwrap_or_default();
             // Namespaces only a thread or a for-children link is in are not
             // lsns rows; skip them unless a mount or fd holds them.
-            if procs.is_none() && mounts.is_empty() && !snap.fds.contains_key(&key) {
+            let held = !mounts.is_empty()
+                || snap.fds.contains_key(&key)
+                || snap.sockets.contains_key(&key);
+            if procs.is_none() && !held {
                 return None;
             }
             let pid = procs.and_then(|p| p.iter().next().copied());
@@ -88,7 +93,10 @@ fn listed(snap: &Snapshot, meta: impl Fn(NsKey) -> NsMeta, home: &[u32]) -> Vec<
                 uid: info.map(|i| i.uid),
                 command: info.map(|i| i.comm.clone()),
                 meta: meta(key),
-                held_by: procfs::describe_holders(key, &snap.mounts, &snap.fds, home),
+                held_by: procfs::describe_holders(key, &snap.mounts, &snap.fds, home)
+                    .into_iter()
+                    .chain(procfs::describe_sockets(key, &snap.sockets))
+                    .collect(),
                 mounts,
             })
         })

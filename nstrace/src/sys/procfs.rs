@@ -65,6 +65,9 @@ pub struct Snapshot {
     pub mounts: BTreeMap<NsKey, Vec<MountPin>>,
     /// Open nsfs fds, by any process.
     pub fds: FdHolders,
+    /// Sockets (and tun fds) held by a process outside their network
+    /// namespace: filled only by [`Snapshot::with_sockets`].
+    pub sockets: FdHolders,
 }
 
 impl Snapshot {
@@ -75,8 +78,16 @@ impl Snapshot {
             .chain(self.threads.keys())
             .chain(self.mounts.keys())
             .chain(self.fds.keys())
+            .chain(self.sockets.keys())
             .copied()
             .collect()
+    }
+
+    /// The same, with [`socket_holders`] searched: costly (a copy of each
+    /// socket out of its process), so only `ls` asks.
+    pub fn with_sockets(mut self) -> Self {
+        self.sockets = socket_holders(&self);
+        self
     }
 
     /// Owner, parent and id of a namespace seen in this scan, through a
@@ -93,6 +104,12 @@ impl Snapshot {
         if let Some((pid, fd, _)) = self.fds.get(&key).and_then(|f| f.first()) {
             return ns_meta_at(&format!("/proc/{pid}/fd/{fd}"), Follow::Yes, key);
         }
+        if let Some((pid, fd, _)) = self.sockets.get(&key).and_then(|f| f.first()) {
+            if let Some(ns) = pidfd(*pid).and_then(|p| netns_fd_of(&p, *fd)) {
+                let path = format!("/proc/self/fd/{}", ns.as_raw_fd());
+                return ns_meta_at(&path, Follow::Yes, key);
+            }
+        }
         NsMeta::default()
     }
 
@@ -101,6 +118,7 @@ impl Snapshot {
         self.mounts
             .keys()
             .chain(self.fds.keys())
+            .chain(self.sockets.keys())
             .filter(|k| !self.threads.contains_key(k) && !self.processes.contains_key(k))
             .copied()
             .collect()
@@ -271,6 +289,15 @@ pub fn describe_holders(
                 .map(|(pid, fd, comm)| format!("fd {fd} of {comm} (pid {pid})")),
         )
         .collect()
+}
+
+/// The sockets holding `key`, described for a person (`nstrace ls`).
+pub fn describe_sockets(key: NsKey, sockets: &FdHolders) -> impl Iterator<Item = String> + '_ {
+    sockets
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .map(|(pid, fd, comm)| format!("socket fd {fd} of {comm} (pid {pid})"))
 }
 
 /// Inode of the host's namespace behind `/proc/PID/ns/<link>`: kthreadd's
@@ -445,6 +472,102 @@ pub fn ns_fd_holders() -> FdHolders {
     out
 }
 
+// <linux/sockios.h>: a socket's (or tun fd's) network namespace, as an fd.
+nix::ioctl_none_bad!(siocgskns, 0x894c);
+
+/// The network namespace of fd `fd` of process `pid`, if it is a socket
+/// or a tun device: the fd is copied out of the process (`pidfd_getfd`, as
+/// `lsfd` does for `SOCK.NETNS`; root may), asked with `SIOCGSKNS`, and
+/// closed. None when the process or fd is gone, or the fd is neither.
+/// Neither call blocks or changes the target, whatever it is.
+pub fn socket_netns(pid: u32, fd: u32) -> Option<u32> {
+    netns_of_fd(&pidfd(pid)?, fd)
+}
+
+fn owned(r: libc::c_long) -> Option<OwnedFd> {
+    // SAFETY: a descriptor the kernel just gave us alone.
+    (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
+}
+
+/// [`socket_netns`] through an open pidfd of the process.
+fn netns_of_fd(pidfd: &OwnedFd, fd: u32) -> Option<u32> {
+    let ns = netns_fd_of(pidfd, fd)?;
+    Some(fs::File::from(ns).metadata().ok()?.ino() as u32)
+}
+
+/// The network namespace of the process's fd `fd`, as an fd of it.
+fn netns_fd_of(pidfd: &OwnedFd, fd: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_getfd takes an open pidfd, a target fd number and flags,
+    // and returns a new fd or -1.
+    let copy = owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd or -1.
+    owned(unsafe { siocgskns(copy.as_raw_fd()) }.ok()?.into())
+}
+
+/// Network namespaces held through a socket or tun fd by a process that is
+/// not in them (the moby#32090 shape: a socket made inside, its fd passed
+/// out): (pid, fd, comm) per namespace. Each socket is asked once, however
+/// many fds share it; sockets in their holder's own namespace (nearly all)
+/// hold nothing a member does not.
+pub fn socket_holders(snap: &Snapshot) -> FdHolders {
+    let own_net: HashMap<u32, u32> = snap
+        .processes
+        .iter()
+        .filter(|(k, _)| k.0 == NsKind::Net)
+        .flat_map(|(k, pids)| pids.iter().map(move |&p| (p, k.1)))
+        .collect();
+    let mut asked: HashMap<String, Option<u32>> = HashMap::new();
+    let mut out = FdHolders::new();
+    let me = std::process::id();
+    for pid in pids().into_iter().filter(|&p| p != me) {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        // Opened at the process's first socket, once.
+        let mut process: Option<Option<OwnedFd>> = None;
+        for entry in dir.filter_map(|e| e.ok()) {
+            let Ok(link) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            let Some(link) = link.to_str() else { continue };
+            if !(link.starts_with("socket:[") || link == "/dev/net/tun") {
+                continue;
+            }
+            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            // A tun link names no one device: ask each.
+            let Some(p) = process.get_or_insert_with(|| pidfd(pid)) else {
+                break;
+            };
+            let netns = if link.starts_with("socket:[") {
+                *asked
+                    .entry(link.to_string())
+                    .or_insert_with(|| netns_of_fd(p, fd))
+            } else {
+                netns_of_fd(p, fd)
+            };
+            let Some(netns) = netns else { continue };
+            if own_net.get(&pid) == Some(&netns) {
+                continue;
+            }
+            let comm = snap
+                .procs
+                .get(&pid)
+                .map_or_else(|| proc_info(pid).comm, |p| p.comm.clone());
+            out.entry((NsKind::Net, netns))
+                .or_default()
+                .push((pid, fd, comm));
+        }
+    }
+    out
+}
+
 // <linux/nsfs.h>: `_IO(0xb7, 0x1)`, `_IO(0xb7, 0x2)`, and `_IOR(0xb7, 0xd,
 // __u64)` (Linux 6.18+). nix builds the request numbers for glibc and musl
 // alike (their ioctl request types differ).
@@ -529,6 +652,24 @@ pub fn ns_meta_at(path: &str, follow: Follow, key: NsKey) -> NsMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_names_the_network_namespace_it_was_made_in() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = sock.as_raw_fd() as u32;
+        assert_eq!(
+            socket_netns(std::process::id(), fd),
+            own_ns_link("net"),
+            "the kernel's answer for our own socket"
+        );
+        // Not a socket: no answer.
+        let file = fs::File::open("/proc/self/stat").unwrap();
+        assert_eq!(
+            socket_netns(std::process::id(), file.as_raw_fd() as u32),
+            None
+        );
+        assert_eq!(socket_netns(u32::MAX, 0), None);
+    }
 
     #[test]
     fn parses_ns_links() {

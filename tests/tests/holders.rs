@@ -1,0 +1,110 @@
+//! What keeps a memberless namespace alive, named: the holders `nstrace ls`
+//! finds beyond mounts and nsfs fds. The kernel is the judge of what each
+//! holder holds.
+
+use std::process::Command;
+
+use nstrace_tests::*;
+use serde_json::Value;
+
+/// The moby#32090 shape, made by an unprivileged user: a child makes a
+/// user and network namespace, a socket inside it, passes the socket's fd
+/// over a unix socket to its parent (outside) and exits. Only the socket
+/// holds the network namespace then. Prints `NETNS`, then `PID FD` of the
+/// holder, and holds until killed.
+const SOCKET_HOLDER: &str = r#"
+import ctypes, os, socket, sys, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+pid = os.fork()
+if pid == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000 | 0x40000000) != 0:
+        print("unshare failed", ctypes.get_errno(), flush=True)
+        os._exit(1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    print(os.stat("/proc/self/ns/net").st_ino, flush=True)
+    socket.send_fds(b, [b"x"], [s.fileno()])
+    os._exit(0)
+_, fds, _, _ = socket.recv_fds(a, 1, 1)
+os.waitpid(pid, 0)
+print(os.getpid(), fds[0], flush=True)
+time.sleep(60)
+"#;
+
+fn ls_json() -> Value {
+    let out = Command::new(nstrace_bin())
+        .args(["ls", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn listed(v: &Value, inode: u64) -> Option<Value> {
+    v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == "net" && n["ns"] == inode)
+        .cloned()
+}
+
+#[test]
+fn a_network_namespace_only_a_socket_holds_is_listed_with_its_holder() {
+    if !privileged() {
+        return;
+    }
+    let mut g = as_nobody(&format!("exec python3 -c '{SOCKET_HOLDER}'"));
+    let netns: u64 = g
+        .read_line()
+        .parse()
+        .expect("the child's network namespace");
+    let holder = g.read_line();
+    let (pid, fd) = holder
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("the holder said {holder:?}"));
+    // The kernel's answer: the holder's fd is a socket of that namespace,
+    // and the holder itself is elsewhere.
+    assert_ne!(ns_inode(pid.parse().unwrap(), "net"), netns);
+    let fd_link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    assert!(
+        fd_link.to_string_lossy().starts_with("socket:["),
+        "{fd_link:?}"
+    );
+
+    let v = ls_json();
+    let ns = listed(&v, netns).unwrap_or_else(|| panic!("net {netns} not listed: {v}"));
+    assert_eq!(ns["nprocs"], 0, "{ns}");
+    assert_eq!(ns["memberless"], true, "{ns}");
+    let want = format!("socket fd {fd} of python3 (pid {pid})");
+    assert!(
+        ns["held_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == want.as_str()),
+        "{want:?} not in {ns}"
+    );
+    // Its owner, read through the socket's namespace: the user namespace
+    // the child made, not ours.
+    let owner = ns["owner_user_ns"].as_u64().expect("an owner");
+    assert_ne!(owner, ns_inode(std::process::id(), "user"), "{ns}");
+
+    // The holder gone, so is the namespace: ls no longer lists it held so
+    // (on a busy machine a new namespace may take the inode at once).
+    drop(g);
+    let held = |ns: &Value| {
+        ns["held_by"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| h == want.as_str()))
+    };
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        !listed(&ls_json(), netns).is_some_and(|ns| held(&ns))
+    });
+    assert!(gone, "net {netns} still listed after its holder exited");
+}
