@@ -108,3 +108,39 @@ fn a_network_namespace_only_a_socket_holds_is_listed_with_its_holder() {
     });
     assert!(gone, "net {netns} still listed after its holder exited");
 }
+
+/// The same shape while tracing: the `pinned` record names the socket, and
+/// closing it gives the `destroy` (judged by the kernel's nsfs handles at
+/// stop).
+#[test]
+fn a_socket_holder_is_named_in_the_stream_and_its_close_ends_the_namespace() {
+    if !privileged() {
+        return;
+    }
+    let t = Tracer::start(&[]);
+    let mut g = as_nobody(&format!("exec python3 -c '{SOCKET_HOLDER}'"));
+    let netns: u64 = g
+        .read_line()
+        .parse()
+        .expect("the child's network namespace");
+    let holder = g.read_line();
+    let (pid, fd) = holder
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("the holder said {holder:?}"));
+    let want = format!("socket fd {fd} of python3 (pid {pid})");
+    let pinned = t.wait_for(1, |r| {
+        r["event"] == "pinned" && r["ns_type"] == "net" && r["ns_inode"] == netns
+    });
+    let by = pinned[0]["pinned_by"].as_array().unwrap();
+    assert!(
+        by.iter().any(|h| h == want.as_str()),
+        "{want:?} not in {}",
+        pinned[0]
+    );
+    drop(g);
+    t.wait_for(1, |r| {
+        r["event"] == "destroy" && r["ns_type"] == "net" && r["ns_inode"] == netns
+    });
+    let (status, stderr) = t.stop();
+    assert!(status.success(), "{stderr}");
+}

@@ -521,6 +521,22 @@ pub fn socket_holders(snap: &Snapshot) -> FdHolders {
         .filter(|(k, _)| k.0 == NsKind::Net)
         .flat_map(|(k, pids)| pids.iter().map(move |&p| (p, k.1)))
         .collect();
+    sockets_outside(
+        |pid| own_net.get(&pid).copied(),
+        |pid| snap.procs.get(&pid).map(|p| p.comm.clone()),
+    )
+}
+
+/// [`socket_holders`] without a scan at hand: each holder's namespace and
+/// command read as it is met.
+pub fn socket_holders_now() -> FdHolders {
+    sockets_outside(|pid| ns_link_of(pid, "net"), |_| None)
+}
+
+fn sockets_outside(
+    own_net: impl Fn(u32) -> Option<u32>,
+    comm_of: impl Fn(u32) -> Option<String>,
+) -> FdHolders {
     let mut asked: HashMap<String, Option<u32>> = HashMap::new();
     let mut out = FdHolders::new();
     let me = std::process::id();
@@ -553,13 +569,10 @@ pub fn socket_holders(snap: &Snapshot) -> FdHolders {
                 netns_of_fd(p, fd)
             };
             let Some(netns) = netns else { continue };
-            if own_net.get(&pid) == Some(&netns) {
+            if own_net(pid) == Some(netns) {
                 continue;
             }
-            let comm = snap
-                .procs
-                .get(&pid)
-                .map_or_else(|| proc_info(pid).comm, |p| p.comm.clone());
+            let comm = comm_of(pid).unwrap_or_else(|| proc_info(pid).comm);
             out.entry((NsKind::Net, netns))
                 .or_default()
                 .push((pid, fd, comm));

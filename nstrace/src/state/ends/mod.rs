@@ -53,6 +53,12 @@ pub trait Decider {
 pub trait Holders {
     fn mounts(&mut self) -> BTreeMap<NsKey, Vec<MountPin>>;
     fn fds(&mut self) -> FdHolders;
+    /// Sockets and tun fds held outside their network namespace: asked
+    /// only for a memberless network namespace nothing else visibly holds
+    /// (a copy of every socket out of its process is costly).
+    fn sockets(&mut self) -> FdHolders {
+        FdHolders::new()
+    }
     /// Member threads of each key, counted from /proc.
     fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64>;
 }
@@ -66,6 +72,9 @@ impl Holders for Procfs {
     }
     fn fds(&mut self) -> FdHolders {
         procfs::ns_fd_holders()
+    }
+    fn sockets(&mut self) -> FdHolders {
+        procfs::socket_holders_now()
     }
     fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
         procfs::count_threads(keys)
@@ -165,7 +174,7 @@ const POLL_INFERENCE_NS: i128 = 500 * MS;
 /// the kernel's own deferred free has run before the destroy is reported.
 pub const GRACE_NS: i128 = 100 * MS;
 
-const HELD_INSIDE: &str = "held inside the kernel: no mount, fd or owned namespace found";
+const HELD_INSIDE: &str = "held inside the kernel: no mount, fd, socket or owned namespace found";
 
 /// A namespace with no member that is not known to be gone.
 #[derive(Clone, Debug)]
@@ -545,9 +554,16 @@ impl Ends {
     ) -> Vec<Verdict> {
         let mounts = src.mounts();
         let fds = src.fds();
+        let mut sockets: Option<FdHolders> = None;
         let mut out = Vec::new();
         for (key, settled) in keys {
             let mut pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
+            // Only once settled: a network namespace's free is deferred
+            // (cleanup_net), so the first look often finds it still there.
+            if pins.is_empty() && settled && key.0 == NsKind::Net {
+                let sockets = sockets.get_or_insert_with(|| src.sockets());
+                pins.extend(procfs::describe_sockets(key, sockets));
+            }
             if pins.is_empty() {
                 if !settled {
                     continue;
