@@ -31,6 +31,21 @@ print(os.getpid(), fds[0], flush=True)
 time.sleep(60)
 "#;
 
+/// [`SOCKET_HOLDER`] run as nobody: the group, the network namespace, and
+/// the holder's pid and fd.
+fn socket_held() -> (Group, u64, String, String) {
+    let mut g = as_nobody(&format!("exec python3 -c '{SOCKET_HOLDER}'"));
+    let netns: u64 = g
+        .read_line()
+        .parse()
+        .expect("the child's network namespace");
+    let holder = g.read_line();
+    let (pid, fd) = holder
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("the holder said {holder:?}"));
+    (g, netns, pid.to_string(), fd.to_string())
+}
+
 fn ls_json() -> Value {
     let out = Command::new(nstrace_bin())
         .args(["ls", "--json"])
@@ -58,15 +73,7 @@ fn a_network_namespace_only_a_socket_holds_is_listed_with_its_holder() {
     if !privileged() {
         return;
     }
-    let mut g = as_nobody(&format!("exec python3 -c '{SOCKET_HOLDER}'"));
-    let netns: u64 = g
-        .read_line()
-        .parse()
-        .expect("the child's network namespace");
-    let holder = g.read_line();
-    let (pid, fd) = holder
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("the holder said {holder:?}"));
+    let (g, netns, pid, fd) = socket_held();
     // The kernel's answer: the holder's fd is a socket of that namespace,
     // and the holder itself is elsewhere.
     assert_ne!(ns_inode(pid.parse().unwrap(), "net"), netns);
@@ -118,15 +125,7 @@ fn a_socket_holder_is_named_in_the_stream_and_its_close_ends_the_namespace() {
         return;
     }
     let t = Tracer::start(&[]);
-    let mut g = as_nobody(&format!("exec python3 -c '{SOCKET_HOLDER}'"));
-    let netns: u64 = g
-        .read_line()
-        .parse()
-        .expect("the child's network namespace");
-    let holder = g.read_line();
-    let (pid, fd) = holder
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("the holder said {holder:?}"));
+    let (g, netns, pid, fd) = socket_held();
     let want = format!("socket fd {fd} of python3 (pid {pid})");
     let pinned = t.wait_for(1, |r| {
         r["event"] == "pinned" && r["ns_type"] == "net" && r["ns_inode"] == netns

@@ -437,6 +437,26 @@ fn unmangle(field: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// `(fd, link)` of each open fd of `pid` whose link is text (none if the
+/// process is gone).
+fn fd_links(pid: u32) -> impl Iterator<Item = (u32, String)> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            Some((
+                fd,
+                fs::read_link(e.path())
+                    .ok()?
+                    .into_os_string()
+                    .into_string()
+                    .ok()?,
+            ))
+        })
+}
+
 /// Namespaces held open through fds: (pid, fd, comm) of each holder.
 pub type FdHolders = BTreeMap<NsKey, Vec<(u32, u32, String)>>;
 
@@ -446,24 +466,13 @@ pub fn ns_fd_holders() -> FdHolders {
     let mut out = FdHolders::new();
     let me = std::process::id();
     for pid in pids().into_iter().filter(|&p| p != me) {
-        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for entry in dir.filter_map(|e| e.ok()) {
-            let Ok(link) = fs::read_link(entry.path()) else {
-                continue;
-            };
-            let Some((kind, inode)) = link.to_str().and_then(parse_ns_link) else {
+        for (fd, link) in fd_links(pid) {
+            let Some((kind, inode)) = parse_ns_link(&link) else {
                 continue;
             };
             let Some(kind) = NsKind::from_name(kind) else {
                 continue;
             };
-            let fd = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
             out.entry((kind, inode))
                 .or_default()
                 .push((pid, fd, proc_info(pid).comm));
@@ -541,29 +550,19 @@ fn sockets_outside(
     let mut out = FdHolders::new();
     let me = std::process::id();
     for pid in pids().into_iter().filter(|&p| p != me) {
-        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
         // Opened at the process's first socket, once.
         let mut process: Option<Option<OwnedFd>> = None;
-        for entry in dir.filter_map(|e| e.ok()) {
-            let Ok(link) = fs::read_link(entry.path()) else {
-                continue;
-            };
-            let Some(link) = link.to_str() else { continue };
+        for (fd, link) in fd_links(pid) {
             if !(link.starts_with("socket:[") || link == "/dev/net/tun") {
                 continue;
             }
-            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                continue;
-            };
             // A tun link names no one device: ask each.
             let Some(p) = process.get_or_insert_with(|| pidfd(pid)) else {
                 break;
             };
             let netns = if link.starts_with("socket:[") {
                 *asked
-                    .entry(link.to_string())
+                    .entry(link.clone())
                     .or_insert_with(|| netns_of_fd(p, fd))
             } else {
                 netns_of_fd(p, fd)
