@@ -120,6 +120,14 @@ pub struct Cli {
     #[arg(long, value_name = "KINDS", value_delimiter = ',', value_parser = kind_parser(), hide = true)]
     pub no_fentry_for: Vec<NsKind>,
 
+    /// Tell a suspect leak (a `leak` record, the `nstrace_namespaces_leaked`
+    /// gauge, `nstrace ls --leaks`) when a namespace that belonged to a
+    /// container or pod is still held, with no process in it, this long
+    /// after that container went (`60s`, `2m`, `500ms`; `0` disables). A
+    /// namespace no container had (`ip netns add` by hand) is never one.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_leak_after)]
+    pub leak_after: LeakAfter,
+
     /// Only records of this container: an id prefix or a name (docker).
     /// Matches the acting process's container and the container whose runtime
     /// created the namespace (so dockerd joining its network shows too).
@@ -138,7 +146,7 @@ pub struct Cli {
     #[arg(long = "type", value_name = "KINDS", value_delimiter = ',', value_parser = kind_parser())]
     pub types: Option<Vec<NsKind>>,
 
-    /// Only these events, comma-separated: create,join,pinned,destroy,error.
+    /// Only these events, comma-separated: create,join,pinned,destroy,error,leak.
     #[arg(long = "event", value_name = "EVENTS", value_delimiter = ',', value_parser = event_parser())]
     pub events: Option<Vec<EventType>>,
 
@@ -205,6 +213,11 @@ pub enum Command {
         /// Print trees: user namespaces with what they own, and PID namespace nesting.
         #[arg(long, conflicts_with = "json")]
         tree: bool,
+        /// Only the suspect leaks: held namespaces with no process whose
+        /// container or pod is gone, as a running `nstrace` told them
+        /// (`--leak-after`); it is the trace that knows whose they were.
+        #[arg(long)]
+        leaks: bool,
     },
     /// Sum up a saved trace offline (written by `--output FILE` or `--json >
     /// FILE`): the closing summary the live run printed.
@@ -233,6 +246,20 @@ fn parse_buffer_mib(s: &str) -> Result<u32, String> {
         return Err(format!("{n} MiB: must be a power of two from 1 to 1024"));
     }
     Ok(n)
+}
+
+/// `--leak-after`: a duration, None when `0` (never told).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeakAfter(pub Option<std::time::Duration>);
+
+fn parse_leak_after(s: &str) -> Result<LeakAfter, String> {
+    let d = if s.trim() == "0" {
+        std::time::Duration::ZERO
+    } else {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration like 60s, 2m or 500ms ({e})"))?
+    };
+    Ok(LeakAfter((!d.is_zero()).then_some(d)))
 }
 
 /// For `--metrics`: an address, or a bare port on loopback.
@@ -278,7 +305,8 @@ mod tests {
             c.command,
             Some(Command::Ls {
                 json: true,
-                tree: false
+                tree: false,
+                leaks: false,
             })
         ));
         assert!(Cli::try_parse_from(["nstrace", "ls", "--json", "--tree"]).is_err());
@@ -297,6 +325,23 @@ mod tests {
         assert_eq!(c.cmd, vec!["docker", "run", "-it"]);
         assert!(Cli::try_parse_from(["nstrace", "--type", "bogus"]).is_err());
         assert!(Cli::try_parse_from(["nstrace", "--event", "born"]).is_err());
+    }
+
+    #[test]
+    fn leak_after_takes_durations_and_zero_disables() {
+        let after =
+            |a: &str| Cli::try_parse_from(["nstrace", "--leak-after", a]).map(|c| c.leak_after.0);
+        assert_eq!(
+            Cli::try_parse_from(["nstrace"]).unwrap().leak_after.0,
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(
+            after("2s").unwrap(),
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(after("0").unwrap(), None);
+        assert_eq!(after("0s").unwrap(), None);
+        assert!(after("soon").is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         };
     }
     let outcome = match &cli.command {
-        Some(Command::Ls { json, tree }) => cmd::ls::run(*json, *tree).map(|()| 0),
+        Some(Command::Ls { json, tree, leaks }) => cmd::ls::run(*json, *tree, *leaks).map(|()| 0),
         Some(Command::Report {
             file,
             json,

@@ -78,15 +78,19 @@ pub enum EventType {
     Pinned,
     Destroy,
     Error,
+    /// Memberless and pinned, and the container it belonged to is gone: a
+    /// suspect leak (told once, `--leak-after` after the container went).
+    Leak,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         EventType::Create,
         EventType::Join,
         EventType::Pinned,
         EventType::Destroy,
         EventType::Error,
+        EventType::Leak,
     ];
 
     pub fn from_name(name: &str) -> Option<EventType> {
@@ -100,6 +104,7 @@ impl EventType {
             EventType::Pinned => "pinned",
             EventType::Destroy => "destroy",
             EventType::Error => "error",
+            EventType::Leak => "leak",
         }
     }
 }
@@ -307,11 +312,16 @@ pub struct Record {
     pub end_by: Option<EndMethod>,
     /// Destroy of a PID namespace whose init exited: that init's host pid.
     pub init_pid: Option<u32>,
-    /// Pinned: what holds the namespace.
+    /// Pinned and leak: what holds the namespace.
     pub pinned_by: Vec<String>,
+    /// Leak: how long the namespace has outlived its container (ns).
+    pub age_ns: Option<i128>,
     /// The container the actor is part of.
     pub container: Option<crate::model::Container>,
-    /// The container whose runtime created the namespace (joins, pinned, destroy).
+    /// The container the namespace belongs to (joins, pinned, destroy,
+    /// leak): the one whose runtime created it, else the first container
+    /// that joined it (a runtime daemon made it, as containerd's CRI makes
+    /// a pod's network namespace before any container exists).
     pub ns_container: Option<crate::model::Container>,
     /// The actor (or, for pinned/destroy, the namespace's creator) descends
     /// from a followed process (`--pid`, command mode).

@@ -15,6 +15,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod containers;
+
 /// True when the tests can load BPF programs. Otherwise says why the test is
 /// skipped, so a developer's plain `cargo test` passes with a clear message.
 pub fn privileged() -> bool {

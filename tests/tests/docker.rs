@@ -3,56 +3,16 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use nstrace_tests::*;
+use nstrace_tests::{containers::*, *};
 use serde_json::Value;
 
-const IMAGE: &str = "nstrace-test:busybox";
 const KINDS: [&str; 5] = ["mnt", "uts", "ipc", "pid", "net"];
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker client");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Root and a daemon with the test image; otherwise says why and skips.
-fn docker_ready() -> bool {
-    if !privileged() {
-        return false;
-    }
-    let ok = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "skipping: no Docker daemon with {IMAGE}; `cargo xtask test` starts one and builds the image"
-        );
-    }
-    ok
-}
 
 fn of_container<'a>(records: &'a [Value], id: &str) -> Vec<&'a Value> {
     records
         .iter()
         .filter(|r| r["container"]["id"] == id || r["ns_container"]["id"] == id)
         .collect()
-}
-
-/// Removes the container on every path.
-struct Running(String);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
-    }
 }
 
 #[test]
@@ -242,44 +202,6 @@ fn command_mode_traces_the_container_a_docker_run_starts_and_returns_its_status(
     }
 }
 
-/// containerd's socket: a system containerd's, else the one dockerd runs.
-fn containerd_socket() -> Option<&'static str> {
-    [
-        "/run/containerd/containerd.sock",
-        "/var/run/docker/containerd/containerd.sock",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-}
-
-/// Kills and removes a `ctr` container, and the cgroups it was given.
-struct CtrContainer {
-    sock: &'static str,
-    id: String,
-    cgroup: String,
-}
-
-impl Drop for CtrContainer {
-    fn drop(&mut self) {
-        let ctr = |args: &[&str]| {
-            let _ = Command::new("ctr")
-                .args(["-a", self.sock, "-n", "k8s.io"])
-                .args(args)
-                .output();
-        };
-        ctr(&["task", "kill", "-s", "KILL", &self.id]);
-        thread::sleep(Duration::from_millis(300));
-        ctr(&["task", "rm", "-f", &self.id]);
-        ctr(&["container", "rm", &self.id]);
-        // Innermost first: the pod's, then its parents (kept if others use them).
-        let mut dir = std::path::PathBuf::from(format!("/sys/fs/cgroup{}", self.cgroup));
-        while dir != std::path::Path::new("/sys/fs/cgroup") {
-            let _ = std::fs::remove_dir(&dir);
-            dir.pop();
-        }
-    }
-}
-
 #[test]
 fn a_cri_container_is_named_by_its_pod_from_the_bundle_annotations() {
     if !docker_ready() {
@@ -289,41 +211,16 @@ fn a_cri_container_is_named_by_its_pod_from_the_bundle_annotations() {
         eprintln!("skipping: no containerd socket");
         return;
     };
-    // A rootfs of static busybox: no image, no registry.
-    let rootfs = std::env::temp_dir().join(format!("nstrace-cri-rootfs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&rootfs);
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
-    let id = format!(
-        "{:016x}",
-        0x6e73_7472_6163_6500u64 | u64::from(std::process::id())
-    )
-    .repeat(4);
-    let cgroup = format!("/kubepods/besteffort/podnstrace{}/{id}", std::process::id());
+    let rootfs = Rootfs::new("cri");
+    let id = cri_id(0);
     let tracer = Tracer::start(&[]);
-    let running = CtrContainer {
+    let running = CtrContainer::run(
         sock,
-        id: id.clone(),
-        cgroup: cgroup.clone(),
-    };
-    let out = Command::new("ctr")
-        .args(["-a", sock, "-n", "k8s.io", "run", "-d", "--rootfs"])
-        .args(["--cgroup", &cgroup])
-        .args(["--annotation", "io.kubernetes.cri.container-type=container"])
-        .args(["--annotation", "io.kubernetes.cri.container-name=app"])
-        .args(["--annotation", "io.kubernetes.cri.sandbox-name=web-7d9f"])
-        .args(["--annotation", "io.kubernetes.cri.sandbox-namespace=shop"])
-        .arg(&rootfs)
-        .args([&id, "/bin/sleep", "30"])
-        .output()
-        .expect("ctr");
-    assert!(
-        out.status.success(),
-        "ctr run: {}",
-        String::from_utf8_lossy(&out.stderr)
+        &id,
+        &rootfs,
+        ("web-7d9f", "shop", "app"),
+        &[],
+        &["/bin/sleep", "30"],
     );
     let creates = tracer.wait_for(1, |r| {
         r["event"] == "create" && r["container"]["id"] == id.as_str()
@@ -334,6 +231,5 @@ fn a_cri_container_is_named_by_its_pod_from_the_bundle_annotations() {
     assert_eq!(c["namespace"], "shop", "{c}");
     assert_eq!(c["name"], "app", "{c}");
     drop(running);
-    let _ = std::fs::remove_dir_all(&rootfs);
     assert!(tracer.stop().0.success());
 }

@@ -20,7 +20,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// util-linux: unshare, nsenter, setpriv, lsns; iproute2: ip netns; bpftool:
 /// the "nothing left loaded" checks; docker.io and busybox-static: a real
 /// container runtime and a local image for the container tests (busybox also
-/// runs the VM guests' /init); qemu-system-x86 and cpio: the kernel matrix;
+/// runs the VM guests' /init); containerd: `ctr`, for CRI-shaped pods on
+/// dockerd's containerd; containernetworking-plugins: the real `bridge` and
+/// `loopback` CNI plugins wiring a pod's netns in the leak tests; qemu-system-x86 and cpio: the kernel matrix;
 /// prometheus: the server that scrapes `--metrics` in the tests; man-db: the
 /// .deb's man page rendered; chromium: the HTML timeline opened headless;
 /// python3-venv: the environment of the `perfetto` package that reads the
@@ -31,6 +33,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "ca-certificates",
     "docker.io",
+    "containerd",
+    "containernetworking-plugins",
     "busybox-static",
     "qemu-system-x86",
     "cpio",

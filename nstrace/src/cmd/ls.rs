@@ -1,7 +1,9 @@
 //! `nstrace ls`: the namespaces alive now, as lsns counts them, as a table, a
 //! tree (user namespaces owning the others; PID namespaces nested), or JSON.
 //! Namespaces with no process are listed too, marked, with what holds them:
-//! "why is this netns still here?" in one command.
+//! "why is this netns still here?" in one command. Those a running trace
+//! told as suspect leaks (their container gone) are marked `LEAK?` with
+//! whose they were; `--leaks` lists only those.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -12,8 +14,13 @@ use serde_json::{Value, json};
 
 use crate::{
     model::NsKey,
-    model::NsKind,
-    sys::procfs::{self, MountPin, NsMeta, Snapshot},
+    model::{NsKind, Record},
+    output::{json::Wire, leaks},
+    sys::{
+        nsfs::{Answer, Handles},
+        procfs::{self, MountPin, NsMeta, Snapshot},
+        time::{Clock, rfc3339},
+    },
     util::escape::{Escaped, escaped},
 };
 
@@ -34,6 +41,9 @@ pub struct Listed {
     /// What holds it besides its processes: mounts, fds, namespaces it owns
     /// or contains.
     pub held_by: Vec<String>,
+    /// Memberless, and a running trace told it as a suspect leak: its
+    /// `leak` record (whose it was, when that container went).
+    pub leak: Option<Record>,
 }
 
 impl Listed {
@@ -43,10 +53,12 @@ impl Listed {
     }
 }
 
-/// Reads the namespaces alive now.
-/// `nstrace ls [--json | --tree]`.
-pub fn run(json: bool, tree: bool) -> anyhow::Result<()> {
-    let list = collect();
+/// `nstrace ls [--json | --tree] [--leaks]`.
+pub fn run(json: bool, tree: bool, leaks_only: bool) -> anyhow::Result<()> {
+    let mut list = collect();
+    if leaks_only {
+        list.retain(|l| l.leak.is_some());
+    }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if json {
@@ -61,11 +73,59 @@ pub fn run(json: bool, tree: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads the namespaces alive now.
 pub fn collect() -> Vec<Listed> {
     // Sockets too: a network namespace only a socket holds is still one
     // the machine keeps (and, memberless, a leak to look at).
     let snap = procfs::scan().with_sockets();
-    listed(&snap, |k| snap.meta(k), &procfs::home_mount_namespaces())
+    let mut list = listed(&snap, |k| snap.meta(k), &procfs::home_mount_namespaces());
+    // A holder can let go between the scan and now: where the kernel can be
+    // asked, a memberless namespace it says is gone is not listed.
+    if let Ok(h) = Handles::open() {
+        list.retain(|l| {
+            !(l.memberless()
+                && l.meta
+                    .ns_id
+                    .is_some_and(|id| matches!(h.ask(l.kind, l.inode, id), Ok(Answer::Gone))))
+        });
+    }
+    mark_leaks(&mut list, leaks::read_all());
+    list
+}
+
+/// Marks the memberless namespaces the traces told as leaks (the same
+/// namespace: its id too, where both have one).
+fn mark_leaks(list: &mut [Listed], mut told: BTreeMap<NsKey, Record>) {
+    for l in list.iter_mut().filter(|l| l.memberless()) {
+        let Some(r) = told.remove(&(l.kind, l.inode)) else {
+            continue;
+        };
+        if r.ns_id.is_none() || l.meta.ns_id.is_none() || r.ns_id == l.meta.ns_id {
+            l.leak = Some(r);
+        }
+    }
+}
+
+/// When the container of a leak went (Unix ns).
+fn container_gone(r: &Record) -> i128 {
+    r.time_ns - r.age_ns.unwrap_or(0)
+}
+
+/// `LEAK? pod shop/web (container 3f2a…) gone 12.0s`: for the table.
+fn leak_text(r: &Record, now: i128) -> String {
+    let whose = match &r.ns_container {
+        Some(c) => {
+            let name = c.name.as_deref().unwrap_or(c.short_id());
+            match (&c.pod, &c.namespace) {
+                (Some(p), Some(n)) => format!("pod {n}/{p} (container {name})"),
+                (Some(p), None) => format!("pod {p} (container {name})"),
+                _ => format!("container {name}"),
+            }
+        }
+        None => "its container".to_string(),
+    };
+    let ms = (now - container_gone(r)).max(0) / 1_000_000;
+    format!("LEAK? {whose} gone {}.{:03}s ago", ms / 1000, ms % 1000)
 }
 
 fn listed(snap: &Snapshot, meta: impl Fn(NsKey) -> NsMeta, home: &[u32]) -> Vec<Listed> {
@@ -98,6 +158,7 @@ fn listed(snap: &Snapshot, meta: impl Fn(NsKey) -> NsMeta, home: &[u32]) -> Vec<
                     .chain(procfs::describe_sockets(key, &snap.sockets))
                     .collect(),
                 mounts,
+                leak: None,
             })
         })
         .collect();
@@ -163,6 +224,18 @@ pub fn to_json(list: &[Listed]) -> Value {
                 "mounts": l.mounts.iter().map(|m| &m.path).collect::<Vec<_>>(),
                 "memberless": l.memberless(),
                 "held_by": if l.memberless() { Some(&l.held_by) } else { None },
+                // The trace's own record, in its schema: whose it was, how
+                // long it had outlived it when told.
+                "leak": l.leak.as_ref().map(|r| {
+                    let mut v = serde_json::to_value(Wire::record(r)).unwrap_or(Value::Null);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert(
+                            "container_gone".into(),
+                            Value::String(rfc3339(container_gone(r)).as_str().to_string()),
+                        );
+                    }
+                    v
+                }),
             })
         })
         .collect();
@@ -171,6 +244,7 @@ pub fn to_json(list: &[Listed]) -> Value {
 
 pub fn write_table(out: &mut dyn Write, list: &[Listed]) -> io::Result<()> {
     let names = user_names();
+    let now = Clock::now_unix_ns();
     writeln!(
         out,
         "{:<11} {:<6} {:>6} {:>7} {:<10} {:<16} HELD BY (no process in it)",
@@ -191,10 +265,14 @@ pub fn write_table(out: &mut dyn Write, list: &[Listed]) -> io::Result<()> {
             Escaped(&user),
             Escaped(l.command.as_deref().unwrap_or("-")),
             if l.memberless() {
-                if l.held_by.is_empty() {
+                let held = if l.held_by.is_empty() {
                     "? (nothing visible: held inside the kernel)".to_string()
                 } else {
                     escaped(&l.held_by.join(", ")).into_owned()
+                };
+                match &l.leak {
+                    Some(r) => format!("{}; {held}", escaped(&leak_text(r, now))),
+                    None => held,
                 }
             } else {
                 String::new()

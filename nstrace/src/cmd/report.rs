@@ -369,6 +369,7 @@ mod tests {
         "lifetime_ns",
         "init_pid",
         "pinned_by",
+        "age_ns",
         "kernel",
         "ends",
         "ends_by_kind",

@@ -146,6 +146,7 @@ struct Series {
     destroyed: Family<EventLabels, Counter>,
     failed: Family<EventLabels, Counter>,
     pinned: Family<KindLabel, Gauge>,
+    leaked: Family<KindLabel, Gauge>,
     oldest_pinned: Family<KindLabel, Gauge<f64, AtomicU64>>,
     lost: Family<LostLabel, Counter>,
     /// A counter (`_total`), as CPU time only grows: `rate()` works on it.
@@ -213,12 +214,12 @@ impl Metrics {
             EventType::Error => {
                 s.failed.get_or_create(&labels).inc();
             }
-            EventType::Pinned => {}
+            EventType::Pinned | EventType::Leak => {}
         }
         if let Some(inode) = r.inode {
             let key = (kind, inode);
             match r.event {
-                EventType::Pinned => {
+                EventType::Pinned | EventType::Leak => {
                     self.pinned_since.entry(key).or_insert(r.time_ns);
                 }
                 EventType::Join | EventType::Destroy | EventType::Create => {
@@ -273,8 +274,12 @@ impl Metrics {
         let s = &self.series;
         let mut alive: HashMap<NsKind, i64> = NsKind::ALL.into_iter().map(|k| (k, 0)).collect();
         let mut pinned = alive.clone();
+        let mut leaked = alive.clone();
         for e in reg.alive() {
             *alive.entry(e.kind).or_default() += 1;
+            if e.leaked.is_some() {
+                *leaked.entry(e.kind).or_default() += 1;
+            }
             if matches!(e.state, State::Pinned(_)) {
                 *pinned.entry(e.kind).or_default() += 1;
                 // Pinned at start (no record): aged from when nstrace first saw it.
@@ -296,6 +301,7 @@ impl Metrics {
             };
             s.alive.get_or_create(&label).set(alive[&kind]);
             s.pinned.get_or_create(&label).set(pinned[&kind]);
+            s.leaked.get_or_create(&label).set(leaked[&kind]);
             let age = oldest
                 .get(&kind)
                 .map_or(0.0, |&t| (now - t).max(0) as f64 / 1e9);
@@ -327,6 +333,7 @@ impl Series {
             destroyed: Family::default(),
             failed: Family::default(),
             pinned: Family::default(),
+            leaked: Family::default(),
             oldest_pinned: Family::default(),
             lost: Family::default(),
             cpu: Counter::default(),
@@ -363,6 +370,11 @@ impl Series {
             "namespaces_pinned",
             "Namespaces with no member task, held by a mount, an fd or a child namespace",
             s.pinned.clone(),
+        );
+        s.registry.register(
+            "namespaces_leaked",
+            "Suspect leaks: namespaces still held after the container or pod they belonged to went (told by a leak record, --leak-after)",
+            s.leaked.clone(),
         );
         s.registry.register(
             "oldest_pinned_namespace_age_seconds",

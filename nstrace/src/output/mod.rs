@@ -3,6 +3,7 @@
 pub mod filter;
 pub mod html;
 pub mod json;
+pub mod leaks;
 pub mod metrics;
 pub mod outputs;
 pub mod perfetto;

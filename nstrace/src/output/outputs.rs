@@ -1,13 +1,14 @@
 //! Where a live trace's records go: one declared list, in the order a
 //! record reaches them, each output saying whether the filters apply.
-//! `--metrics` and `--output FILE` take every record (counts and a saved
-//! trace must not depend on what was shown); the pictures and stdout take
+//! `--metrics`, the leak list (`nstrace ls --leaks` reads it) and `--output
+//! FILE` take every record (counts, leaks and a saved trace must not depend
+//! on what was shown); the pictures and stdout take
 //! what the filters pass. An output that fails is told with its cause and
 //! dropped, and the others go on; the trace ends when none is left.
 
 use std::{io, path::Path};
 
-use super::{Sink, filter::Filter, metrics::Metrics, timeline::Timeline};
+use super::{Sink, filter::Filter, leaks::LeakList, metrics::Metrics, timeline::Timeline};
 use crate::{
     model::{Loss, Record, Start, Stop},
     util::escape,
@@ -16,6 +17,9 @@ use crate::{
 enum Target<'a> {
     /// `--metrics`.
     Metrics(Metrics),
+    /// The suspect leaks told, for `nstrace ls` (not an output the trace
+    /// goes on for alone).
+    Leaks(LeakList),
     /// `--output FILE`: JSON Lines.
     File(Box<dyn Sink + 'a>),
     /// `--perfetto`/`--html`: the lanes drawn when tracing stops.
@@ -38,6 +42,7 @@ impl<'a> Output<'a> {
     fn sink(&mut self) -> &mut (dyn Sink + 'a) {
         match &mut self.target {
             Target::Metrics(m) => m,
+            Target::Leaks(l) => l,
             Target::File(s) | Target::Stdout(s) => s.as_mut(),
             Target::Timeline(t) => t,
         }
@@ -57,6 +62,7 @@ impl<'a> Outputs<'a> {
     pub fn new(
         filter: Filter,
         metrics: Option<Metrics>,
+        leaks: Option<LeakList>,
         file: Option<(Box<dyn Sink + 'a>, &Path)>,
         timeline: Option<Timeline>,
         stdout: Box<dyn Sink + 'a>,
@@ -70,6 +76,10 @@ impl<'a> Outputs<'a> {
         // The order a record reaches them.
         let list = [
             metrics.map(|m| output(Target::Metrics(m), false, "the metrics")),
+            leaks.map(|l| {
+                let name = format!("the leak list {}", escape::path(&l.path()));
+                output(Target::Leaks(l), false, &name)
+            }),
             file.map(|(s, path)| output(Target::File(s), false, escape::path(path).as_ref())),
             timeline.map(|t| output(Target::Timeline(t), true, "the pictures")),
             Some(output(Target::Stdout(stdout), true, "stdout")),
@@ -176,9 +186,12 @@ impl<'a> Outputs<'a> {
         })
     }
 
-    /// Whether nothing is left to write to: the trace ends.
+    /// Whether nothing is left to write to (the leak list is no reason to
+    /// go on): the trace ends.
     pub fn gone(&self) -> bool {
-        self.list.is_empty()
+        self.list
+            .iter()
+            .all(|o| matches!(o.target, Target::Leaks(_)))
     }
 
     /// Closes every output but the pictures' timeline, returned to be
@@ -248,6 +261,7 @@ mod tests {
         let mut o = Outputs::new(
             net_only(),
             None,
+            None,
             Some((Box::new(file.clone()), Path::new("t.jsonl"))),
             None,
             Box::new(stdout.clone()),
@@ -270,6 +284,7 @@ mod tests {
         let mut o = Outputs::new(
             Filter::default(),
             None,
+            None,
             Some((Box::new(file), Path::new("t.jsonl"))),
             None,
             Box::new(stdout.clone()),
@@ -289,7 +304,7 @@ mod tests {
             fail: Some(io::ErrorKind::BrokenPipe),
             ..Kept::default()
         };
-        let mut o = Outputs::new(Filter::default(), None, None, None, Box::new(stdout));
+        let mut o = Outputs::new(Filter::default(), None, None, None, None, Box::new(stdout));
         o.record(&record(NsKind::Net));
         assert!(o.gone());
         let (_, e) = o.close();

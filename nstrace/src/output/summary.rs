@@ -90,6 +90,13 @@ pub fn render(reg: &Registry, now_ns: i128) -> String {
                 }
                 State::Alive => String::new(),
             };
+            let state = match (&e.leaked, &e.container) {
+                (Some(_), Some(c)) => format!(
+                    "{state}; a suspect leak: its container {} is gone",
+                    Escaped(c.name.as_deref().unwrap_or(c.short_id()))
+                ),
+                _ => state,
+            };
             let _ = writeln!(
                 s,
                 "    {} {} {}, {age} old{state}",
@@ -181,6 +188,7 @@ pub fn to_json(saved: &Saved) -> serde_json::Value {
             },
             "lifetime_ns": e.lifetime_ns().map(saturating_i64),
             "age_ns": e.born.as_ref().filter(|_| e.ended_ns.is_none()).map(|b| saturating_i64(end - b.time_ns)),
+            "suspect_leak": e.leaked.is_some(),
         })
     };
     json!({

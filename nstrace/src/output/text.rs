@@ -111,6 +111,35 @@ fn details(out: &mut String, r: &Record) {
                 escape::push(out, p);
             }
         }
+        EventType::Leak => {
+            out.push_str("suspect leak: outlived its container");
+            if let Some(c) = &r.ns_container {
+                out.push(' ');
+                escape::push(out, c.name.as_deref().unwrap_or(c.short_id()));
+                if let Some(pod) = &c.pod {
+                    out.push_str(" (pod ");
+                    if let Some(ns) = &c.namespace {
+                        escape::push(out, ns);
+                        out.push('/');
+                    }
+                    escape::push(out, pod);
+                    out.push(')');
+                }
+            }
+            out.push_str(" by ");
+            duration(out, r.age_ns.unwrap_or(0));
+            out.push_str("; held by ");
+            for (i, p) in r.pinned_by.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                escape::push(out, p);
+            }
+            if let Some(b) = &r.born {
+                out.push_str("; created by ");
+                creator(out, b);
+            }
+        }
         EventType::Destroy => {
             out.push_str(match r.end {
                 Some(EndCause::PinReleased) => "ended: its last pin went",
@@ -175,6 +204,7 @@ fn sgr(event: &str) -> &'static str {
         "pinned" => "33",
         "destroy" => "31",
         "error" => "1;35",
+        "leak" => "1;33",
         _ => "1;31",
     }
 }

@@ -255,7 +255,9 @@ impl Timeline {
                     });
                 }
             }
-            (EventType::Pinned, Some(key)) => {
+            // A leak is drawn as the pinned phase it is (its own mark is
+            // for the pictures' rework, issue 24).
+            (EventType::Pinned | EventType::Leak, Some(key)) => {
                 let i = self.lane(key, r);
                 self.lanes[i].phase(r.time_ns, Some(r.pinned_by.clone()));
             }

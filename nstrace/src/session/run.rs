@@ -16,7 +16,7 @@ use crate::{
     output::{self, outputs::Outputs},
     session::{Session, command},
     state::ends::{self, Ends},
-    state::{records, registry::Registry},
+    state::{leaks::Leaks, records, registry::Registry},
     sys::time::Clock,
 };
 
@@ -35,6 +35,8 @@ pub struct Tracer<'a> {
     pub(super) probes: Probes,
     pub(super) registry: Registry,
     pub(super) ends: Ends,
+    /// Held namespaces whose container went: told once, `--leak-after` on.
+    pub(super) leaks: Leaks,
     pub(super) totals: Totals,
     pub(super) containers: container::Resolver,
     /// Command mode while the command runs: containers created now are its.
@@ -117,6 +119,15 @@ impl<'a> Tracer<'a> {
         }
         self.outputs.flush();
         more
+    }
+
+    /// Tells the suspect leaks due now.
+    pub(super) fn check_leaks(&mut self) {
+        let now = self.clock.now_as_event_ns();
+        for r in self.leaks.check(now, &mut self.registry) {
+            self.outputs.record(&r);
+        }
+        self.outputs.flush();
     }
 
     /// When the loop must wake without a ring wakeup: the next check due,
@@ -268,6 +279,7 @@ pub async fn until_stop(s: &mut Session) -> Result<Ended> {
                 t.check_ends(ring);
             }
             _ = tick.tick() => {
+                t.check_leaks();
                 let now = t.clock.now_as_event_ns();
                 if let Some(m) = t.outputs.metrics() {
                     m.refresh(&t.registry, now);

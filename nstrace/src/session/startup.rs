@@ -18,12 +18,19 @@ use crate::{
     enrich::container,
     kernel::{offsets, preflight, probes::Probes},
     model::{EndMethod, NsKind, Start},
-    output::{self, Sink, filter::Filter, outputs::Outputs, timeline::Timeline},
+    output::{
+        self, Sink,
+        filter::Filter,
+        leaks::{DIR as LEAK_DIR, LeakList},
+        outputs::Outputs,
+        timeline::Timeline,
+    },
     session::{
         Session, command,
         run::{Totals, Tracer},
     },
     state::ends::{self, Ends, Methods},
+    state::leaks::Leaks,
     state::registry::Registry,
     sys::nsfs::Handles,
     sys::procfs::{self},
@@ -117,7 +124,8 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
     let snap = procfs::scan();
     let host_ns = procfs::host_namespaces();
     let watched = ends::seed_counts(&snap, &host_ns, &mut probes);
-    let registry = Registry::from_snapshot(&snap, |key| snap.meta(key));
+    let mut registry = Registry::from_snapshot(&snap, |key| snap.meta(key));
+    registry.set_host(host_ns.clone());
     let (methods, ends_note) = Methods::choose(
         &kinds,
         &freed_kinds,
@@ -255,9 +263,22 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
         kinds: cli.types.clone(),
         events: cli.events.clone(),
     };
+    // Leaks are told in the stream whatever becomes of the list; without
+    // it only `ls` misses them, and says so nowhere else: warn.
+    let leak_list = cli.leak_after.0.and_then(|_| match LeakList::create() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!(
+                "nstrace: warning: cannot keep the leak list in {}: {e}; `nstrace ls --leaks` will not see this trace's leaks",
+                LEAK_DIR
+            );
+            None
+        }
+    });
     let mut outputs = Outputs::new(
         filter,
         metrics,
+        leak_list,
         saved.zip(cli.output.as_deref()),
         pictures.as_ref().map(|_| Timeline::default()),
         stdout,
@@ -274,6 +295,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
         probes,
         registry,
         ends,
+        leaks: Leaks::new(cli.leak_after.0),
         totals: Totals::default(),
         containers: container::Resolver::new(),
         collect_caused: command.is_some(),

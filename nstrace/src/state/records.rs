@@ -47,6 +47,16 @@ pub fn pinned(e: &Entry, time_ns: i128) -> Record {
     }
 }
 
+/// A suspect leak: a pinned namespace that has outlived its container by
+/// `age_ns`, as of `time_ns`.
+pub fn leak(e: &Entry, time_ns: i128, age_ns: i128) -> Record {
+    Record {
+        event: EventType::Leak,
+        age_ns: Some(age_ns),
+        ..pinned(e, time_ns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

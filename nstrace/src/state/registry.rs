@@ -4,7 +4,7 @@
 //! ended namespace leaves the live map and a later one with the same inode is
 //! a new entry.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use crate::{
     model::NsKey,
@@ -39,10 +39,13 @@ pub struct Entry {
     pub init_exited: Option<u32>,
     /// When it ended (Unix ns).
     pub ended_ns: Option<i128>,
-    /// The container whose runtime created it.
+    /// The container it belongs to: the one whose runtime created it, else
+    /// the first container whose process joined it.
     pub container: Option<crate::model::Container>,
     /// Created by a followed process.
     pub followed: bool,
+    /// Told as a suspect leak at this time (its container gone, it pinned).
+    pub leaked: Option<i128>,
 }
 
 impl Entry {
@@ -60,6 +63,7 @@ impl Entry {
             ended_ns: None,
             container: None,
             followed: false,
+            leaked: None,
         }
     }
 
@@ -92,6 +96,8 @@ pub struct Registry {
     /// The longest-lived namespace of all that ended (for the summary).
     longest_ended: Option<Entry>,
     totals: BTreeMap<NsKind, KindTotals>,
+    /// The host's namespaces: never any container's, whoever joins them.
+    host: BTreeSet<NsKey>,
 }
 
 impl Registry {
@@ -111,6 +117,13 @@ impl Registry {
             reg.alive.insert(key, e);
         }
         reg
+    }
+
+    /// The host's namespaces (`sys::procfs::host_namespaces`): a container
+    /// process joining one (a privileged container's `nsenter -t 1`) does
+    /// not make it that container's.
+    pub fn set_host(&mut self, host: BTreeSet<NsKey>) {
+        self.host = host;
     }
 
     /// Seeds the registry with the namespaces a saved trace says were alive
@@ -136,6 +149,15 @@ impl Registry {
             }
             (EventType::Pinned, Some(key)) => {
                 self.pin(key, r.pinned_by.clone());
+            }
+            (EventType::Leak, Some(key)) => {
+                self.pin(key, r.pinned_by.clone());
+                if let Some(e) = self.alive.get_mut(&key) {
+                    e.leaked = Some(r.time_ns);
+                    if e.container.is_none() {
+                        e.container = r.ns_container.clone();
+                    }
+                }
             }
             (EventType::Destroy, Some(key)) => {
                 if let Some(e) = self.alive.get_mut(&key) {
@@ -224,8 +246,15 @@ impl Registry {
                     .entry(key)
                     .or_insert_with(|| Entry::new(kind, inode));
                 e.state = State::Alive;
+                e.leaked = None;
                 if e.ns_id.is_none() {
                     e.ns_id = r.ns_id;
+                }
+                // A namespace no container made (a runtime daemon's, such as
+                // a CRI pod's network namespace) is the first joining
+                // container's: the pod it was made for.
+                if e.container.is_none() && !self.host.contains(&key) {
+                    e.container = r.container.clone();
                 }
                 r.born = e.born.clone();
                 r.ns_container = e.container.clone();
@@ -282,6 +311,16 @@ impl Registry {
             .collect();
         out.sort();
         out
+    }
+
+    /// Containers some namespace of which still has members (as far as the
+    /// member counts tell): the ones not gone.
+    pub fn live_containers(&self) -> HashSet<&str> {
+        self.alive
+            .values()
+            .filter(|e| e.state == State::Alive)
+            .filter_map(|e| e.container.as_ref().map(|c| c.id.as_str()))
+            .collect()
     }
 
     /// Namespaces born while tracing and still alive: possible leaks.

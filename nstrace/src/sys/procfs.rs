@@ -333,6 +333,14 @@ pub fn host_namespaces() -> BTreeSet<NsKey> {
 /// every process of the start-up scan, where procfs-core parses them all
 /// (its mountinfo parser measured 16 times slower than ours; see
 /// [`parse_nsfs_mounts`]).
+/// When `pid` started (clock ticks after boot, /proc/PID/stat field 22):
+/// with the pid, names one process across pid reuse.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 fn parent_of_stat(stat: &str) -> Option<u32> {
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(1)?.parse().ok()

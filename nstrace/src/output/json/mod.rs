@@ -414,7 +414,7 @@ mod tests {
                     any::<Option<u32>>(),
                     any::<Option<u32>>(),
                 ),
-                (born, end, end_by, init_pid, pinned_by, container, ns_container) in (
+                (born, end, end_by, init_pid, pinned_by, container, ns_container, age_ns) in (
                     prop::option::of(birth()),
                     prop::option::of(prop::sample::select(&EndCause::ALL[..])),
                     prop::option::of(prop::sample::select(&EndMethod::ALL[..])),
@@ -422,13 +422,14 @@ mod tests {
                     prop::collection::vec(".{0,30}", 0..4),
                     prop::option::of(container()),
                     prop::option::of(container()),
+                    prop::option::of(any::<i64>().prop_map(i128::from)),
                 ),
             ) -> Record {
                 let mut r = Record {
                     time_ns, event, kind, inode, ns_id, prev_inode, syscall, flags, actor,
                     child_pid, fd, flags_unread, claimed_flags, errno, owner_inode,
                     parent_inode, born, end, end_by, init_pid, pinned_by, container,
-                    ns_container, followed: false,
+                    ns_container, age_ns, followed: false,
                 };
                 // What the schema carries only for some events (README):
                 // privilege for user-namespace creates, the verdict for
@@ -441,8 +442,11 @@ mod tests {
                 if event != EventType::Destroy {
                     (r.end, r.end_by, r.init_pid) = (None, None, None);
                 }
-                if event != EventType::Pinned {
+                if !matches!(event, EventType::Pinned | EventType::Leak) {
                     r.pinned_by.clear();
+                }
+                if event != EventType::Leak {
+                    r.age_ns = None;
                 }
                 r
             }

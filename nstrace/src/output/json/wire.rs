@@ -165,6 +165,15 @@ impl Lenient<'_> for i32 {
     }
 }
 
+impl Lenient<'_> for i64 {
+    fn from_u64(v: u64) -> Option<Self> {
+        v.try_into().ok()
+    }
+    fn from_i64(v: i64) -> Option<Self> {
+        Some(v)
+    }
+}
+
 impl Lenient<'_> for bool {
     fn from_bool(v: bool) -> Option<Self> {
         Some(v)
@@ -467,6 +476,9 @@ pub struct Wire<'a> {
     init_pid: Field<u32>,
     #[serde(borrow, skip_serializing_if = "Field::is_absent")]
     pinned_by: Field<List<Cow<'a, str>>>,
+    /// Leak: how long it has outlived its container.
+    #[serde(skip_serializing_if = "Field::is_absent")]
+    age_ns: Field<i64>,
 
     // `stop` and `lost`
     #[serde(skip_serializing_if = "Field::is_absent")]
@@ -562,13 +574,18 @@ impl<'a> Wire<'a> {
                 Field::Absent
             },
             init_pid: Field::when(r.init_pid.filter(|_| is_destroy)),
-            pinned_by: if r.event == EventType::Pinned {
+            pinned_by: if matches!(r.event, EventType::Pinned | EventType::Leak) {
                 Field::Is(List(
                     r.pinned_by
                         .iter()
                         .map(|p| Cow::Borrowed(p.as_str()))
                         .collect(),
                 ))
+            } else {
+                Field::Absent
+            },
+            age_ns: if r.event == EventType::Leak {
+                Field::null_or(r.age_ns.map(|a| a as i64))
             } else {
                 Field::Absent
             },
@@ -717,6 +734,7 @@ impl<'a> Wire<'a> {
                 .into_iter()
                 .map(Cow::into_owned)
                 .collect(),
+            age_ns: self.age_ns.get().map(i128::from),
             container: self.container.get().and_then(WireContainer::container),
             ns_container: self.ns_container.get().and_then(WireContainer::container),
             followed: false,
