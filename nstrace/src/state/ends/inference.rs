@@ -2,14 +2,19 @@
 //! member and nothing in /proc holds it (nsfs mounts in every mount
 //! namespace, fds of every process, namespaces it owns or contains), seen so
 //! twice, [`GRACE_NS`] apart, so that the kernel's own deferred free has run.
-//! Best effort: a socket or a zombie's credentials hold a namespace where
+//! A network namespace nothing else holds is looked for among the sockets
+//! held outside their own namespace too (a socket alone keeps one alive).
+//! Best effort: a zombie's credentials or a pidfd hold a namespace where
 //! /proc does not show it.
 
 use super::{Decider, Ends, GRACE_NS, Holders, POLL_INFERENCE_NS, Verdict, pins_of};
 use crate::{
-    model::{EndMethod, NsKey},
+    model::{EndMethod, NsKey, NsKind},
     state::registry::Registry,
-    sys::{nsfs::Answer, procfs::FdHolders},
+    sys::{
+        nsfs::Answer,
+        procfs::{self, FdHolders},
+    },
 };
 
 pub struct Inference;
@@ -47,8 +52,13 @@ impl Ends {
         } else {
             FdHolders::new()
         };
+        let mut sockets: Option<FdHolders> = None;
         for key in due {
-            let pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
+            let mut pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
+            if pins.is_empty() && key.0 == NsKind::Net {
+                let sockets = sockets.get_or_insert_with(|| src.sockets());
+                pins.extend(procfs::describe_sockets(key, sockets));
+            }
             let Some(w) = self.watch.get_mut(&key) else {
                 continue;
             };

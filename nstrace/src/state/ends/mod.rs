@@ -693,6 +693,7 @@ mod tests {
     #[derive(Default)]
     struct FakeProc {
         mounts: BTreeMap<NsKey, Vec<MountPin>>,
+        sockets: FdHolders,
         threads: HashMap<NsKey, i64>,
     }
 
@@ -702,6 +703,9 @@ mod tests {
         }
         fn fds(&mut self) -> FdHolders {
             BTreeMap::new()
+        }
+        fn sockets(&mut self) -> FdHolders {
+            self.sockets.clone()
         }
         fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
             keys.iter()
@@ -843,6 +847,24 @@ mod tests {
         assert_eq!(out[0].end, Some(EndCause::LastMemberLeft));
         assert_eq!(out[0].end_by, Some(EndMethod::Inference));
         assert_eq!(out[0].time_ns, 100 + GRACE_NS);
+    }
+
+    #[test]
+    fn inference_takes_a_socket_for_a_pin_of_its_network_namespace() {
+        let mut reg = registry_with_created(NET, None);
+        let (mut counts, mut src) = (Counts::default(), FakeProc::default());
+        src.sockets.insert(NET, vec![(42, 12, "docker-proxy".into())]);
+        let mut e = ends(Methods::new(&[], None));
+        e.on_emptied(&emptied(NET), None, 100, &mut reg);
+        let out = round(&mut e, 100, &mut reg, &mut counts, &mut src);
+        assert_eq!(out[0].event, EventType::Pinned);
+        assert_eq!(out[0].pinned_by, ["socket fd 12 of docker-proxy (pid 42)"]);
+        src.sockets.clear();
+        let t = 100 + POLL_INFERENCE_NS;
+        assert!(round(&mut e, t, &mut reg, &mut counts, &mut src).is_empty());
+        let out = round(&mut e, t + GRACE_NS, &mut reg, &mut counts, &mut src);
+        assert_eq!(out[0].event, EventType::Destroy);
+        assert_eq!(out[0].end, Some(EndCause::PinReleased));
     }
 
     #[test]
