@@ -143,3 +143,76 @@ fn a_socket_holder_is_named_in_the_stream_and_its_close_ends_the_namespace() {
     let (status, stderr) = t.stop();
     assert!(status.success(), "{stderr}");
 }
+
+/// A child that makes a user namespace and exits, its parent never reaping
+/// it: the zombie's credentials alone hold the namespace. Prints the user
+/// namespace, then `CHILD PARENT`, and holds until killed.
+const ZOMBIE_HOLDER: &str = r#"
+import ctypes, os, time
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000) != 0:
+        os.write(w, b"unshare failed\n")
+        os._exit(1)
+    os.write(w, b"%d\n" % os.stat("/proc/self/ns/user").st_ino)
+    os._exit(0)
+print(os.read(r, 64).decode().strip(), flush=True)
+print(pid, os.getpid(), flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn a_zombie_holding_a_user_namespace_is_named_and_its_reaping_ends_it() {
+    if !privileged() {
+        return;
+    }
+    let t = Tracer::start(&[]);
+    let mut g = as_nobody(&format!("exec python3 -c '{ZOMBIE_HOLDER}'"));
+    let userns: u64 = g.read_line().parse().expect("the child's user namespace");
+    let said = g.read_line();
+    let (child, parent) = said.split_once(' ').unwrap();
+    // The kernel's view: a zombie (once its exit is through) whose user
+    // namespace is that one.
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
+        stat.rsplit_once(')').unwrap().1.split_whitespace().next() == Some("Z")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !state() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {child} never became a zombie"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(ns_inode(child.parse().unwrap(), "user"), userns);
+    let want = format!("zombie python3 (pid {child}), not reaped by its parent (pid {parent})");
+    let pinned = t.wait_for(1, |r| {
+        r["event"] == "pinned"
+            && r["ns_type"] == "user"
+            && r["ns_inode"] == userns
+            && r["pinned_by"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|h| h == want.as_str()))
+    });
+    // Killing the parent gets the zombie reaped (by init): the end.
+    drop(g);
+    let destroy = t.wait_for(1, |r| {
+        r["event"] == "destroy"
+            && r["ns_type"] == "user"
+            && r["ns_inode"] == userns
+            && r["ns_id"] == pinned[0]["ns_id"]
+    });
+    if let Some(judge) = KernelJudge::new() {
+        assert_eq!(
+            judge.alive_record(&destroy[0]),
+            Some(false),
+            "{}",
+            destroy[0]
+        );
+    }
+    let (status, stderr) = t.stop();
+    assert!(status.success(), "{stderr}");
+}

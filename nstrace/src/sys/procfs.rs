@@ -489,6 +489,51 @@ pub fn ns_fd_holders() -> FdHolders {
     out
 }
 
+/// Zombies by the namespaces they still hold: (pid, parent pid, comm).
+pub type Zombies = BTreeMap<NsKey, Vec<(u32, u32, String)>>;
+
+/// Every zombie (exited, not yet reaped) by its user namespace (its
+/// credentials live until it is reaped) and its PID namespace (so does its
+/// `struct pid`): /proc still shows both links for a zombie.
+pub fn zombie_holders() -> Zombies {
+    let mut out = Zombies::new();
+    for pid in pids() {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        if f.next() != Some("Z") {
+            continue;
+        }
+        let ppid = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        // The comm as the kernel wrote it between the parentheses.
+        let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
+        for kind in [NsKind::User, NsKind::Pid] {
+            if let Some(inode) = ns_link_of(pid, kind.name()) {
+                out.entry((kind, inode))
+                    .or_default()
+                    .push((pid, ppid, comm.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// `zombie COMM (pid P), not reaped by its parent (pid PP)`, for each zombie
+/// holding `key`.
+pub fn describe_zombies(key: NsKey, zombies: &Zombies) -> impl Iterator<Item = String> + '_ {
+    zombies
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .map(|(pid, ppid, comm)| {
+            format!("zombie {comm} (pid {pid}), not reaped by its parent (pid {ppid})")
+        })
+}
+
 // <linux/sockios.h>: a socket's (or tun fd's) network namespace, as an fd.
 nix::ioctl_none_bad!(siocgskns, 0x894c);
 

@@ -2,19 +2,16 @@
 //! member and nothing in /proc holds it (nsfs mounts in every mount
 //! namespace, fds of every process, namespaces it owns or contains), seen so
 //! twice, [`GRACE_NS`] apart, so that the kernel's own deferred free has run.
-//! A network namespace nothing else holds is looked for among the sockets
-//! held outside their own namespace too (a socket alone keeps one alive).
-//! Best effort: a zombie's credentials or a pidfd hold a namespace where
-//! /proc does not show it.
+//! A namespace nothing else holds is looked for among the sockets held
+//! outside their own network namespace (net) and the zombies (user, pid)
+//! too. Best effort: a pidfd of an exited process or an open file's
+//! credentials hold a namespace where /proc does not show it.
 
-use super::{Decider, Ends, GRACE_NS, Holders, POLL_INFERENCE_NS, Verdict, pins_of};
+use super::{Decider, Ends, GRACE_NS, Hidden, Holders, POLL_INFERENCE_NS, Verdict, pins_of};
 use crate::{
-    model::{EndMethod, NsKey, NsKind},
+    model::{EndMethod, NsKey},
     state::registry::Registry,
-    sys::{
-        nsfs::Answer,
-        procfs::{self, FdHolders},
-    },
+    sys::{nsfs::Answer, procfs::FdHolders},
 };
 
 pub struct Inference;
@@ -52,12 +49,11 @@ impl Ends {
         } else {
             FdHolders::new()
         };
-        let mut sockets: Option<FdHolders> = None;
+        let mut hidden = Hidden::default();
         for key in due {
             let mut pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
-            if pins.is_empty() && key.0 == NsKind::Net {
-                let sockets = sockets.get_or_insert_with(|| src.sockets());
-                pins.extend(procfs::describe_sockets(key, sockets));
+            if pins.is_empty() {
+                pins = hidden.pins(key, src);
             }
             let Some(w) = self.watch.get_mut(&key) else {
                 continue;

@@ -32,7 +32,7 @@ use crate::{
     state::{records, registry::Registry},
     sys::{
         nsfs::Answer,
-        procfs::{self, FdHolders, MountPin, Snapshot},
+        procfs::{self, FdHolders, MountPin, Snapshot, Zombies},
     },
 };
 pub use handles::Ask;
@@ -59,6 +59,11 @@ pub trait Holders {
     fn sockets(&mut self) -> FdHolders {
         FdHolders::new()
     }
+    /// Zombies, by the user and PID namespaces they hold until reaped:
+    /// asked only for a memberless one nothing else visibly holds.
+    fn zombies(&mut self) -> Zombies {
+        Zombies::new()
+    }
     /// Member threads of each key, counted from /proc.
     fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64>;
 }
@@ -75,6 +80,9 @@ impl Holders for Procfs {
     }
     fn sockets(&mut self) -> FdHolders {
         procfs::socket_holders_now()
+    }
+    fn zombies(&mut self) -> Zombies {
+        procfs::zombie_holders()
     }
     fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
         procfs::count_threads(keys)
@@ -174,7 +182,8 @@ const POLL_INFERENCE_NS: i128 = 500 * MS;
 /// the kernel's own deferred free has run before the destroy is reported.
 pub const GRACE_NS: i128 = 100 * MS;
 
-const HELD_INSIDE: &str = "held inside the kernel: no mount, fd, socket or owned namespace found";
+const HELD_INSIDE: &str =
+    "held inside the kernel: no mount, fd, socket, zombie or owned namespace found";
 
 /// A namespace with no member that is not known to be gone.
 #[derive(Clone, Debug)]
@@ -554,15 +563,14 @@ impl Ends {
     ) -> Vec<Verdict> {
         let mounts = src.mounts();
         let fds = src.fds();
-        let mut sockets: Option<FdHolders> = None;
+        let mut hidden = Hidden::default();
         let mut out = Vec::new();
         for (key, settled) in keys {
             let mut pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
             // Only once settled: a network namespace's free is deferred
             // (cleanup_net), so the first look often finds it still there.
-            if pins.is_empty() && settled && key.0 == NsKind::Net {
-                let sockets = sockets.get_or_insert_with(|| src.sockets());
-                pins.extend(procfs::describe_sockets(key, sockets));
+            if pins.is_empty() && settled {
+                pins = hidden.pins(key, src);
             }
             if pins.is_empty() {
                 if !settled {
@@ -659,6 +667,31 @@ impl Ends {
 
 /// What visibly holds `key`: nsfs mounts in any mount namespace, fds of any
 /// process, namespaces it owns (user) or contains (pid).
+/// The holders only some kinds have, each searched at most once per check
+/// and only for a namespace nothing else is found holding: sockets (net),
+/// zombies (user, pid).
+#[derive(Default)]
+pub(super) struct Hidden {
+    sockets: Option<FdHolders>,
+    zombies: Option<Zombies>,
+}
+
+impl Hidden {
+    pub(super) fn pins(&mut self, key: NsKey, src: &mut dyn Holders) -> Vec<String> {
+        match key.0 {
+            NsKind::Net => {
+                let sockets = self.sockets.get_or_insert_with(|| src.sockets());
+                procfs::describe_sockets(key, sockets).collect()
+            }
+            NsKind::User | NsKind::Pid => {
+                let zombies = self.zombies.get_or_insert_with(|| src.zombies());
+                procfs::describe_zombies(key, zombies).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 fn pins_of(
     key: NsKey,
     mounts: &BTreeMap<NsKey, Vec<MountPin>>,
@@ -694,6 +727,7 @@ mod tests {
     struct FakeProc {
         mounts: BTreeMap<NsKey, Vec<MountPin>>,
         sockets: FdHolders,
+        zombies: Zombies,
         threads: HashMap<NsKey, i64>,
     }
 
@@ -706,6 +740,9 @@ mod tests {
         }
         fn sockets(&mut self) -> FdHolders {
             self.sockets.clone()
+        }
+        fn zombies(&mut self) -> Zombies {
+            self.zombies.clone()
         }
         fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
             keys.iter()
@@ -853,7 +890,8 @@ mod tests {
     fn inference_takes_a_socket_for_a_pin_of_its_network_namespace() {
         let mut reg = registry_with_created(NET, None);
         let (mut counts, mut src) = (Counts::default(), FakeProc::default());
-        src.sockets.insert(NET, vec![(42, 12, "docker-proxy".into())]);
+        src.sockets
+            .insert(NET, vec![(42, 12, "docker-proxy".into())]);
         let mut e = ends(Methods::new(&[], None));
         e.on_emptied(&emptied(NET), None, 100, &mut reg);
         let out = round(&mut e, 100, &mut reg, &mut counts, &mut src);
