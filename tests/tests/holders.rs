@@ -216,3 +216,104 @@ fn a_zombie_holding_a_user_namespace_is_named_and_its_reaping_ends_it() {
     let (status, stderr) = t.stop();
     assert!(status.success(), "{stderr}");
 }
+
+/// A network namespace bind-mounted inside a mount namespace that no
+/// process is in, that mount namespace held by an fd: a child makes a user,
+/// mount and network namespace, mounts its netns at a file, passes an fd
+/// of its mount namespace to its parent and exits. Prints the network
+/// namespace, the mount namespace, the mount point, then `PID FD` of the
+/// holder, and holds until killed.
+const MNTNS_HOLDER: &str = r#"
+import ctypes, os, socket, time
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+point = "/tmp/nstrace-pin-%d" % os.getpid()
+pid = os.fork()
+if pid == 0:
+    if libc.unshare(0x10000000 | 0x00020000 | 0x40000000) != 0:
+        print("unshare failed", ctypes.get_errno(), flush=True)
+        os._exit(1)
+    # Private, so that nothing propagates; then the pin.
+    libc.mount(None, b"/", None, 0x4000 | 0x40000, None)
+    open(point, "w").close()
+    if libc.mount(b"/proc/self/ns/net", point.encode(), None, 0x1000, None) != 0:
+        print("mount failed", ctypes.get_errno(), flush=True)
+        os._exit(1)
+    print(os.stat("/proc/self/ns/net").st_ino, flush=True)
+    print(os.stat("/proc/self/ns/mnt").st_ino, flush=True)
+    print(point, flush=True)
+    fd = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    socket.send_fds(b, [b"x"], [fd])
+    os._exit(0)
+_, fds, _, _ = socket.recv_fds(a, 1, 1)
+os.waitpid(pid, 0)
+print(os.getpid(), fds[0], flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn a_mount_inside_a_mount_namespace_no_process_is_in_is_named() {
+    if !privileged() {
+        return;
+    }
+    let t = Tracer::start(&[]);
+    let mut g = as_nobody(&format!("exec python3 -c '{MNTNS_HOLDER}'"));
+    let netns: u64 = g
+        .read_line()
+        .parse()
+        .expect("the child's network namespace");
+    let mntns: u64 = g.read_line().parse().expect("its mount namespace");
+    let point = g.read_line();
+    let said = g.read_line();
+    let (pid, fd) = said.split_once(' ').unwrap();
+    let _cleanup = Removed(point.clone());
+    // The kernel's view: the holder's fd is that mount namespace.
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    assert_eq!(link.to_string_lossy(), format!("mnt:[{mntns}]"));
+    let want = format!(
+        "mount {point} in mnt namespace {mntns} (no process in it; held by fd {fd} of python3 (pid {pid}))"
+    );
+    let has = |r: &Value| {
+        r["pinned_by"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|h| h == want.as_str()))
+    };
+    t.wait_for(1, |r| {
+        r["event"] == "pinned" && r["ns_type"] == "net" && r["ns_inode"] == netns && has(r)
+    });
+    let v = ls_json();
+    let ns = listed(&v, netns).unwrap_or_else(|| panic!("net {netns} not listed: {v}"));
+    assert!(
+        ns["held_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == want.as_str()),
+        "{want:?} not in {ns}"
+    );
+    // The mount namespace gone (its only holder closed), its mounts go,
+    // and with them the network namespace.
+    drop(g);
+    let destroy = t.wait_for(1, |r| {
+        r["event"] == "destroy" && r["ns_type"] == "net" && r["ns_inode"] == netns
+    });
+    if let Some(judge) = KernelJudge::new() {
+        assert_eq!(
+            judge.alive_record(&destroy[0]),
+            Some(false),
+            "{}",
+            destroy[0]
+        );
+    }
+    let (status, stderr) = t.stop();
+    assert!(status.success(), "{stderr}");
+}
+
+/// Removes a file the test's unprivileged child left.
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

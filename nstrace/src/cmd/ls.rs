@@ -77,7 +77,7 @@ pub fn run(json: bool, tree: bool, leaks_only: bool) -> anyhow::Result<()> {
 pub fn collect() -> Vec<Listed> {
     // Sockets too: a network namespace only a socket holds is still one
     // the machine keeps (and, memberless, a leak to look at).
-    let snap = procfs::scan().with_sockets();
+    let snap = procfs::scan().with_sockets().with_memberless_mounts();
     let mut list = listed(&snap, |k| snap.meta(k), &procfs::home_mount_namespaces());
     // A holder can let go between the scan and now: where the kernel can be
     // asked, a memberless namespace it says is gone is not listed.
@@ -376,6 +376,7 @@ mod tests {
                 path: "/run/netns/t".into(),
                 mnt_ns: 100,
                 pid: 1,
+                ns_held_by: None,
             }],
         );
     }

@@ -341,8 +341,15 @@ pub fn loss_parts(l: &Loss) -> Vec<String> {
         ));
     }
     if l.forgotten > 0 {
+        // A member met with no count: the LRU evicted it, or (only where
+        // runs were skipped) the skipped run was the namespace's create.
+        let why = if l.skipped > 0 {
+            "LRU eviction, or a create a skipped run missed"
+        } else {
+            "LRU eviction"
+        };
         parts.push(format!(
-            "{} watched namespaces forgotten by the kernel's member map (LRU eviction): their ends may be late or missing",
+            "{} watched namespaces forgotten by the kernel's member map ({why}): their ends may be late or missing",
             l.forgotten
         ));
     }

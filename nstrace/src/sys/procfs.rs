@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs,
+    io::Read as _,
     os::{
         fd::{AsRawFd, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
@@ -90,6 +91,15 @@ impl Snapshot {
         self
     }
 
+    /// The same, with the nsfs mounts of mount namespaces no process is in
+    /// (each entered by a thread): `ls` asks.
+    pub fn with_memberless_mounts(mut self) -> Self {
+        for (key, pins) in nsfs_mounts_memberless(&self.mounts, &self.fds) {
+            self.mounts.entry(key).or_default().extend(pins);
+        }
+        self
+    }
+
     /// Owner, parent and id of a namespace seen in this scan, through a
     /// process in it, a mount of it (seen from that mount's namespace) or an
     /// fd on it.
@@ -98,7 +108,12 @@ impl Snapshot {
             let link = format!("/proc/{pid}/ns/{}", active_link(key.0));
             return ns_meta_at(&link, Follow::Yes, key);
         }
-        if let Some(m) = self.mounts.get(&key).and_then(|m| m.first()) {
+        // A pin in a mount namespace no process is in has no path to open.
+        let mount = self
+            .mounts
+            .get(&key)
+            .and_then(|m| m.iter().find(|m| m.ns_held_by.is_none()));
+        if let Some(m) = mount {
             return ns_meta_at(&m.open_path(), Follow::No, key);
         }
         if let Some((pid, fd, _)) = self.fds.get(&key).and_then(|f| f.first()) {
@@ -245,6 +260,9 @@ pub struct MountPin {
     pub path: String,
     pub mnt_ns: u32,
     pub pid: u32,
+    /// The mount namespace has no process: what holds it instead (its
+    /// description), and `pid` is none of its members.
+    pub ns_held_by: Option<String>,
 }
 
 impl MountPin {
@@ -258,6 +276,12 @@ impl MountPin {
     /// `mount PATH`, naming the mount namespace unless it is the host's
     /// (PID 1's) or nstrace's own.
     pub fn describe(&self, ours: &[u32]) -> String {
+        if let Some(by) = &self.ns_held_by {
+            return format!(
+                "mount {} in mnt namespace {} (no process in it; held by {by})",
+                self.path, self.mnt_ns
+            );
+        }
         if ours.contains(&self.mnt_ns) {
             format!("mount {}", self.path)
         } else {
@@ -388,12 +412,121 @@ pub fn nsfs_mounts() -> BTreeMap<NsKey, Vec<MountPin>> {
             // A mount copied into a new mount namespace (unshare -m) is a
             // second pin at the same path: the first one names it.
             if !pins.iter().any(|p| p.path == path) {
-                pins.push(MountPin { path, mnt_ns, pid });
+                pins.push(MountPin {
+                    path,
+                    mnt_ns,
+                    pid,
+                    ns_held_by: None,
+                });
             }
         }
     }
     out
 }
+
+/// nsfs bind mounts in the mount namespaces no process is in, held by an
+/// fd (in `fds`) or a mount (in `mounts`): a sandbox's pins outlive its
+/// processes there. Each such table is read from inside, by a thread made
+/// for it ([`mountinfo_inside`]).
+pub fn nsfs_mounts_memberless(
+    mounts: &BTreeMap<NsKey, Vec<MountPin>>,
+    fds: &FdHolders,
+) -> BTreeMap<NsKey, Vec<MountPin>> {
+    let mut out: BTreeMap<NsKey, Vec<MountPin>> = BTreeMap::new();
+    let held: BTreeSet<u32> = mounts
+        .keys()
+        .chain(fds.keys())
+        .filter(|k| k.0 == NsKind::Mnt)
+        .map(|k| k.1)
+        .collect();
+    if held.is_empty() {
+        return out;
+    }
+    let with_process: BTreeSet<u32> = pids()
+        .into_iter()
+        .filter_map(|p| ns_link_of(p, "mnt"))
+        .collect();
+    for mnt_ns in held.difference(&with_process).copied() {
+        let key = (NsKind::Mnt, mnt_ns);
+        // Through a holder the kernel vouches for: an fd of a process, else
+        // a mount (opened as nsfs and this inode only).
+        let by_fd = fds
+            .get(&key)
+            .and_then(|h| h.first())
+            .and_then(|(pid, fd, comm)| {
+                let f = open_nsfs(&format!("/proc/{pid}/fd/{fd}"), Follow::Yes, key)?;
+                Some((f, format!("fd {fd} of {comm} (pid {pid})"), *pid))
+            });
+        let opened = by_fd.or_else(|| {
+            mounts.get(&key)?.iter().find_map(|m| {
+                let f = open_nsfs(&m.open_path(), Follow::No, key)?;
+                Some((f, m.describe(&[]), m.pid))
+            })
+        });
+        let Some((file, by, pid)) = opened else {
+            continue;
+        };
+        let Some(bytes) = mountinfo_inside(file) else {
+            continue;
+        };
+        for (pinned, path) in parse_nsfs_mounts(&String::from_utf8_lossy(&bytes)) {
+            let pins = out.entry(pinned).or_default();
+            if !pins.iter().any(|p| p.path == path && p.mnt_ns == mnt_ns) {
+                pins.push(MountPin {
+                    path,
+                    mnt_ns,
+                    pid,
+                    ns_held_by: Some(by.clone()),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The mount table of the mount namespace `ns` (an nsfs file of it), read
+/// by a thread that enters it: no process is in it, so no /proc entry
+/// shows it. The thread first stops sharing its filesystem context (setns
+/// into a mount namespace requires it) and opens its own /proc directory
+/// before entering, so that nothing is looked up through the namespace's
+/// root, which whoever made it shaped.
+fn mountinfo_inside(ns: fs::File) -> Option<Vec<u8>> {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: unshare(CLONE_FS) changes only this thread's
+            // filesystem context, which nothing else here uses.
+            if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                return None;
+            }
+            let dir = fs::File::open("/proc/thread-self").ok()?;
+            // SAFETY: setns with a valid nsfs fd of a mount namespace; it
+            // moves only this thread (its fs context is its own now).
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+                return None;
+            }
+            // SAFETY: openat with our directory fd and a NUL-terminated
+            // relative name; returns a new fd or -1.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    c"mountinfo".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+            let file = fs::File::from(owned(fd.into())?);
+            let mut bytes = Vec::new();
+            file.take(MOUNTINFO_CAP).read_to_end(&mut bytes).ok()?;
+            Some(bytes)
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
+}
+
+/// The most of one mount table read from inside (100,000 mounts, the
+/// kernel's default `mount-max`, are about 15 MB).
+const MOUNTINFO_CAP: u64 = 32 << 20;
 
 /// (namespace, mount point) of each nsfs line of a mountinfo table.
 ///

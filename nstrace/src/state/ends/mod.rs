@@ -59,6 +59,16 @@ pub trait Holders {
     fn sockets(&mut self) -> FdHolders {
         FdHolders::new()
     }
+    /// nsfs mounts inside the mount namespaces no process is in that
+    /// `mounts` or `fds` hold: asked only for a memberless namespace
+    /// nothing else visibly holds (each such table is entered to be read).
+    fn memberless_mounts(
+        &mut self,
+        _mounts: &BTreeMap<NsKey, Vec<MountPin>>,
+        _fds: &FdHolders,
+    ) -> BTreeMap<NsKey, Vec<MountPin>> {
+        BTreeMap::new()
+    }
     /// Zombies, by the user and PID namespaces they hold until reaped:
     /// asked only for a memberless one nothing else visibly holds.
     fn zombies(&mut self) -> Zombies {
@@ -83,6 +93,13 @@ impl Holders for Procfs {
     }
     fn zombies(&mut self) -> Zombies {
         procfs::zombie_holders()
+    }
+    fn memberless_mounts(
+        &mut self,
+        mounts: &BTreeMap<NsKey, Vec<MountPin>>,
+        fds: &FdHolders,
+    ) -> BTreeMap<NsKey, Vec<MountPin>> {
+        procfs::nsfs_mounts_memberless(mounts, fds)
     }
     fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
         procfs::count_threads(keys)
@@ -570,7 +587,7 @@ impl Ends {
             // Only once settled: a network namespace's free is deferred
             // (cleanup_net), so the first look often finds it still there.
             if pins.is_empty() && settled {
-                pins = hidden.pins(key, src);
+                pins = hidden.pins(key, src, (&mounts, &fds));
             }
             if pins.is_empty() {
                 if !settled {
@@ -667,17 +684,37 @@ impl Ends {
 
 /// What visibly holds `key`: nsfs mounts in any mount namespace, fds of any
 /// process, namespaces it owns (user) or contains (pid).
-/// The holders only some kinds have, each searched at most once per check
-/// and only for a namespace nothing else is found holding: sockets (net),
+/// The holders that cost more to find, each searched at most once per
+/// check and only for a namespace nothing else is found holding: mounts
+/// inside mount namespaces no process is in (any kind), sockets (net),
 /// zombies (user, pid).
 #[derive(Default)]
 pub(super) struct Hidden {
+    memberless_mounts: Option<BTreeMap<NsKey, Vec<MountPin>>>,
     sockets: Option<FdHolders>,
     zombies: Option<Zombies>,
 }
 
 impl Hidden {
-    pub(super) fn pins(&mut self, key: NsKey, src: &mut dyn Holders) -> Vec<String> {
+    /// What holds `key` out of sight, given the check's `mounts` and `fds`.
+    pub(super) fn pins(
+        &mut self,
+        key: NsKey,
+        src: &mut dyn Holders,
+        (mounts, fds): (&BTreeMap<NsKey, Vec<MountPin>>, &FdHolders),
+    ) -> Vec<String> {
+        let inside = self
+            .memberless_mounts
+            .get_or_insert_with(|| src.memberless_mounts(mounts, fds));
+        let pins: Vec<String> = inside
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .map(|m| m.describe(&[]))
+            .collect();
+        if !pins.is_empty() {
+            return pins;
+        }
         match key.0 {
             NsKind::Net => {
                 let sockets = self.sockets.get_or_insert_with(|| src.sockets());
@@ -808,6 +845,7 @@ mod tests {
             path: path.into(),
             mnt_ns: 1,
             pid: 1,
+            ns_held_by: None,
         }]
     }
 
@@ -916,6 +954,7 @@ mod tests {
                 path: "/tmp/pin".into(),
                 mnt_ns: 9,
                 pid: 42,
+                ns_held_by: None,
             }],
         );
         e.on_emptied(&emptied(NET), None, 100, &mut reg);
