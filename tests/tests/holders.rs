@@ -317,3 +317,91 @@ impl Drop for Removed {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// A PID namespace whose process has exited, held by a pidfd of it kept
+/// elsewhere: a child makes a user and PID namespace and forks the new
+/// namespace's init; the parent opens a pidfd of the init, prints the PID
+/// namespace, waits for the file named by its first argument (the test's
+/// go: the tracer has seen the namespace made), then the child kills and
+/// reaps the init and exits. Prints `PID FD INIT` and holds until killed.
+const PIDFD_HOLDER: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+go_r, go_w = os.pipe()
+p = os.fork()
+if p == 0:
+    if libc.unshare(0x10000000 | 0x20000000) != 0:
+        os.write(w, b"unshare failed\n")
+        os._exit(1)
+    c = os.fork()
+    if c == 0:
+        time.sleep(60)
+        os._exit(0)
+    os.write(w, b"%d\n" % c)
+    os.read(go_r, 1)
+    os.kill(c, 9)
+    os.waitpid(c, 0)
+    os._exit(0)
+c = int(os.read(r, 64))
+pfd = os.pidfd_open(c)
+print(os.stat("/proc/%d/ns/pid" % c).st_ino, flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.02)
+os.write(go_w, b"x")
+os.waitpid(p, 0)
+print(os.getpid(), pfd, c, flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn a_pidfd_of_an_exited_process_holding_its_pid_namespace_is_named() {
+    if !privileged() {
+        return;
+    }
+    let t = Tracer::start(&[]);
+    let go = std::env::temp_dir().join(format!("nstrace-pidfd-go-{}", std::process::id()));
+    let _ = std::fs::remove_file(&go);
+    let _cleanup = Removed(go.to_string_lossy().into_owned());
+    let mut g = as_nobody(&format!(
+        "exec python3 -c '{PIDFD_HOLDER}' {}",
+        go.display()
+    ));
+    let pidns: u64 = g.read_line().parse().expect("the new PID namespace");
+    t.wait_for(1, |r| {
+        r["event"] == "create" && r["ns_type"] == "pid" && r["ns_inode"] == pidns
+    });
+    std::fs::write(&go, "").unwrap();
+    let said = g.read_line();
+    let mut f = said.split(' ');
+    let (pid, fd, init) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+    // The kernel's view: the fd is a pidfd of a process that has exited.
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+    assert!(info.lines().any(|l| l == "Pid:\t-1"), "{info}");
+    let want = format!("pidfd {fd} of python3 (pid {pid}), of its exited process {init}");
+    let pinned = t.wait_for(1, |r| {
+        r["event"] == "pinned"
+            && r["ns_type"] == "pid"
+            && r["ns_inode"] == pidns
+            && r["pinned_by"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|h| h == want.as_str()))
+    });
+    drop(g);
+    let destroy = t.wait_for(1, |r| {
+        r["event"] == "destroy"
+            && r["ns_type"] == "pid"
+            && r["ns_inode"] == pidns
+            && r["ns_id"] == pinned[0]["ns_id"]
+    });
+    if let Some(judge) = KernelJudge::new() {
+        assert_eq!(
+            judge.alive_record(&destroy[0]),
+            Some(false),
+            "{}",
+            destroy[0]
+        );
+    }
+    let (status, stderr) = t.stop();
+    assert!(status.success(), "{stderr}");
+}

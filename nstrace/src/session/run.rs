@@ -124,7 +124,11 @@ impl<'a> Tracer<'a> {
     /// Tells the suspect leaks due now.
     pub(super) fn check_leaks(&mut self) {
         let now = self.clock.now_as_event_ns();
-        for r in self.leaks.check(now, &mut self.registry) {
+        let ends = &self.ends;
+        let leaks = self.leaks.check(now, &mut self.registry, |keys, reg| {
+            ends.holders_now(keys, reg, &mut ends::Procfs)
+        });
+        for r in leaks {
             self.outputs.record(&r);
         }
         self.outputs.flush();
@@ -186,6 +190,10 @@ impl<'a> Tracer<'a> {
                 if let (Some(k), Some(i)) = (r.kind, r.inode) {
                     self.ends.on_joined((k, i));
                 }
+            }
+            if r.event == EventType::Create {
+                self.ends
+                    .on_created(&r, &mut self.registry, &mut ends::Procfs);
             }
             self.outputs.record(&r);
         }

@@ -8,7 +8,7 @@
 //! is asked at each tick (twice a second), so the time a container went is
 //! known to within one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::{
     model::{NsKey, Record},
@@ -35,8 +35,15 @@ impl Leaks {
     }
 
     /// The `leak` records due at `now`: each suspect told once (again only
-    /// if it is joined and left held again).
-    pub fn check(&mut self, now: i128, reg: &mut Registry) -> Vec<Record> {
+    /// if it is joined and left held again), with what holds it now, as
+    /// `holders` finds it (a pin's holders can change after its record: a
+    /// runtime's mount goes, a leaked fd stays).
+    pub fn check(
+        &mut self,
+        now: i128,
+        reg: &mut Registry,
+        holders: impl FnOnce(&[NsKey], &Registry) -> BTreeMap<NsKey, Vec<String>>,
+    ) -> Vec<Record> {
         let Some(after) = self.after else {
             return Vec::new();
         };
@@ -64,8 +71,16 @@ impl Leaks {
                 due.push((key, since));
             }
         }
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<NsKey> = due.iter().map(|(k, _)| *k).collect();
+        let mut now_held = holders(&keys, reg);
         due.into_iter()
             .filter_map(|(key, since)| {
+                if let Some(by) = now_held.remove(&key).filter(|b| !b.is_empty()) {
+                    reg.pin(key, by);
+                }
                 let e = reg.get_mut(key)?;
                 e.leaked = Some(now);
                 Some(records::leak(e, now, now - since))
@@ -80,6 +95,11 @@ mod tests {
     use crate::model::{Container, EventType, NsKind, Syscall};
 
     const S: i128 = 1_000_000_000;
+
+    /// Holders for a check that must not search (nothing is due).
+    fn unasked(_: &[NsKey], _: &Registry) -> BTreeMap<NsKey, Vec<String>> {
+        panic!("searched for holders with no leak due")
+    }
 
     fn container(id: &str) -> Container {
         Container {
@@ -117,12 +137,23 @@ mod tests {
         let mut reg = Registry::default();
         pod(&mut reg);
         let mut leaks = Leaks::new(Some(std::time::Duration::from_secs(2)));
-        reg.pin((NsKind::Net, 10), vec!["mount /run/netns/cni-1".into()]);
+        reg.pin(
+            (NsKind::Net, 10),
+            vec!["mount /run/netns/cni-1".into(), "fd 3 of x (pid 9)".into()],
+        );
         // The container's mount namespace still has members: not gone.
-        assert!(leaks.check(S, &mut reg).is_empty());
+        assert!(leaks.check(S, &mut reg, unasked).is_empty());
         reg.end((NsKind::Mnt, 20), 2 * S);
-        assert!(leaks.check(3 * S, &mut reg).is_empty());
-        let told = leaks.check(5 * S, &mut reg);
+        assert!(leaks.check(3 * S, &mut reg, unasked).is_empty());
+        // Told with the holders of now: the fd went since it was pinned.
+        let told = leaks.check(5 * S, &mut reg, |keys, _| {
+            assert_eq!(keys, [(NsKind::Net, 10)]);
+            [(
+                (NsKind::Net, 10),
+                vec!["mount /run/netns/cni-1".to_string()],
+            )]
+            .into()
+        });
         assert_eq!(told.len(), 1);
         let l = &told[0];
         assert_eq!(
@@ -131,7 +162,10 @@ mod tests {
         );
         assert_eq!(l.pinned_by, ["mount /run/netns/cni-1"]);
         assert_eq!(l.ns_container.as_ref().unwrap().pod.as_deref(), Some("web"));
-        assert!(leaks.check(9 * S, &mut reg).is_empty(), "told once");
+        assert!(
+            leaks.check(9 * S, &mut reg, unasked).is_empty(),
+            "told once"
+        );
         assert_eq!(reg.get((NsKind::Net, 10)).unwrap().leaked, Some(5 * S));
     }
 
@@ -141,8 +175,8 @@ mod tests {
         reg.observe(&mut record(EventType::Create, NsKind::Net, 10, None));
         reg.pin((NsKind::Net, 10), vec!["mount /run/netns/mine".into()]);
         let mut leaks = Leaks::new(Some(std::time::Duration::ZERO));
-        assert!(leaks.check(S, &mut reg).is_empty());
-        assert!(leaks.check(100 * S, &mut reg).is_empty());
+        assert!(leaks.check(S, &mut reg, unasked).is_empty());
+        assert!(leaks.check(100 * S, &mut reg, unasked).is_empty());
     }
 
     #[test]
@@ -161,6 +195,6 @@ mod tests {
         reg.pin((NsKind::Net, 10), vec!["fd 3 of x (pid 9)".into()]);
         reg.end((NsKind::Mnt, 20), S);
         let mut leaks = Leaks::new(None);
-        assert!(leaks.check(100 * S, &mut reg).is_empty());
+        assert!(leaks.check(100 * S, &mut reg, unasked).is_empty());
     }
 }

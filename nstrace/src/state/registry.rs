@@ -46,6 +46,10 @@ pub struct Entry {
     pub followed: bool,
     /// Told as a suspect leak at this time (its container gone, it pinned).
     pub leaked: Option<i128>,
+    /// PID namespaces: a process of it (host pid) and the pidfs inode of
+    /// its `struct pid`, found at the create: a pidfd of it held after it
+    /// exited still holds the namespace.
+    pub member_pidfs: Option<(u32, u64)>,
 }
 
 impl Entry {
@@ -64,6 +68,7 @@ impl Entry {
             container: None,
             followed: false,
             leaked: None,
+            member_pidfs: None,
         }
     }
 

@@ -622,6 +622,86 @@ pub fn ns_fd_holders() -> FdHolders {
     out
 }
 
+/// Whether this kernel gives each pidfd the inode of its own process
+/// (pidfs, 6.9+); before, every pidfd shares one anonymous inode and says
+/// nothing of whose it is.
+fn pidfs() -> bool {
+    static PIDFS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PIDFS.get_or_init(|| {
+        let ino = |pid| Some(fs::File::from(pidfd(pid)?).metadata().ok()?.ino());
+        matches!((ino(std::process::id()), ino(1)), (Some(a), Some(b)) if a != b)
+    })
+}
+
+/// A process in PID namespace `pidns` among `candidates` (host pids), with
+/// the pidfs inode of its `struct pid`: a pidfd of it, kept after it
+/// exits, is what then holds the namespace. None without pidfs.
+pub fn pid_in_namespace(pidns: u32, candidates: &[u32]) -> Option<(u32, u64)> {
+    if !pidfs() {
+        return None;
+    }
+    candidates.iter().find_map(|&pid| {
+        let fd = pidfd(pid)?;
+        // Asked after the pidfd is open: the inode then names this very
+        // process, whatever reuses its pid later.
+        if ns_link_of(pid, "pid") != Some(pidns) {
+            return None;
+        }
+        Some((pid, fs::File::from(fd).metadata().ok()?.ino()))
+    })
+}
+
+/// The children of every thread of `pid` (`/proc/PID/task/TID/children`).
+pub fn children(pid: u32) -> Vec<u32> {
+    tids(pid)
+        .into_iter()
+        .flat_map(|tid| {
+            { fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default() }
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Pidfds of processes that have exited, by the pidfs inode of the
+/// process: (pid, fd, comm) of each holder.
+pub type ExitedPidfds = BTreeMap<u64, Vec<(u32, u32, String)>>;
+
+/// Every pidfd of a process that has exited (its `struct pid` lives while
+/// one is open, and with it the PID namespace it was in).
+pub fn exited_pidfds() -> ExitedPidfds {
+    let mut out = ExitedPidfds::new();
+    if !pidfs() {
+        return out;
+    }
+    let me = std::process::id();
+    for pid in pids().into_iter().filter(|&p| p != me) {
+        for (fd, link) in fd_links(pid) {
+            if link != "anon_inode:[pidfd]" && !link.starts_with("pidfd:") {
+                continue;
+            }
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .map(str::to_string)
+            };
+            if field("Pid:").as_deref() != Some("-1") {
+                continue;
+            }
+            let Some(ino) = field("ino:").and_then(|i| i.parse().ok()) else {
+                continue;
+            };
+            out.entry(ino)
+                .or_default()
+                .push((pid, fd, proc_info(pid).comm));
+        }
+    }
+    out
+}
+
 /// Zombies by the namespaces they still hold: (pid, parent pid, comm).
 pub type Zombies = BTreeMap<NsKey, Vec<(u32, u32, String)>>;
 

@@ -53,7 +53,7 @@ impl Ends {
         for key in due {
             let mut pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
             if pins.is_empty() {
-                pins = hidden.pins(key, src, (&mounts, &fds));
+                pins = hidden.pins(key, src, (&mounts, &fds), reg);
             }
             let Some(w) = self.watch.get_mut(&key) else {
                 continue;

@@ -32,7 +32,7 @@ use crate::{
     state::{records, registry::Registry},
     sys::{
         nsfs::Answer,
-        procfs::{self, FdHolders, MountPin, Snapshot, Zombies},
+        procfs::{self, ExitedPidfds, FdHolders, MountPin, Snapshot, Zombies},
     },
 };
 pub use handles::Ask;
@@ -69,6 +69,19 @@ pub trait Holders {
     ) -> BTreeMap<NsKey, Vec<MountPin>> {
         BTreeMap::new()
     }
+    /// Pidfds of processes that exited, by the pidfs inode of the process.
+    fn exited_pidfds(&mut self) -> ExitedPidfds {
+        BTreeMap::new()
+    }
+    /// A process of PID namespace `pidns` among `candidates`, with its
+    /// pidfs inode; and the children of a process (the candidates after
+    /// an unshare of a PID namespace).
+    fn pid_in_namespace(&mut self, _pidns: u32, _candidates: &[u32]) -> Option<(u32, u64)> {
+        None
+    }
+    fn children(&mut self, _pid: u32) -> Vec<u32> {
+        Vec::new()
+    }
     /// Zombies, by the user and PID namespaces they hold until reaped:
     /// asked only for a memberless one nothing else visibly holds.
     fn zombies(&mut self) -> Zombies {
@@ -93,6 +106,15 @@ impl Holders for Procfs {
     }
     fn zombies(&mut self) -> Zombies {
         procfs::zombie_holders()
+    }
+    fn exited_pidfds(&mut self) -> ExitedPidfds {
+        procfs::exited_pidfds()
+    }
+    fn pid_in_namespace(&mut self, pidns: u32, candidates: &[u32]) -> Option<(u32, u64)> {
+        procfs::pid_in_namespace(pidns, candidates)
+    }
+    fn children(&mut self, pid: u32) -> Vec<u32> {
+        procfs::children(pid)
     }
     fn memberless_mounts(
         &mut self,
@@ -200,7 +222,7 @@ const POLL_INFERENCE_NS: i128 = 500 * MS;
 pub const GRACE_NS: i128 = 100 * MS;
 
 const HELD_INSIDE: &str =
-    "held inside the kernel: no mount, fd, socket, zombie or owned namespace found";
+    "held inside the kernel: no mount, fd, socket, pidfd, zombie or owned namespace found";
 
 /// A namespace with no member that is not known to be gone.
 #[derive(Clone, Debug)]
@@ -396,6 +418,24 @@ impl Ends {
         }
     }
 
+    /// A PID namespace was created: a process of it is found (the clone's
+    /// child, or a child of the unsharer) and its pidfs inode kept, so that
+    /// a pidfd of it that outlives it can be named as the namespace's
+    /// holder.
+    pub fn on_created(&mut self, r: &Record, reg: &mut Registry, src: &mut dyn Holders) {
+        let (Some(NsKind::Pid), Some(inode), Some(actor)) = (r.kind, r.inode, &r.actor) else {
+            return;
+        };
+        let candidates = match r.child_pid {
+            Some(child) => vec![child],
+            None => src.children(actor.pid),
+        };
+        let found = src.pid_in_namespace(inode, &candidates);
+        if let (Some(found), Some(e)) = (found, reg.get_mut((NsKind::Pid, inode))) {
+            e.member_pidfs = Some(found);
+        }
+    }
+
     /// A join of `key` was seen: if it was watched, its member count is read
     /// at the next check.
     pub fn on_joined(&mut self, key: NsKey) {
@@ -587,7 +627,7 @@ impl Ends {
             // Only once settled: a network namespace's free is deferred
             // (cleanup_net), so the first look often finds it still there.
             if pins.is_empty() && settled {
-                pins = hidden.pins(key, src, (&mounts, &fds));
+                pins = hidden.pins(key, src, (&mounts, &fds), reg);
             }
             if pins.is_empty() {
                 if !settled {
@@ -607,6 +647,31 @@ impl Ends {
             out.extend(Verdict::pinned(reg, key, pins, now));
         }
         out
+    }
+
+    /// What holds each of `keys` now, searched as a check does: for a
+    /// leak's record, which tells the holders of the moment.
+    pub fn holders_now(
+        &self,
+        keys: &[NsKey],
+        reg: &Registry,
+        src: &mut dyn Holders,
+    ) -> BTreeMap<NsKey, Vec<String>> {
+        let mounts = src.mounts();
+        let fds = src.fds();
+        let mut hidden = Hidden::default();
+        keys.iter()
+            .map(|&key| {
+                let mut pins = pins_of(key, &mounts, &fds, reg, &self.home_mntns);
+                if pins.is_empty() {
+                    pins = hidden.pins(key, src, (&mounts, &fds), reg);
+                }
+                if pins.is_empty() {
+                    pins.push(HELD_INSIDE.to_string());
+                }
+                (key, pins)
+            })
+            .collect()
     }
 
     /// Turns verdicts read at their time into records, now that every event
@@ -693,6 +758,7 @@ pub(super) struct Hidden {
     memberless_mounts: Option<BTreeMap<NsKey, Vec<MountPin>>>,
     sockets: Option<FdHolders>,
     zombies: Option<Zombies>,
+    pidfds: Option<ExitedPidfds>,
 }
 
 impl Hidden {
@@ -702,6 +768,7 @@ impl Hidden {
         key: NsKey,
         src: &mut dyn Holders,
         (mounts, fds): (&BTreeMap<NsKey, Vec<MountPin>>, &FdHolders),
+        reg: &Registry,
     ) -> Vec<String> {
         let inside = self
             .memberless_mounts
@@ -722,7 +789,20 @@ impl Hidden {
             }
             NsKind::User | NsKind::Pid => {
                 let zombies = self.zombies.get_or_insert_with(|| src.zombies());
-                procfs::describe_zombies(key, zombies).collect()
+                let mut pins: Vec<String> = procfs::describe_zombies(key, zombies).collect();
+                // A pidfd of a process it had, kept after that exited.
+                let member = reg.get(key).and_then(|e| e.member_pidfs);
+                if let (true, NsKind::Pid, Some((pid, ino))) = (pins.is_empty(), key.0, member) {
+                    let pidfds = self.pidfds.get_or_insert_with(|| src.exited_pidfds());
+                    pins.extend(pidfds.get(&ino).into_iter().flatten().map(
+                        |(holder, fd, comm)| {
+                            format!(
+                                "pidfd {fd} of {comm} (pid {holder}), of its exited process {pid}"
+                            )
+                        },
+                    ));
+                }
+                pins
             }
             _ => Vec::new(),
         }
