@@ -126,6 +126,18 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
     let watched = ends::seed_counts(&snap, &host_ns, &mut probes);
     let mut registry = Registry::from_snapshot(&snap, |key| snap.meta(key));
     registry.set_host(host_ns.clone());
+    // A container that was running before the trace owns its namespaces
+    // too (found through their lowest member, as lsns names one).
+    let mut containers = container::Resolver::new();
+    registry.attribute(|key| {
+        let pid = *snap.processes.get(&key)?.first()?;
+        let comm = snap
+            .procs
+            .get(&pid)
+            .map(|p| p.comm.clone())
+            .unwrap_or_default();
+        containers.for_pid(pid, &[], &comm)
+    });
     let (methods, ends_note) = Methods::choose(
         &kinds,
         &freed_kinds,
@@ -297,7 +309,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
         ends,
         leaks: Leaks::new(cli.leak_after.0),
         totals: Totals::default(),
-        containers: container::Resolver::new(),
+        containers,
         collect_caused: command.is_some(),
         held: None,
     };

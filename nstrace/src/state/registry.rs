@@ -131,6 +131,18 @@ impl Registry {
         self.host = host;
     }
 
+    /// Names the container of each namespace alive at start that the host
+    /// does not own, by what `of` says of it (its members' container): a
+    /// container running before the trace is then known as its
+    /// namespaces' owner, and their leaks can be told.
+    pub fn attribute(&mut self, mut of: impl FnMut(NsKey) -> Option<crate::model::Container>) {
+        for (key, e) in self.alive.iter_mut() {
+            if e.container.is_none() && !self.host.contains(key) {
+                e.container = of(*key);
+            }
+        }
+    }
+
     /// Seeds the registry with the namespaces a saved trace says were alive
     /// at its start (`nstrace report`).
     pub fn from_start(alive: &[(NsKind, u32, Option<u64>)]) -> Self {

@@ -895,13 +895,6 @@ fn render(
         ),
     ));
     writeln!(w, "{}", holders_section(holders)).ok();
-    verdicts.push(verdict(
-        holders.0 + holders.1 <= 1000.0,
-        format!(
-            "holder search bounded on a node-sized /proc: {:.0} ms per check, sockets included",
-            holders.0 + holders.1
-        ),
-    ));
     writeln!(w, "## Targets\n").ok();
     let missed: Vec<&String> = verdicts
         .iter()
@@ -930,10 +923,18 @@ fn holders_section((fds, sockets): (f64, f64)) -> String {
          extra processes holding 50 fds each (50,000 fds, 10,000 of them sockets): \
          one check of the namespaces that lost their last member and are still \
          there reads every mount namespace's nsfs mounts and every process's \
-         nsfs fds in {fds:.1} ms; a network namespace nothing else is found \
-         holding adds the socket search, {sockets:.1} ms (a syscall pair per \
-         socket). Both run once per check of a batch, and only when a namespace \
-         is memberless and alive: never on the fork or exit path.\n"
+         nsfs fds in {fds:.1} ms ({:.1} µs per fd); a network namespace nothing \
+         else is found holding adds the socket search, {sockets:.1} ms ({:.1} µs \
+         per socket: a copy of it and an ioctl). Both run once per check of a \
+         batch, at most twice per namespace that empties and is still held (at \
+         once, and once settled), and once per leak told; never on the fork or \
+         exit path. With nsfs handles (6.18+) a pinned namespace is then polled \
+         by one syscall; by inference (older kernels) pinned namespaces are \
+         re-scanned every 500 ms, so there this cost recurs while one that no \
+         mount holds is pinned (the mount tables alone are read for the \
+         others).\n",
+        fds * 1000.0 / 50_000.0,
+        sockets * 1000.0 / 10_000.0
     )
 }
 
