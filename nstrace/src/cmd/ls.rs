@@ -55,9 +55,15 @@ impl Listed {
 
 /// `nstrace ls [--json | --tree] [--leaks]`.
 pub fn run(json: bool, tree: bool, leaks_only: bool) -> anyhow::Result<()> {
-    let mut list = collect();
+    let (mut list, traces) = collect_with_traces();
     if leaks_only {
         list.retain(|l| l.leak.is_some());
+        // Only a trace knows whose a namespace was: say so where none runs.
+        if traces == 0 {
+            eprintln!(
+                "nstrace: no trace is running to tell leaks (they are told by a running `nstrace`, after --leak-after); the memberless namespaces and their holders are in plain `nstrace ls`"
+            );
+        }
     }
     let stdout = io::stdout();
     let mut out = stdout.lock();
@@ -75,6 +81,11 @@ pub fn run(json: bool, tree: bool, leaks_only: bool) -> anyhow::Result<()> {
 
 /// Reads the namespaces alive now.
 pub fn collect() -> Vec<Listed> {
+    collect_with_traces().0
+}
+
+/// [`collect`], and how many running traces told their leaks.
+fn collect_with_traces() -> (Vec<Listed>, usize) {
     // Sockets too: a network namespace only a socket holds is still one
     // the machine keeps (and, memberless, a leak to look at).
     let snap = procfs::scan().with_sockets().with_memberless_mounts();
@@ -89,8 +100,9 @@ pub fn collect() -> Vec<Listed> {
                     .is_some_and(|id| matches!(h.ask(l.kind, l.inode, id), Ok(Answer::Gone))))
         });
     }
-    mark_leaks(&mut list, leaks::read_all());
-    list
+    let told = leaks::read_all();
+    mark_leaks(&mut list, told.leaks);
+    (list, told.traces)
 }
 
 /// Marks the memberless namespaces the traces told as leaks (the same

@@ -58,6 +58,7 @@ impl LeakList {
 
     fn create_in(dir: &Path) -> io::Result<LeakList> {
         safe_dir(dir)?;
+        remove_stale(dir);
         let pid = std::process::id();
         let start =
             procfs::start_time(pid).ok_or_else(|| io::Error::other("no /proc/self/stat"))?;
@@ -142,6 +143,27 @@ impl Drop for LeakList {
     }
 }
 
+/// Removes the lists (and half-written ones) whose writer is gone: a trace
+/// killed with SIGKILL cannot remove its own.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let list = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .unwrap_or(name);
+        if let Some((pid, start)) = writer(list) {
+            if procfs::start_time(pid) != Some(start) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// `leaks-PID-START.jsonl`: its writer, if the name is one nstrace gives.
 fn writer(name: &str) -> Option<(u32, u64)> {
     let rest = name.strip_prefix("leaks-")?.strip_suffix(".jsonl")?;
@@ -166,21 +188,30 @@ fn read_list(path: &Path) -> Option<String> {
     Some(text)
 }
 
-/// Every leak the running traces have told (the newest where two told the
-/// same namespace), by key.
-pub fn read_all() -> BTreeMap<NsKey, Record> {
+/// What the running traces have told.
+#[derive(Debug, Default)]
+pub struct Told {
+    /// Traces running now that keep a list.
+    pub traces: usize,
+    /// Every leak they told (the newest where two told the same
+    /// namespace), by key.
+    pub leaks: BTreeMap<NsKey, Record>,
+}
+
+pub fn read_all() -> Told {
     read_all_in(Path::new(DIR))
 }
 
-fn read_all_in(dir: &Path) -> BTreeMap<NsKey, Record> {
-    let mut out: BTreeMap<NsKey, Record> = BTreeMap::new();
+fn read_all_in(dir: &Path) -> Told {
+    let mut told = Told::default();
+    let out = &mut told.leaks;
     // Only root's own directory: what it lists decides what ls says.
     if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0)
     {
-        return out;
+        return told;
     }
     let Ok(entries) = fs::read_dir(dir) else {
-        return out;
+        return told;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -193,6 +224,7 @@ fn read_all_in(dir: &Path) -> BTreeMap<NsKey, Record> {
         let Some(text) = read_list(&entry.path()) else {
             continue;
         };
+        told.traces += 1;
         for line in text.lines() {
             let Ok(json::Line::Record(r)) = json::parse_line(line) else {
                 continue;
@@ -205,7 +237,7 @@ fn read_all_in(dir: &Path) -> BTreeMap<NsKey, Record> {
             }
         }
     }
-    out
+    told
 }
 
 #[cfg(test)]
@@ -249,7 +281,9 @@ mod tests {
         list.record(&leak(7)).unwrap();
         list.record(&leak(8)).unwrap();
         list.flush().unwrap();
-        let read = read_all_in(&dir);
+        let told = read_all_in(&dir);
+        assert_eq!(told.traces, 1);
+        let read = told.leaks;
         assert_eq!(
             read.keys().copied().collect::<Vec<_>>(),
             [(NsKind::Net, 7), (NsKind::Net, 8)]
@@ -261,9 +295,10 @@ mod tests {
         })
         .unwrap();
         list.flush().unwrap();
-        assert_eq!(read_all_in(&dir).len(), 1);
+        assert_eq!(read_all_in(&dir).leaks.len(), 1);
         list.stop(&Stop::default()).unwrap();
-        assert!(read_all_in(&dir).is_empty());
+        let told = read_all_in(&dir);
+        assert!(told.leaks.is_empty() && told.traces == 0);
         assert!(!list.path().exists());
         let _ = fs::remove_dir_all(&dir);
     }
@@ -288,7 +323,14 @@ mod tests {
         let theirs = dir.join(format!("leaks-{}-{start}.jsonl", std::process::id()));
         fs::write(&theirs, &line).unwrap();
         std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
-        assert!(read_all_in(&dir).is_empty());
+        let told = read_all_in(&dir);
+        assert!(told.leaks.is_empty() && told.traces == 0, "{told:?}");
+        // A new trace's list clears the one whose writer is gone.
+        let stale = dir.join(format!("leaks-{}-1.jsonl", std::process::id()));
+        let list = LeakList::create_in(&dir).unwrap();
+        assert!(!stale.exists());
+        assert!(list.path().exists());
+        drop(list);
         let _ = fs::remove_dir_all(&dir);
     }
 
