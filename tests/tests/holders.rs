@@ -222,7 +222,7 @@ fn a_zombie_holding_a_user_namespace_is_named_and_its_reaping_ends_it() {
 /// mount and network namespace, mounts its netns at a file, passes an fd
 /// of its mount namespace to its parent and exits. Prints the network
 /// namespace, the mount namespace, the mount point, then `PID FD` of the
-/// holder, and holds until killed.
+/// holder, and holds until killed. Inside, /proc is covered by a forged one.
 const MNTNS_HOLDER: &str = r#"
 import ctypes, os, socket, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -233,6 +233,10 @@ if pid == 0:
     if libc.unshare(0x10000000 | 0x00020000 | 0x40000000) != 0:
         print("unshare failed", ctypes.get_errno(), flush=True)
         os._exit(1)
+    # Root inside (files made there need a mapped owner).
+    for f, v in (("setgroups", "deny"), ("uid_map", "0 65534 1"), ("gid_map", "0 65534 1")):
+        with open("/proc/self/" + f, "w") as m:
+            m.write(v)
     # Private, so that nothing propagates; then the pin.
     libc.mount(None, b"/", None, 0x4000 | 0x40000, None)
     open(point, "w").close()
@@ -243,8 +247,18 @@ if pid == 0:
     print(os.stat("/proc/self/ns/mnt").st_ino, flush=True)
     print(point, flush=True)
     fd = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    # Hostile: /proc inside covered by a tmpfs with a forged table; the
+    # reader must not look anything up through this namespace.
+    if libc.mount(b"none", b"/proc", b"tmpfs", 0, None) != 0:
+        print("tmpfs failed", ctypes.get_errno(), flush=True)
+        os._exit(1)
+    os.makedirs("/proc/thread-self")
+    with open("/proc/thread-self/mountinfo", "w") as f:
+        f.write("1 1 0:4 net:[1] /etc/forged rw - nsfs nsfs rw\n")
     socket.send_fds(b, [b"x"], [fd])
     os._exit(0)
+# A child that failed says so and exits: never wait for it forever.
+a.settimeout(10)
 _, fds, _, _ = socket.recv_fds(a, 1, 1)
 os.waitpid(pid, 0)
 print(os.getpid(), fds[0], flush=True)
