@@ -289,7 +289,13 @@ impl Tracer {
             stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !tracer.stderr().contains("tracing namespaces") {
+        // The whole start-up line: tests read what it says (a slow guest
+        // once gave them half of it).
+        let started = |e: &str| {
+            e.find("tracing namespaces")
+                .is_some_and(|i| e[i..].contains('\n'))
+        };
+        while !started(&tracer.stderr()) {
             if Instant::now() > deadline {
                 panic!("nstrace did not start: {}", tracer.stderr());
             }
