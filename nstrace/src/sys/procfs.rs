@@ -579,23 +579,20 @@ fn unmangle(field: &str) -> String {
 }
 
 /// `(fd, link)` of each open fd of `pid` whose link is text (none if the
-/// process is gone).
+/// process is gone). Each link is read relative to the open fd directory
+/// (`readlinkat`): a path walk from /proc per fd was half the cost of
+/// the holder search on a node (50,000 fds).
 fn fd_links(pid: u32) -> impl Iterator<Item = (u32, String)> {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let fd = e.file_name().to_str()?.parse().ok()?;
-            Some((
-                fd,
-                fs::read_link(e.path())
-                    .ok()?
-                    .into_os_string()
-                    .into_string()
-                    .ok()?,
-            ))
-        })
+    let path = format!("/proc/{pid}/fd");
+    let dir = fs::File::open(&path).ok();
+    let entries = dir.as_ref().and_then(|_| fs::read_dir(&path).ok());
+    entries.into_iter().flatten().filter_map(move |e| {
+        let e = e.ok()?;
+        let name = e.file_name();
+        let fd = name.to_str()?.parse().ok()?;
+        let link = nix::fcntl::readlinkat(dir.as_ref()?, name.as_os_str()).ok()?;
+        Some((fd, link.into_string().ok()?))
+    })
 }
 
 /// Namespaces held open through fds: (pid, fd, comm) of each holder.
