@@ -177,6 +177,11 @@ pub struct Event {
     /// Clone creates: 1 when the caller's flags could not be read at all.
     pub flags_unread: u32,
     pub _pad: u32,
+    /// Exit of a PID namespace's init (`reaper`): the pidfs inode of its
+    /// `struct pid` (0 without pidfs). A pidfd of it that outlives it holds
+    /// the namespace; read here, as it exits, because after it is reaped
+    /// nothing in /proc leads from the namespace to it.
+    pub init_pid_ino: u64,
 }
 
 // The layout both sides read, checked where it is built: no padding (every
@@ -196,7 +201,8 @@ const _: () = {
         + 4 * 2 // euid, admin
         + 4 * 2 // elders
         + 8 // user_flags
-        + 4 * 2; // flags_unread, _pad
+        + 4 * 2 // flags_unread, _pad
+        + 8; // init_pid_ino
     assert!(size_of::<Event>() == fields);
     assert!(size_of::<Event>().is_multiple_of(8));
     assert!(size_of::<NsSet>() == 12 * NS_KINDS);
@@ -248,6 +254,9 @@ pub struct Offsets {
     pub pid_level: u32,
     pub pid_numbers: u32,
     pub upid_size: u32,
+    /// `pid.ino` (6.9+, pidfs): the inode number of every pidfd of that
+    /// `struct pid`, so a pidfd kept after its process exited can be matched.
+    pub pid_ino: u32,
     /// Inside `struct ns_common`: `inum`, `ns_id`, and `ns_type` (6.18+: the
     /// kind's `CLONE_NEW*` flag).
     pub nscommon_inum: u32,
@@ -283,6 +292,7 @@ impl Offsets {
         pid_level: NO_FIELD,
         pid_numbers: NO_FIELD,
         upid_size: NO_FIELD,
+        pid_ino: NO_FIELD,
         nscommon_inum: NO_FIELD,
         nscommon_id: NO_FIELD,
         nscommon_type: NO_FIELD,

@@ -697,6 +697,10 @@ unsafe fn fill_process(e: &mut Event, kind: EventKind, task: *const u8, emptied:
     e.after = e.before;
     e.emptied = emptied;
     e.reaper = reaper;
+    if reaper != 0 {
+        // SAFETY: probe reads from `task` (its thread_pid's pidfs inode).
+        e.init_pid_ino = unsafe { task::pid_ino(task) };
+    }
 }
 
 /// Marks a thread whose exit is worth a record. Not one entirely in the
@@ -749,6 +753,7 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.user_flags = 0;
     e.flags_unread = 0;
     e._pad = 0;
+    e.init_pid_ino = 0;
 }
 
 /// What each `ns_free_N` program is attached to; written by user space before

@@ -442,6 +442,22 @@ pub unsafe fn read_owners(ptrs: &[u64; NS_KINDS], e: &mut Event, kinds: u64) {
     }
 }
 
+/// The pidfs inode number of `task`'s `struct pid` (`thread_pid->ino`,
+/// 6.9+); 0 where the kernel has none.
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
+/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
+/// anything.
+pub unsafe fn pid_ino(task: *const u8) -> u64 {
+    // SAFETY: a probe read of `task->thread_pid`, at its BTF offset.
+    let pid = unsafe { read_ptr(task, off!(task_thread_pid)) };
+    // SAFETY: a probe read of `pid->ino` (a null `pid` reads as 0; no such
+    // field leaves the 0).
+    unsafe { read::<u64>(pid, off!(pid_ino)) }
+}
+
 /// Whether `task` is the init (child reaper) of the PID namespace at
 /// `pidns` (its namespace for children, which for an init is the one it leads).
 ///

@@ -71,6 +71,7 @@ fn events() -> Vec<Vec<u8>> {
                 user_flags: 0,
                 flags_unread: 0,
                 _pad: 0,
+                init_pid_ino: 0,
                 cgroup: 0,
             };
             // SAFETY: Event is plain data.

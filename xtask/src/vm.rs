@@ -66,6 +66,9 @@ const PLAN: &[PlanEntry] = &[
     ("lifecycle", "fentry", &[]),
     ("ends", "fentry", &[]),
     ("ends", "both", &["both_modes_agree"]),
+    // What each kernel lets a memberless namespace's holder be named by.
+    ("holders", "tracepoint", &[]),
+    ("holders", "fentry", &[]),
     (
         "lifecycle_of_tracer",
         "fentry",

@@ -52,6 +52,9 @@ pub struct Decoded {
     pub exited: bool,
     /// It exited as the init of this PID namespace.
     pub reaper_of: Option<u32>,
+    /// That init's pidfs inode (6.9+): what a pidfd of it, kept after it
+    /// exited, shows.
+    pub init_pid_ino: Option<u64>,
     /// Kernel monotonic time, converted.
     pub time_ns: i128,
     /// The actor descends from a followed process.
@@ -139,6 +142,7 @@ pub fn decode(e: &Event, clock: Clock) -> Result<Decoded, DecodeError> {
             out.reaper_of = (e.reaper != 0)
                 .then_some(e.before.inum[NsKind::Pid.index()])
                 .filter(|&i| i != 0);
+            out.init_pid_ino = out.reaper_of.and(nonzero(e.init_pid_ino));
             return Ok(out);
         }
         (_, Some(call)) => call,
@@ -264,6 +268,7 @@ mod tests {
             after: set(100),
             emptied: 0,
             reaper: 0,
+            init_pid_ino: 0,
             owners: [0; 8],
             pid_parent: 0,
             vpid: 11,
@@ -371,9 +376,22 @@ mod tests {
         assert!(d.exited);
         assert!(d.records.is_empty());
         assert_eq!(d.reaper_of, Some(103));
+        assert_eq!(d.init_pid_ino, None, "no pidfs inode read");
         let kinds: Vec<_> = d.emptied.iter().map(|n| (n.kind, n.inode)).collect();
         assert_eq!(kinds, vec![(NsKind::Pid, 103), (NsKind::Net, 104)]);
         assert_eq!(d.emptied[0].ns_id, Some(1103));
+
+        // With pidfs, the init's inode comes along; only for an init.
+        e.init_pid_ino = 77;
+        assert_eq!(
+            decode(&e, Clock::with_offset(0)).unwrap().init_pid_ino,
+            Some(77)
+        );
+        e.reaper = 0;
+        assert_eq!(
+            decode(&e, Clock::with_offset(0)).unwrap().init_pid_ino,
+            None
+        );
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub fn from_btf(btf: &Btf) -> Result<Layout> {
     o.pid_level = optional_field(btf, "pid", &["level"])?.unwrap_or(NO_FIELD);
     o.pid_numbers = optional_field(btf, "pid", &["numbers"])?.unwrap_or(NO_FIELD);
     o.upid_size = struct_size(btf, "upid").unwrap_or(NO_FIELD);
+    o.pid_ino = optional_field(btf, "pid", &["ino"])?.unwrap_or(NO_FIELD);
     for required in [NsKind::Mnt, NsKind::Net, NsKind::User] {
         if missing_kinds.contains(&required) {
             bail!(

@@ -191,15 +191,14 @@ impl<'a> Tracer<'a> {
                     self.ends.on_joined((k, i));
                 }
             }
-            if r.event == EventType::Create {
-                self.ends
-                    .on_created(&r, &mut self.registry, &mut ends::Procfs);
-            }
             self.outputs.record(&r);
         }
         if let Some(pidns) = d.reaper_of {
             if let (Some(e), Some(a)) = (self.registry.get_mut((NsKind::Pid, pidns)), &d.actor) {
                 e.init_exited = Some(a.pid);
+                if let Some(ino) = d.init_pid_ino {
+                    e.init_pidfs = Some((a.pid, ino));
+                }
             }
         }
         if let Some(r) = d

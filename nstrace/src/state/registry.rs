@@ -46,10 +46,10 @@ pub struct Entry {
     pub followed: bool,
     /// Told as a suspect leak at this time (its container gone, it pinned).
     pub leaked: Option<i128>,
-    /// PID namespaces: a process of it (host pid) and the pidfs inode of
-    /// its `struct pid`, found at the create: a pidfd of it held after it
-    /// exited still holds the namespace.
-    pub member_pidfs: Option<(u32, u64)>,
+    /// PID namespaces: its init (host pid) and the pidfs inode of its
+    /// `struct pid`, read by the kernel side as the init exited (6.9+): a
+    /// pidfd of it held after that still holds the namespace.
+    pub init_pidfs: Option<(u32, u64)>,
 }
 
 impl Entry {
@@ -68,7 +68,7 @@ impl Entry {
             container: None,
             followed: false,
             leaked: None,
-            member_pidfs: None,
+            init_pidfs: None,
         }
     }
 

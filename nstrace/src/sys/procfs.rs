@@ -630,37 +630,6 @@ fn pidfs() -> bool {
     })
 }
 
-/// A process in PID namespace `pidns` among `candidates` (host pids), with
-/// the pidfs inode of its `struct pid`: a pidfd of it, kept after it
-/// exits, is what then holds the namespace. None without pidfs.
-pub fn pid_in_namespace(pidns: u32, candidates: &[u32]) -> Option<(u32, u64)> {
-    if !pidfs() {
-        return None;
-    }
-    candidates.iter().find_map(|&pid| {
-        let fd = pidfd(pid)?;
-        // Asked after the pidfd is open: the inode then names this very
-        // process, whatever reuses its pid later.
-        if ns_link_of(pid, "pid") != Some(pidns) {
-            return None;
-        }
-        Some((pid, fs::File::from(fd).metadata().ok()?.ino()))
-    })
-}
-
-/// The children of every thread of `pid` (`/proc/PID/task/TID/children`).
-pub fn children(pid: u32) -> Vec<u32> {
-    tids(pid)
-        .into_iter()
-        .flat_map(|tid| {
-            { fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default() }
-                .split_whitespace()
-                .filter_map(|c| c.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
 /// Pidfds of processes that have exited, by the pidfs inode of the
 /// process: (pid, fd, comm) of each holder.
 pub type ExitedPidfds = BTreeMap<u64, Vec<(u32, u32, String)>>;

@@ -73,15 +73,6 @@ pub trait Holders {
     fn exited_pidfds(&mut self) -> ExitedPidfds {
         BTreeMap::new()
     }
-    /// A process of PID namespace `pidns` among `candidates`, with its
-    /// pidfs inode; and the children of a process (the candidates after
-    /// an unshare of a PID namespace).
-    fn pid_in_namespace(&mut self, _pidns: u32, _candidates: &[u32]) -> Option<(u32, u64)> {
-        None
-    }
-    fn children(&mut self, _pid: u32) -> Vec<u32> {
-        Vec::new()
-    }
     /// Zombies, by the user and PID namespaces they hold until reaped:
     /// asked only for a memberless one nothing else visibly holds.
     fn zombies(&mut self) -> Zombies {
@@ -109,12 +100,6 @@ impl Holders for Procfs {
     }
     fn exited_pidfds(&mut self) -> ExitedPidfds {
         procfs::exited_pidfds()
-    }
-    fn pid_in_namespace(&mut self, pidns: u32, candidates: &[u32]) -> Option<(u32, u64)> {
-        procfs::pid_in_namespace(pidns, candidates)
-    }
-    fn children(&mut self, pid: u32) -> Vec<u32> {
-        procfs::children(pid)
     }
     fn memberless_mounts(
         &mut self,
@@ -415,24 +400,6 @@ impl Ends {
                     reg.get(key).map(|e| &e.state),
                     Some(crate::state::registry::State::Pinned(_))
                 );
-        }
-    }
-
-    /// A PID namespace was created: a process of it is found (the clone's
-    /// child, or a child of the unsharer) and its pidfs inode kept, so that
-    /// a pidfd of it that outlives it can be named as the namespace's
-    /// holder.
-    pub fn on_created(&mut self, r: &Record, reg: &mut Registry, src: &mut dyn Holders) {
-        let (Some(NsKind::Pid), Some(inode), Some(actor)) = (r.kind, r.inode, &r.actor) else {
-            return;
-        };
-        let candidates = match r.child_pid {
-            Some(child) => vec![child],
-            None => src.children(actor.pid),
-        };
-        let found = src.pid_in_namespace(inode, &candidates);
-        if let (Some(found), Some(e)) = (found, reg.get_mut((NsKind::Pid, inode))) {
-            e.member_pidfs = Some(found);
         }
     }
 
@@ -790,8 +757,8 @@ impl Hidden {
             NsKind::User | NsKind::Pid => {
                 let zombies = self.zombies.get_or_insert_with(|| src.zombies());
                 let mut pins: Vec<String> = procfs::describe_zombies(key, zombies).collect();
-                // A pidfd of a process it had, kept after that exited.
-                let member = reg.get(key).and_then(|e| e.member_pidfs);
+                // A pidfd of its init, kept after the init exited.
+                let member = reg.get(key).and_then(|e| e.init_pidfs);
                 if let (true, NsKind::Pid, Some((pid, ino))) = (pins.is_empty(), key.0, member) {
                     let pidfds = self.pidfds.get_or_insert_with(|| src.exited_pidfds());
                     pins.extend(pidfds.get(&ino).into_iter().flatten().map(

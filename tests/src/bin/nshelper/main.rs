@@ -1,7 +1,10 @@
 //! Small namespace actions the end-to-end tests need and no standard tool does
-//! (clone3, setns through a pidfd, a refused unshare). Each action prints one
+//! (clone3, setns through a pidfd, a refused unshare, a namespace held by
+//! one thing only). Each action prints one
 //! line (`ready` or `errno N`) and, where it should stay alive for inspection,
 //! waits until killed.
+
+mod holders;
 
 use std::{ffi::CString, io::Write};
 
@@ -285,6 +288,11 @@ fn main() {
             }
             say(&format!("status {status} maxrss {}", usage.ru_maxrss));
         }
+        // The holder scenarios (see holders.rs): each prints its lines and waits.
+        "socket-holder" => holders::socket_holder(),
+        "zombie-holder" => holders::zombie_holder(),
+        "mntns-holder" => holders::mntns_holder(),
+        "pidfd-holder" => holders::pidfd_holder(),
         other => die(&format!("unknown action {other}")),
     }
 }
