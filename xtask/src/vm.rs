@@ -442,6 +442,8 @@ export NSTRACE_BIN=/bin/nstrace NSTRACE_REQUIRE_ROOT=1
     );
     // --report-time puts each test's time in out.log: under TCG the
     // verifier's work at every tracer start is most of a test's time.
+    // --show-output keeps a passing test's "skipped: ..." line, so out.log
+    // says what a kernel could not show instead of a bare "ok".
     for (test, mode, filters) in plan {
         let filters = filters.join(" ");
         let env = match *mode {
@@ -452,7 +454,7 @@ export NSTRACE_BIN=/bin/nstrace NSTRACE_REQUIRE_ROOT=1
             s,
             "echo '=== BEGIN {mode} {test}' > $out\n\
              {env} RUSTC_BOOTSTRAP=1 /t/deps/{test} --test-threads=1 \
-             -Zunstable-options --report-time {filters} > $out 2>&1\n\
+             -Zunstable-options --report-time --show-output {filters} > $out 2>&1\n\
              echo \"=== END {mode} {test} rc=$?\" > $out"
         );
     }
