@@ -50,7 +50,10 @@ fn say_what_came_while_inactive(t: &Tracer, kind: &str, inode: u64) {
         .filter(|r| r["ns_type"] == kind && r["ns_inode"] == inode)
         .map(|r| format!("{} (end {})", r["event"], r["end"]))
         .collect();
-    eprintln!("while its holder was alive, the tracer said: {}", said.join(", "));
+    eprintln!(
+        "while its holder was alive, the tracer said: {}",
+        said.join(", ")
+    );
 }
 
 /// The socket holder: the group, the network namespace and its id, and
