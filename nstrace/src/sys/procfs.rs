@@ -232,6 +232,10 @@ pub fn ppid(pid: u32) -> Option<u32> {
 
 /// Threads currently in each of `keys` (by the acting links), in one pass
 /// over /proc: a ground-truth check of member counts seeded by a racy scan.
+/// A thread already exiting is not counted: between its exit tracepoint and
+/// the kernel dropping its namespaces (its files are closed in between) its
+/// links still read, and counting it kept a namespace that had just lost
+/// its last member watched as alive, its end never told.
 pub fn count_threads(keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
     let mut out: BTreeMap<NsKey, i64> = keys.iter().map(|k| (*k, 0)).collect();
     if keys.is_empty() {
@@ -240,17 +244,39 @@ pub fn count_threads(keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
     let kinds: BTreeSet<NsKind> = keys.iter().map(|k| k.0).collect();
     for pid in pids() {
         for tid in tids(pid) {
+            let mut exiting = None;
             for &kind in &kinds {
                 let path = format!("/proc/{pid}/task/{tid}/ns/{}", acting_link(kind));
                 if let Some(n) =
                     read_link_inode(Path::new(&path)).and_then(|i| out.get_mut(&(kind, i)))
                 {
-                    *n += 1;
+                    if !*exiting.get_or_insert_with(|| is_exiting(pid, tid)) {
+                        *n += 1;
+                    }
                 }
             }
         }
     }
     out
+}
+
+/// `PF_EXITING` (`include/linux/sched.h`): set as a task begins to exit.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether the kernel has begun the thread's exit (`PF_EXITING` in the
+/// flags of its stat, field 9); a thread gone already is exiting too.
+fn is_exiting(pid: u32, tid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| flags_of_stat(&s))
+        .is_none_or(|f| f & PF_EXITING != 0)
+}
+
+/// The `flags` field of a stat line (the 9th; `comm` may hold spaces and
+/// parentheses, so fields are counted after its last `)`).
+fn flags_of_stat(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(6)?.parse().ok()
 }
 
 /// An nsfs bind mount (`ip netns add` style) and the mount namespace whose
@@ -930,6 +956,16 @@ mod tests {
         assert_eq!(parent_of_stat("2 (kthreadd) S 0 0 0 0 -1"), Some(0));
         assert_eq!(parent_of_stat("77 (a) b) (c) R 12 77 77 0"), Some(12));
         assert_eq!(parent_of_stat("garbage"), None);
+    }
+
+    #[test]
+    fn reads_the_flags_of_a_stat_line_and_sees_our_own_thread_alive() {
+        let line = "77 (a) b) (c) R 12 77 77 0 -1 4194564 0 0";
+        assert_eq!(flags_of_stat(line), Some(4194564));
+        assert_eq!(flags_of_stat(line).map(|f| f & PF_EXITING), Some(4));
+        let me = std::process::id();
+        assert!(!is_exiting(me, me));
+        assert!(is_exiting(me, u32::MAX));
     }
 
     #[test]
