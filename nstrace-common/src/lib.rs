@@ -57,6 +57,19 @@ pub struct NsSet {
     pub id: [u64; NS_KINDS],
 }
 
+/// The namespaces a thread is counted in, as [`NsSet::inum`] (its first
+/// field, so an `NsSet` is read as one in place): the inode per kind, pid
+/// and time for children, 0 where unreadable. Threads that share every one
+/// of them share one member count; a namespace's own count is the number of
+/// such sets with members that hold it, so a fork or an exit moves one
+/// count, and a namespace's move only when a set gets its first member or
+/// loses its last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SetKey {
+    pub inum: [u32; NS_KINDS],
+}
+
 /// What a raw event reports.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +219,7 @@ const _: () = {
     assert!(size_of::<Event>() == fields);
     assert!(size_of::<Event>().is_multiple_of(8));
     assert!(size_of::<NsSet>() == 12 * NS_KINDS);
+    assert!(size_of::<SetKey>() == 4 * NS_KINDS);
     assert!(offset_of!(Event, kind) == 24);
     assert!(offset_of!(Event, syscall) == 28);
     assert!(offset_of!(Event, before) == 64);
@@ -340,7 +354,8 @@ pub const NO_COUNT: i32 = i32::MIN;
 pub const COUNTER_LOST: u32 = 0;
 /// Index of the per-CPU counter of pending-syscall slots that could not be stored.
 pub const COUNTER_PENDING_FULL: u32 = 1;
-/// Index of the per-CPU counter of new namespaces the member map had no room for.
+/// Index of the counter of new namespaces, or new sets of them, the member
+/// maps had no room for.
 pub const COUNTER_MEMBERS_FULL: u32 = 2;
 /// First of the per-CPU counters of lost records by kind: counter
 /// `COUNTER_LOST_BY_KIND + kind as u32` (kind values run 1..EVENT_KINDS).
@@ -380,4 +395,6 @@ mod user {
     unsafe impl aya::Pod for super::Offsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FreeTarget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SetKey {}
 }

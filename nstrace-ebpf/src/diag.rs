@@ -33,6 +33,7 @@ pub enum Map {
     Members = 2,
     Tracked = 3,
     Follow = 4,
+    Sets = 5,
 }
 
 #[cfg(feature = "diagnostics")]
@@ -193,6 +194,7 @@ mod on {
             m if m == Map::Pending as u64 => "PENDING (syscalls in flight)",
             m if m == Map::Members as u64 => "MEMBERS (member counts)",
             m if m == Map::Tracked as u64 => "TRACKED (threads whose exit is reported)",
+            m if m == Map::Sets as u64 => "SETS (member counts of namespace sets)",
             _ => "FOLLOW (followed processes)",
         }
     }

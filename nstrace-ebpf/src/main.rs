@@ -4,11 +4,15 @@
 //! and the caller's namespaces on entry; the exit tracepoint (or, for clone,
 //! `sched_process_fork`) reads the namespaces again and emits one [`Event`].
 //!
-//! Lifecycle without fentry: [`MEMBERS`] counts the member threads of every
-//! watched namespace (user space seeds the ones alive at start; creations add
-//! theirs). Fork, exit, unshare and setns keep the counts; the event that takes
-//! a count to zero says so (`emptied`), and user space decides whether the
-//! namespace is gone or pinned. Everything unrelated to namespaces stays here.
+//! Lifecycle without fentry: [`SETS`] counts the member threads of every set
+//! of namespaces threads share ([`SetKey`]), and [`MEMBERS`] the sets with
+//! members that hold each watched namespace (user space seeds both from
+//! /proc at start; creations add theirs). A fork or an exit moves one set
+//! count; a namespace's count moves only when its set gets its first member
+//! or loses its last, so it reaches zero exactly when its last member
+//! thread leaves. The event that takes a count to zero says so (`emptied`),
+//! and user space decides whether the namespace is gone or pinned.
+//! Everything unrelated to namespaces stays here.
 #![no_std]
 #![no_main]
 // The bpfel target has no `AtomicI64::fetch_add`; the intrinsic lowers to the
@@ -40,7 +44,7 @@ use nstrace_common::{
     COUNTER_MEMBERS_EVICTED, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTER_TRACKED_FULL,
     COUNTERS, Event, EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE,
     MEMBERS_FREED, MEMBERS_UNWATCHED, MEMBERS_UNWATCHED_BELOW, NO_COUNT, NO_FIELD, NS_KINDS, NsSet,
-    Syscall, kind, member_key,
+    SetKey, Syscall, kind, member_key,
 };
 
 /// Resized by user space (`--buffer-size`) before load.
@@ -69,7 +73,9 @@ struct Pending {
     /// CAP_SYS_ADMIN before the call (an unshare of a user namespace gives
     /// the caller every capability in the new one).
     admin: u32,
-    _pad: u32,
+    /// 1 when the caller was counted in [`SETS`] before the call (not
+    /// entirely in the initial namespaces).
+    counted: u32,
     before: NsSet,
     /// The namespace struct pointers behind `before`: at exit only kinds
     /// whose pointer changed are read again.
@@ -122,6 +128,19 @@ fn scratch() -> Option<*mut u32> {
 /// node's worth of namespaces many times over (8 MiB).
 #[map]
 static MEMBERS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(131072, 0);
+
+/// Member threads per set of namespaces, keyed by the set's inodes (see
+/// [`SetKey`]): the one count a fork or an exit moves. A plain hash, not an
+/// LRU: an evicted set would lose members for good. A set leaves when its
+/// last member does (the one whose remove succeeds), so entries are live
+/// sets; a set found with no entry (a thread user space never saw, or no
+/// room) comes back as [`MEMBERS_UNWATCHED`], counted once. Resized by user
+/// space (a quarter of `--member-map-size`).
+#[map]
+static SETS: HashMap<SetKey, i64> = HashMap::with_max_entries(32768, 0);
+
+/// `BPF_NOEXIST` (uapi `bpf.h`).
+const BPF_NOEXIST: u64 = 1;
 
 /// Non-zero when user space follows pids (`--pid`, command mode): otherwise
 /// no fork or exit touches [`FOLLOW`]. Set before load.
@@ -237,10 +256,97 @@ fn watch_new(kind: usize, inum: u32) {
     }
 }
 
-/// Moves one member from `before` to `after` for every kind that changed;
-/// kinds in `created` are new namespaces. Returns the `CLONE_NEW*` bits of
-/// kinds whose old namespace lost its last member.
-fn move_member(before: &NsSet, after: &NsSet, created: u64) -> u32 {
+/// `set` as the key of its member count: [`SetKey`] is `NsSet::inum`, its
+/// first field.
+fn set_key(set: &NsSet) -> &SetKey {
+    // SAFETY: `SetKey` is `#[repr(C)]` around `[u32; NS_KINDS]`, which is
+    // the first field of the `#[repr(C)]` `NsSet`, and needs no more
+    // alignment than `NsSet`: the cast reads exactly that field, for as
+    // long as `set` is borrowed.
+    unsafe { &*(set as *const NsSet).cast::<SetKey>() }
+}
+
+/// One more member thread in the set `key`, whose namespace structs are at
+/// `ptrs`; kinds in `created` are new namespaces. The fork path: one lookup
+/// and one atomic add while the set has members.
+#[inline(always)]
+fn join(key: &SetKey, ptrs: &[u64; NS_KINDS], created: u64) {
+    if created == 0 {
+        if let Some(p) = SETS.get_ptr_mut(key) {
+            // SAFETY: `p` points at a live map value (an i64, 8-aligned); the
+            // add is atomic against other CPUs'.
+            unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, 1) };
+            return;
+        }
+    }
+    first_member(key, ptrs, created);
+}
+
+/// The set had no entry: this thread is its first member, so each of its
+/// watched namespaces is held by one more set (a new namespace by this one
+/// alone). Out of line: verified once, not in every caller.
+#[inline(never)]
+fn first_member(key: &SetKey, ptrs: &[u64; NS_KINDS], created: u64) {
+    match SETS.insert(key, 1, BPF_NOEXIST) {
+        Ok(()) => {
+            for k in 0..NS_KINDS {
+                let inum = key.inum[k] & task::watchable_mask(ptrs[k]) as u32;
+                if created & KIND_FLAGS[k] != 0 {
+                    watch_new(k, inum);
+                } else {
+                    adjust(k, inum, 1);
+                }
+            }
+            return;
+        }
+        Err(e) => match SETS.get_ptr_mut(key) {
+            // Another thread's first member won the insert: one more.
+            Some(p) => {
+                // SAFETY: a live map value (an i64, 8-aligned); atomic add.
+                unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, 1) };
+            }
+            None => {
+                count(COUNTER_MEMBERS_FULL);
+                diag::update(diag::Map::Sets, e);
+            }
+        },
+    }
+    // A new namespace is in no other set, whatever became of the insert.
+    for k in 0..NS_KINDS {
+        if created & KIND_FLAGS[k] != 0 {
+            watch_new(k, key.inum[k] & task::watchable_mask(ptrs[k]) as u32);
+        }
+    }
+}
+
+/// One member thread fewer in the set `key` (namespace structs at `ptrs`):
+/// the `CLONE_NEW*` bits of kinds whose namespace lost its last member.
+#[inline(always)]
+fn leave(key: &SetKey, ptrs: &[u64; NS_KINDS]) -> u32 {
+    let Some(p) = SETS.get_ptr_mut(key) else {
+        forgotten_set(key);
+        return 0;
+    };
+    // SAFETY: `p` points at a live map value (an i64, 8-aligned); the add is
+    // atomic against other CPUs'. Not fetch_add's result (Linux 5.12+): two
+    // racing last members may both read 0, and the remove decides.
+    unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, -1) };
+    // SAFETY: as above.
+    let now = unsafe { core::ptr::read_volatile(p) };
+    if now > 0 || now < MEMBERS_UNWATCHED_BELOW {
+        return 0;
+    }
+    last_member(key, ptrs)
+}
+
+/// The set's last member left: the set goes (only one of two racing last
+/// members removes it) and each of its watched namespaces is held by one
+/// set fewer. Returns the kinds that reached zero.
+#[inline(never)]
+fn last_member(key: &SetKey, ptrs: &[u64; NS_KINDS]) -> u32 {
+    if SETS.remove(key).is_err() {
+        return 0;
+    }
     let Some(emptied) = scratch() else {
         return 0;
     };
@@ -249,21 +355,53 @@ fn move_member(before: &NsSet, after: &NsSet, created: u64) -> u32 {
     // preemption off.
     unsafe { *emptied = 0 };
     for k in 0..NS_KINDS {
-        if before.inum[k] == after.inum[k] {
-            continue;
-        }
-        if adjust(k, before.inum[k], -1) & EMPTIED != 0 {
+        let inum = key.inum[k] & task::watchable_mask(ptrs[k]) as u32;
+        if adjust(k, inum, -1) & EMPTIED != 0 {
             // SAFETY: this CPU's SCRATCH slot, as above.
             unsafe { *emptied |= KIND_FLAGS[k] as u32 };
-        }
-        if created & KIND_FLAGS[k] != 0 {
-            watch_new(k, after.inum[k]);
-        } else {
-            adjust(k, after.inum[k], 1);
         }
     }
     // SAFETY: this CPU's SCRATCH slot, as above.
     unsafe { *emptied }
+}
+
+/// A member of a set with no count: a thread alive before the trace that
+/// user space did not see (outside its PID namespace, or born between
+/// attach and seeding), or one whose set found no room. Counted once, as
+/// [`forgotten`]: the entry comes back unwatched.
+#[inline(never)]
+fn forgotten_set(key: &SetKey) {
+    if SETS.insert(key, MEMBERS_UNWATCHED, BPF_NOEXIST).is_ok() {
+        count(COUNTER_MEMBERS_EVICTED);
+    }
+}
+
+/// Moves one member from the set `before` to `after` (a switch by unshare
+/// or setns); kinds in `created` are new namespaces. `counted_before`: the
+/// thread was counted in a set (not entirely in the initial namespaces).
+/// Returns the `CLONE_NEW*` bits of kinds whose old namespace lost its last
+/// member.
+fn move_member(
+    before: &NsSet,
+    before_ptrs: &[u64; NS_KINDS],
+    counted_before: bool,
+    after: &NsSet,
+    after_ptrs: &[u64; NS_KINDS],
+    created: u64,
+) -> u32 {
+    if before.inum == after.inum {
+        return 0;
+    }
+    // The new set first: a namespace in both keeps a count above zero.
+    // SAFETY: `counted` only probe-reads from the current task.
+    if unsafe { task::counted(task::current()) } {
+        join(set_key(after), after_ptrs, created);
+    }
+    if counted_before {
+        leave(set_key(before), before_ptrs)
+    } else {
+        0
+    }
 }
 
 /// Remembers the syscall in flight and the caller's namespaces as they are now.
@@ -282,7 +420,7 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
         (*p).syscall = syscall as u32;
         (*p).fd = fd;
         (*p).admin = task::euid_admin(task::current()).1;
-        (*p)._pad = 0;
+        (*p).counted = task::counted(task::current()) as u32;
         task::read_ns(task::current(), &mut (*p).before, &mut (*p).before_ptrs);
         (*p).after = NsSet {
             inum: [0; NS_KINDS],
@@ -405,7 +543,14 @@ fn exit(ctx: &TracePointContext) {
                         &mut (*pm).after,
                         &mut (*pm).after_ptrs,
                     );
-                    emptied = move_member(&(*pm).before, &(*pm).after, created);
+                    emptied = move_member(
+                        &(*pm).before,
+                        &(*pm).before_ptrs,
+                        (*pm).counted != 0,
+                        &(*pm).after,
+                        &(*pm).after_ptrs,
+                        created,
+                    );
                 }
             }
         }
@@ -486,17 +631,14 @@ fn new_task(ctx: &RawTracePointContext) {
         }
         return;
     }
-    // Any fork or new thread: one more member wherever the child is.
+    // Any fork or new thread: one more member of the set the child is in.
     let mut ptrs = [0u64; NS_KINDS];
     // SAFETY: probe reads from `child`, the new task_struct; `ptrs` is a local.
     if unsafe { task::ns_ptrs_unless_initial(child, &mut ptrs) } {
-        let mut inums = [0u32; NS_KINDS];
-        // SAFETY: probe reads of the namespace structs at `ptrs` (initial ones
-        // masked to null); `inums` is a local.
-        unsafe { task::watchable_inums(&ptrs, &mut inums) };
-        for k in 0..NS_KINDS {
-            adjust(k, inums[k], 1);
-        }
+        let mut key = SetKey::default();
+        // SAFETY: probe reads of the namespace structs at `ptrs`; `key` is a local.
+        unsafe { task::inums(&ptrs, &mut key.inum) };
+        join(&key, &ptrs, 0);
     }
 }
 
@@ -556,12 +698,12 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
         // the stack put task_newtask's frame past 6.1's limit once a callee
         // needs a frame of its own (the `--debug` object's).
         // SAFETY: `p` as above, borrowed by disjoint fields; `ns_ptrs` and
-        // `watchable_inums` only probe-read kernel memory.
+        // `inums` only probe-read kernel memory.
         unsafe {
             let (set, ptrs) = (&mut (*p).after, &mut (*p).after_ptrs);
             set.inum = [0; NS_KINDS];
             task::ns_ptrs(child, ptrs);
-            task::watchable_inums(ptrs, &mut set.inum);
+            task::inums(ptrs, &mut set.inum);
             count_child(flags, set, ptrs);
         }
         lost(EventKind::Clone);
@@ -571,17 +713,10 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
     track(unsafe { task::tid_of(child) }, child);
 }
 
-/// One more member in each of a new child's namespaces (at `ptrs`; the
-/// initial ones are not counted); those in `flags` are new and start being
-/// watched.
+/// A new child in new namespaces (`flags`, which start being watched): the
+/// first member of its set.
 fn count_child(flags: u64, set: &NsSet, ptrs: &[u64; NS_KINDS]) {
-    for k in 0..NS_KINDS {
-        if flags & KIND_FLAGS[k] != 0 {
-            watch_new(k, set.inum[k]);
-        } else {
-            adjust(k, set.inum[k] & task::watchable_mask(ptrs[k]) as u32, 1);
-        }
-    }
+    join(set_key(set), ptrs, flags & CLONE_NEW_MASK);
 }
 
 /// Runs before the kernel drops the task's namespaces (`exit_task_namespaces`).
@@ -611,43 +746,31 @@ fn process_exit() {
         let _ = TRACKED.remove(tid);
     }
     // Counts first: they must stay right even when the ring is full.
-    let mut inums = [0u32; NS_KINDS];
-    // SAFETY: probe reads of the namespace structs at `ptrs` (initial ones
-    // masked to null); `inums` is a local.
-    unsafe { task::watchable_inums(&ptrs, &mut inums) };
-    let (emptied, reaper) = leave_all(task, &inums, ptrs[kind::PID]);
+    let mut key = SetKey::default();
+    // SAFETY: probe reads of the namespace structs at `ptrs`; `key` is a local.
+    unsafe { task::inums(&ptrs, &mut key.inum) };
+    let emptied = leave(&key, &ptrs);
+    let reaper = watched_pidns_reaper(task, ptrs[kind::PID], key.inum[kind::PID]);
     // One path for tracked and untracked exits: the verifier walks it once.
     if tracked || emptied != 0 || reaper {
         emit_process(EventKind::Exit, emptied, reaper as u32);
     }
 }
 
-/// An exiting task leaves each of its watchable namespaces (`inums`, 0 for
-/// the rest): returns the kinds that lost their last member, and whether it
-/// is the init of a watched PID namespace (`pidns`: its struct).
-fn leave_all(task: *const u8, inums: &[u32; NS_KINDS], pidns: u64) -> (u32, bool) {
-    let Some(bits) = scratch() else {
-        return (0, false);
-    };
-    // SAFETY: `bits` is this CPU's SCRATCH slot, an aligned u32; only
-    // tracepoint programs use it, which never nest on one CPU and run with
-    // preemption off.
-    unsafe { *bits = 0 };
-    let mut pid_watched = 0;
-    for k in 0..NS_KINDS {
-        let r = adjust(k, inums[k], -1);
-        if r & EMPTIED != 0 {
-            // SAFETY: this CPU's SCRATCH slot, as above.
-            unsafe { *bits |= KIND_FLAGS[k] as u32 };
-        }
-        if k == kind::PID {
-            pid_watched = r & WATCHED;
-        }
+/// Whether `task` is the init of a watched PID namespace (`pidns`: its
+/// struct, `inum` its inode): a probe read per exit, a map lookup only for
+/// an init.
+fn watched_pidns_reaper(task: *const u8, pidns: u64, inum: u32) -> bool {
+    if task::watchable_mask(pidns) == 0 {
+        return false;
     }
     // SAFETY: a probe read of the PID namespace's child_reaper; `task` is only compared.
-    let reaper = pid_watched != 0 && unsafe { task::is_pidns_reaper(task, pidns) };
-    // SAFETY: this CPU's SCRATCH slot, as above.
-    (unsafe { *bits }, reaper)
+    if !unsafe { task::is_pidns_reaper(task, pidns) } {
+        return false;
+    }
+    // SAFETY: the value is read once, an aligned i64 of a live entry.
+    unsafe { MEMBERS.get(member_key(kind::PID, inum)) }
+        .is_some_and(|&n| n >= MEMBERS_UNWATCHED_BELOW)
 }
 
 fn forget_followed(tid: u32) {

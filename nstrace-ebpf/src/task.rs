@@ -322,21 +322,36 @@ unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: &mut [u64; NS_KINDS]) {
     }
 }
 
-/// Inodes of the namespaces at `ptrs` that can be watched (0 for the
-/// initial ones and unreadable kinds): what member counts are kept by.
+/// Inodes of the namespaces at `ptrs`, initial ones included (0 where
+/// unreadable): the key of a thread's member set, as /proc shows it.
 ///
 /// # Safety
 ///
 /// No requirement: the pointers in `ptrs` are only probe-read (a fault reads as 0).
 #[inline(always)]
-pub unsafe fn watchable_inums(ptrs: &[u64; NS_KINDS], out: &mut [u32; NS_KINDS]) {
+pub unsafe fn inums(ptrs: &[u64; NS_KINDS], out: &mut [u32; NS_KINDS]) {
     for k in 0..NS_KINDS {
-        // An initial one reads from null: 0, as a failed read.
-        let ns = ptrs[k] & watchable_mask(ptrs[k]);
-        // SAFETY: a probe read of the kind's inode, at its BTF offset (`ns` may
-        // be null: reads as 0).
-        out[k] = unsafe { read::<u32>(ns as *const u8, off!(inum[k])) };
+        // SAFETY: `out[k]` is a live `&mut u32`; a probe read of the kind's
+        // inode at its BTF offset (a null pointer reads as 0).
+        unsafe { read_field_into(&mut out[k], ptrs[k] as *const u8, off!(inum[k])) };
     }
+}
+
+/// Whether `task` is counted in a member set: not entirely in the initial
+/// namespaces (the test [`ns_ptrs_unless_initial`] makes).
+///
+/// # Safety
+///
+/// No memory requirement: `task` is only probe-read. It must be a
+/// `task_struct` (or null) for the result to mean anything.
+#[inline(always)]
+pub unsafe fn counted(task: *const u8) -> bool {
+    if off!(valid) == 0 {
+        return false;
+    }
+    // SAFETY: `roots` only probe-reads from `task`.
+    let (nsproxy, user) = unsafe { roots(task) };
+    !(is_initial(nsproxy as u64) && is_initial(user))
 }
 
 /// Fills `out` with `task`'s namespaces, inodes and ids (unreadable kinds stay

@@ -2,6 +2,12 @@
 
 use nstrace_common::{KIND_FLAGS, NS_KINDS};
 
+/// A thread's member set: its namespace inode per kind, by
+/// [`NsKind::index`] (pid and time for children, as the kernel side counts
+/// members), 0 where it has none of the kind. Threads in the same set share
+/// one member count in the kernel side.
+pub type MemberSet = [u32; NS_KINDS];
+
 /// The eight namespace kinds, in the kernel side's index order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NsKind {

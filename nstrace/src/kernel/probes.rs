@@ -12,7 +12,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use nstrace_common::{
     COUNTER_FOLLOW_FULL, COUNTER_LOST, COUNTER_LOST_BY_KIND, COUNTER_MEMBERS_EVICTED,
     COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTER_TRACKED_FULL, COUNTERS, EVENT_KINDS,
-    EventKind, FREE_SLOTS, FreeTarget, member_key,
+    EventKind, FREE_SLOTS, FreeTarget, NS_KINDS, SetKey, member_key,
 };
 
 use super::{
@@ -54,6 +54,7 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     counts: Counters,
     members: HashMap<MapData, u64, i64>,
+    sets: HashMap<MapData, SetKey, i64>,
     follow: HashMap<MapData, u32, u8>,
     diagnostics: Option<(diagnostics::Reader, &'static KernelLog)>,
 }
@@ -182,6 +183,7 @@ impl Probes {
             .override_global("FOLLOWING", &following, true)
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("MEMBERS", member_entries)
+            .map_max_entries("SETS", (member_entries / 4).max(1024))
             .load(if debug { DEBUG_OBJECT } else { OBJECT })
             .map_err(|e| load_error(e.into()))?;
         drop(loader);
@@ -206,6 +208,7 @@ impl Probes {
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
         let counts = Counters::map(ebpf.take_map("COUNTS").context("map COUNTS missing")?)?;
         let members = HashMap::try_from(ebpf.take_map("MEMBERS").context("map MEMBERS missing")?)?;
+        let sets = HashMap::try_from(ebpf.take_map("SETS").context("map SETS missing")?)?;
         let follow = HashMap::try_from(ebpf.take_map("FOLLOW").context("map FOLLOW missing")?)?;
         let diagnostics = if debug {
             Some(diagnostics::reader(&mut ebpf)?)
@@ -217,6 +220,7 @@ impl Probes {
             events: Some(events),
             counts,
             members,
+            sets,
             follow,
             diagnostics,
         })
@@ -414,7 +418,11 @@ impl Drop for Counters {
 /// The kernel's member counts, which user space corrects but never reads
 /// while tracing (see the rejoin check in `state::ends::Ends::check`).
 pub trait MemberCounts {
-    fn set(&mut self, key: NsKey, members: i64);
+    /// A namespace's count: the member sets that hold it.
+    fn set(&mut self, key: NsKey, sets: i64);
+    /// A member set's count: its threads (the set's inode per kind, in the
+    /// kernel side's kind order, 0 where absent).
+    fn set_set(&mut self, set: [u32; NS_KINDS], threads: i64);
 }
 
 /// What fentry hooks: each free function attached with the kinds whose
@@ -578,8 +586,12 @@ fn key((kind, inode): NsKey) -> u64 {
 }
 
 impl MemberCounts for Probes {
-    fn set(&mut self, k: NsKey, members: i64) {
-        let _ = self.members.insert(key(k), members, 0);
+    fn set(&mut self, k: NsKey, sets: i64) {
+        let _ = self.members.insert(key(k), sets, 0);
+    }
+
+    fn set_set(&mut self, set: [u32; NS_KINDS], threads: i64) {
+        let _ = self.sets.insert(SetKey { inum: set }, threads, 0);
     }
 
     // Entries are never removed from user space: by the time an end is known

@@ -13,7 +13,7 @@ use std::{
     path::Path,
 };
 
-use crate::model::NsKind;
+use crate::model::{MemberSet, NsKind};
 
 /// A namespace's identity at one moment.
 use crate::model::NsKey;
@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub processes: BTreeMap<NsKey, BTreeSet<u32>>,
     /// Member threads per namespace, counted by the acting links.
     pub threads: HashMap<NsKey, i64>,
+    /// Member threads per member set (every acting link of a thread).
+    pub sets: HashMap<MemberSet, i64>,
     pub procs: HashMap<u32, ProcInfo>,
     /// nsfs bind mounts, in every mount namespace a process is in.
     pub mounts: BTreeMap<NsKey, Vec<MountPin>>,
@@ -188,12 +190,16 @@ pub fn scan() -> Snapshot {
         }
         snap.procs.insert(pid, proc_info(pid));
         for tid in tids(pid) {
+            let Some(set) = member_set(pid, tid) else {
+                continue;
+            };
             for kind in NsKind::ALL {
-                let path = format!("{base}/task/{tid}/ns/{}", acting_link(kind));
-                if let Some(inode) = read_link_inode(Path::new(&path)) {
+                let inode = set[kind.index()];
+                if inode != 0 {
                     *snap.threads.entry((kind, inode)).or_default() += 1;
                 }
             }
+            *snap.sets.entry(set).or_default() += 1;
         }
     }
     snap.mounts = nsfs_mounts();
@@ -230,30 +236,44 @@ pub fn ppid(pid: u32) -> Option<u32> {
     parent_of_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-/// Threads currently in each of `keys` (by the acting links), in one pass
-/// over /proc: a ground-truth check of member counts seeded by a racy scan.
+/// A thread's member set, from its acting links (None when it has gone).
+fn member_set(pid: u32, tid: u32) -> Option<MemberSet> {
+    let mut set = MemberSet::default();
+    let mut any = false;
+    for kind in NsKind::ALL {
+        let path = format!("/proc/{pid}/task/{tid}/ns/{}", acting_link(kind));
+        if let Some(inode) = read_link_inode(Path::new(&path)) {
+            set[kind.index()] = inode;
+            any = true;
+        }
+    }
+    any.then_some(set)
+}
+
+/// Member threads per member set holding any of `keys`, in one pass over
+/// /proc: a ground-truth check of member counts seeded by a racy scan.
 /// A thread already exiting is not counted: between its exit tracepoint and
 /// the kernel dropping its namespaces (its files are closed in between) its
 /// links still read, and counting it kept a namespace that had just lost
 /// its last member watched as alive, its end never told.
-pub fn count_threads(keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
-    let mut out: BTreeMap<NsKey, i64> = keys.iter().map(|k| (*k, 0)).collect();
+pub fn count_members(keys: &BTreeSet<NsKey>) -> Members {
+    let mut out = Members::default();
     if keys.is_empty() {
         return out;
     }
     let kinds: BTreeSet<NsKind> = keys.iter().map(|k| k.0).collect();
     for pid in pids() {
         for tid in tids(pid) {
-            let mut exiting = None;
-            for &kind in &kinds {
+            // One link per kind asked first: most threads hold none of the keys.
+            let holds = kinds.iter().any(|&kind| {
                 let path = format!("/proc/{pid}/task/{tid}/ns/{}", acting_link(kind));
-                if let Some(n) =
-                    read_link_inode(Path::new(&path)).and_then(|i| out.get_mut(&(kind, i)))
-                {
-                    if !*exiting.get_or_insert_with(|| is_exiting(pid, tid)) {
-                        *n += 1;
-                    }
-                }
+                read_link_inode(Path::new(&path)).is_some_and(|i| keys.contains(&(kind, i)))
+            });
+            if !holds || is_exiting(pid, tid) {
+                continue;
+            }
+            if let Some(set) = member_set(pid, tid) {
+                *out.sets.entry(set).or_default() += 1;
             }
         }
     }
@@ -277,6 +297,28 @@ fn is_exiting(pid: u32, tid: u32) -> bool {
 fn flags_of_stat(stat: &str) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(6)?.parse().ok()
+}
+
+/// Threads by member set, as [`count_members`] found them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    pub sets: BTreeMap<MemberSet, i64>,
+}
+
+impl Members {
+    /// The member sets with threads that hold `key`: what the kernel side
+    /// counts for a namespace.
+    pub fn sets_holding(&self, (kind, inode): NsKey) -> impl Iterator<Item = (&MemberSet, i64)> {
+        self.sets
+            .iter()
+            .filter(move |(s, _)| s[kind.index()] == inode)
+            .map(|(s, &n)| (s, n))
+    }
+
+    /// How many sets hold `key` (0: no member thread).
+    pub fn of(&self, key: NsKey) -> i64 {
+        self.sets_holding(key).count() as i64
+    }
 }
 
 /// An nsfs bind mount (`ip netns add` style) and the mount namespace whose

@@ -8,6 +8,12 @@
 //! - `forkexec N`: N fork + exec of /bin/true, no namespace work at all.
 //! - `forkexit N`: N fork + _exit: the hot path every process on a machine
 //!   takes (run it in new namespaces for a container's).
+//! - `node SETS N containers|host`: a Kubernetes node's fork/exit mix.
+//!   SETS container-like namespace sets (new mnt, uts, ipc, net, pid and
+//!   cgroup namespaces, as runc makes them), each with a shell (`sh`, PID 1
+//!   of its set); with `containers` each shell forks N short-lived children
+//!   (`( : )` in a loop), with `host` they sit idle while a shell in the
+//!   host's namespaces does the same N times.
 //! - `noise`: until killed, what a busy machine does beside the tests: forks
 //!   that exit, children in new UTS/IPC namespaces, now and then a new
 //!   network namespace, a few hundred of each a second.
@@ -292,6 +298,81 @@ fn malformed(action: &str) {
     }
 }
 
+/// See the module's doc (`node`).
+fn node(sets: u64, n: u64, busy: &str) {
+    let in_containers = match busy {
+        "containers" => true,
+        "host" => false,
+        _ => die("node: say containers or host"),
+    };
+    let lp = format!("i=0; while [ $i -lt {n} ]; do ( : ); i=$((i+1)); done");
+    // The idle shells wait on a pipe that closes when the host is done.
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a live [c_int; 2].
+    check(unsafe { libc::pipe(fds.as_mut_ptr()) } as i64, "pipe");
+    let sh = |script: &str, stdin: RawFd| -> ! {
+        // SAFETY: in a child after fork: dup2 and exec only.
+        unsafe { libc::dup2(stdin, 0) };
+        let (sh, c) = (CString::new("/bin/sh").unwrap(), CString::new("-c").unwrap());
+        let script = CString::new(script).unwrap();
+        let argv = [sh.as_ptr(), c.as_ptr(), script.as_ptr(), std::ptr::null()];
+        // SAFETY: NUL-terminated strings and a null-terminated argv.
+        unsafe { libc::execv(sh.as_ptr(), argv.as_ptr()) };
+        die("exec /bin/sh")
+    };
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWCGROUP;
+    let start = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..sets {
+        // SAFETY: the child only unshares, forks, waits and execs.
+        let pid = check(unsafe { libc::fork() } as i64, "fork");
+        if pid == 0 {
+            // SAFETY: plain syscalls in the child.
+            unsafe {
+                if libc::unshare(flags) != 0 {
+                    die(&format!("unshare: errno {}", errno()));
+                }
+                let init = libc::fork();
+                if init == 0 {
+                    libc::close(fds[1]);
+                    if in_containers {
+                        sh(&lp, libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY));
+                    }
+                    sh("read x", fds[0]);
+                }
+                libc::close(fds[1]);
+                reap(init as i64);
+                libc::_exit(0);
+            }
+        }
+        children.push(pid);
+    }
+    // SAFETY: the parent's own read end, not needed here.
+    unsafe { libc::close(fds[0]) };
+    let ops = if in_containers {
+        sets * n
+    } else {
+        // SAFETY: the child only execs.
+        let pid = check(unsafe { libc::fork() } as i64, "fork");
+        if pid == 0 {
+            sh(&lp, 0);
+        }
+        reap(pid);
+        n
+    };
+    // SAFETY: closing our write end lets the idle shells' `read` return.
+    unsafe { libc::close(fds[1]) };
+    for pid in children {
+        reap(pid);
+    }
+    report(start, ops, "fork+exits");
+}
+
 fn report(start: Instant, ops: u64, what: &str) {
     let secs = start.elapsed().as_secs_f64();
     println!("seconds {secs:.6} {what} {ops}");
@@ -314,6 +395,10 @@ fn main() {
         "burst" => burst(count()),
         "hold" => hold(count()),
         "noise" => noise(),
+        "node" => {
+            let (sets, n) = (count(), count());
+            node(sets, n, &args.next().unwrap_or_default())
+        }
         other => malformed(other),
     }
 }

@@ -72,6 +72,10 @@ pub struct Options {
     /// Print the results only; leave docs/performance.md alone.
     #[arg(long)]
     no_write: bool,
+    /// Only the BPF cost per operation (every workload, every tracer, in
+    /// rotating order): a summary on stdout, docs/performance.md left alone.
+    #[arg(long)]
+    only_costs: bool,
 }
 
 /// One workload run under one mode.
@@ -129,6 +133,30 @@ pub fn run(opts: Options) -> Result<()> {
     let floor = std::env::temp_dir().join("nstrace-bench-floor.bt");
     std::fs::write(&floor, hotpath::FLOOR_SCRIPT)?;
 
+    if opts.only_costs {
+        let costs = hotpath::costs(
+            &bins,
+            (&script, &floor),
+            opts.rounds.min(3),
+            opts.forkexit,
+            opts.churn,
+        )?;
+        for c in &costs {
+            let (ns, bt, floor) = (
+                c.per_op(hotpath::Tracer::Nstrace),
+                c.per_op(hotpath::Tracer::Bpftrace),
+                c.per_op(hotpath::Tracer::Floor),
+            );
+            println!(
+                "{}: nstrace {ns:.0} ns per op, bpftrace script {bt:.0}, floor {floor:.0}: \
+                 {:.2}× (target {}×)",
+                c.title,
+                ns / bt.max(1.0),
+                hotpath::target(c.title)
+            );
+        }
+        return Ok(());
+    }
     let mut report = String::new();
     let mut tables: Vec<Table> = Vec::new();
     for (workload, n) in [("churn", opts.churn), ("forkexec", opts.forkexec)] {

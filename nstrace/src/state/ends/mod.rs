@@ -24,7 +24,7 @@ pub mod fentry;
 pub mod handles;
 pub mod inference;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::{
     kernel::{decode::NsRef, probes::MemberCounts},
@@ -32,7 +32,7 @@ use crate::{
     state::{records, registry::Registry},
     sys::{
         nsfs::Answer,
-        procfs::{self, ExitedPidfds, FdHolders, MountPin, Snapshot, Zombies},
+        procfs::{self, ExitedPidfds, FdHolders, Members, MountPin, Snapshot, Zombies},
     },
 };
 pub use handles::Ask;
@@ -78,8 +78,8 @@ pub trait Holders {
     fn zombies(&mut self) -> Zombies {
         Zombies::new()
     }
-    /// Member threads of each key, counted from /proc.
-    fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64>;
+    /// Member threads of the sets holding any of `keys`, counted from /proc.
+    fn members(&mut self, keys: &BTreeSet<NsKey>) -> Members;
 }
 
 /// The real /proc.
@@ -108,8 +108,8 @@ impl Holders for Procfs {
     ) -> BTreeMap<NsKey, Vec<MountPin>> {
         procfs::nsfs_mounts_memberless(mounts, fds)
     }
-    fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
-        procfs::count_threads(keys)
+    fn members(&mut self, keys: &BTreeSet<NsKey>) -> Members {
+        procfs::count_members(keys)
     }
 }
 
@@ -296,10 +296,22 @@ pub fn seed_counts(
     host: &BTreeSet<NsKey>,
     counts: &mut dyn MemberCounts,
 ) -> usize {
+    // Each set's threads, and each namespace held by the sets that hold it
+    // (see `nstrace_common::SetKey`).
+    let mut sets_holding: HashMap<NsKey, i64> = HashMap::new();
+    for (set, &threads) in &snap.sets {
+        counts.set_set(*set, threads);
+        for kind in NsKind::ALL {
+            let inode = set[kind.index()];
+            if inode != 0 {
+                *sets_holding.entry((kind, inode)).or_default() += 1;
+            }
+        }
+    }
     let mut n = 0;
-    for (&key, &threads) in &snap.threads {
+    for (&key, &sets) in &sets_holding {
         if !host.contains(&key) {
-            counts.set(key, threads);
+            counts.set(key, sets);
             n += 1;
         } else {
             // Known and not watched (where the host's are not the kernel's
@@ -472,9 +484,9 @@ impl Ends {
             .copied()
             .collect();
         if !rejoined.is_empty() {
-            let live = src.threads(&rejoined);
+            let live = src.members(&rejoined);
             due.retain(|k| {
-                let members = live.get(k).is_some_and(|&n| n > 0);
+                let members = live.of(*k) > 0;
                 if members {
                     self.watch.remove(k);
                 }
@@ -491,14 +503,18 @@ impl Ends {
             .copied()
             .collect();
         if !preexisting.is_empty() {
-            let live = src.threads(&preexisting);
-            due.retain(|k| match live.get(k) {
-                Some(&n) if n > 0 => {
-                    self.watch.remove(k);
-                    counts.set(*k, n);
-                    false
+            let live = src.members(&preexisting);
+            due.retain(|k| {
+                let n = live.of(*k);
+                if n == 0 {
+                    return true;
                 }
-                _ => true,
+                self.watch.remove(k);
+                counts.set(*k, n);
+                for (set, threads) in live.sets_holding(*k) {
+                    counts.set_set(*set, threads);
+                }
+                false
             });
         }
         let mut answers: Vec<(NsKey, std::io::Result<Answer>)> = Vec::new();
@@ -802,9 +818,10 @@ mod tests {
     struct Counts(HashMap<NsKey, i64>);
 
     impl MemberCounts for Counts {
-        fn set(&mut self, key: NsKey, members: i64) {
-            self.0.insert(key, members);
+        fn set(&mut self, key: NsKey, sets: i64) {
+            self.0.insert(key, sets);
         }
+        fn set_set(&mut self, _: crate::model::MemberSet, _: i64) {}
     }
 
     #[derive(Default)]
@@ -828,10 +845,17 @@ mod tests {
         fn zombies(&mut self) -> Zombies {
             self.zombies.clone()
         }
-        fn threads(&mut self, keys: &BTreeSet<NsKey>) -> BTreeMap<NsKey, i64> {
-            keys.iter()
-                .map(|k| (*k, self.threads.get(k).copied().unwrap_or(0)))
-                .collect()
+        /// Each key's threads as one set holding that namespace alone.
+        fn members(&mut self, keys: &BTreeSet<NsKey>) -> Members {
+            let mut m = Members::default();
+            for &(kind, inode) in keys {
+                if let Some(&n) = self.threads.get(&(kind, inode)).filter(|&&n| n > 0) {
+                    let mut set = crate::model::MemberSet::default();
+                    set[kind.index()] = inode;
+                    m.sets.insert(set, n);
+                }
+            }
+            m
         }
     }
 
