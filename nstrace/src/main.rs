@@ -7,6 +7,12 @@ use nstrace::{
     util::{error::hint_of, escape::Escaped},
 };
 
+/// musl's allocator is slow for a tracer's many small allocations (see
+/// Cargo.toml); glibc's is kept where it is the libc.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // First: a stop signal at any moment of start-up must end the run.
     nstrace::sys::signals::install();

@@ -40,6 +40,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",
     "prometheus",
     "man-db",
+    // musl-gcc: the static build's allocator (mimalloc) is C.
+    "musl-tools",
     "chromium",
     "python3-venv",
 ];
