@@ -679,7 +679,10 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
         unsafe {
             // The pending entry's spare pointer array, not the stack.
             task::read_ns(child, &mut e.after, &mut (*p).after_ptrs);
-            count_child(flags, &e.after, &(*p).after_ptrs);
+            // The set's key from map memory: older verifiers take no ring
+            // memory as a map key.
+            (*p).after.inum = e.after.inum;
+            count_child(flags, &(*p).after, &(*p).after_ptrs);
             fill_header(e, EventKind::Clone, task::current());
             // The parent's: a clone leaves the caller's credentials alone.
             e.admin = task::euid_admin(task::current()).1;

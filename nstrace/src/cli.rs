@@ -43,7 +43,8 @@ pub struct Cli {
     pub buffer_size: u32,
 
     /// Entries of the kernel's member-count map (namespaces watched for
-    /// their end; 64 bytes each). Raise it if nstrace reports namespaces
+    /// their end; 64 bytes each), and a quarter as many sets of namespaces
+    /// threads share. Raise it if nstrace reports namespaces unwatched or
     /// forgotten by the member map.
     #[arg(long, value_name = "ENTRIES", default_value_t = 131072,
           value_parser = clap::value_parser!(u32).range(1024..=1 << 24))]

@@ -815,13 +815,44 @@ mod tests {
     use crate::model::{EventType, Syscall};
 
     #[derive(Default)]
-    struct Counts(HashMap<NsKey, i64>);
+    struct Counts(HashMap<NsKey, i64>, HashMap<crate::model::MemberSet, i64>);
 
     impl MemberCounts for Counts {
         fn set(&mut self, key: NsKey, sets: i64) {
             self.0.insert(key, sets);
         }
-        fn set_set(&mut self, _: crate::model::MemberSet, _: i64) {}
+        fn set_set(&mut self, set: crate::model::MemberSet, threads: i64) {
+            self.1.insert(set, threads);
+        }
+    }
+
+    /// Threads are counted per set, and a namespace by the sets holding
+    /// it: what the kernel side keeps.
+    #[test]
+    fn seeding_counts_threads_per_set_and_sets_per_namespace() {
+        let set = |uts: u32| {
+            let mut s = crate::model::MemberSet::default();
+            s[NsKind::Net.index()] = NET.1;
+            s[NsKind::Uts.index()] = uts;
+            s[NsKind::User.index()] = 4026531837;
+            s
+        };
+        let mut snap = Snapshot::default();
+        snap.sets.insert(set(4026532501), 2);
+        snap.sets.insert(set(4026532502), 1);
+        let host: BTreeSet<NsKey> = [(NsKind::User, 4026531837)].into();
+        let mut counts = Counts::default();
+        let watched = seed_counts(&snap, &host, &mut counts);
+        assert_eq!(watched, 3);
+        assert_eq!(counts.0[&NET], 2);
+        assert_eq!(counts.0[&(NsKind::Uts, 4026532501)], 1);
+        assert_eq!(counts.0[&(NsKind::Uts, 4026532502)], 1);
+        assert_eq!(
+            counts.0[&(NsKind::User, 4026531837)],
+            nstrace_common::MEMBERS_UNWATCHED
+        );
+        assert_eq!(counts.1[&set(4026532501)], 2);
+        assert_eq!(counts.1[&set(4026532502)], 1);
     }
 
     #[derive(Default)]
