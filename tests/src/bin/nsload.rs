@@ -313,7 +313,10 @@ fn node(sets: u64, n: u64, busy: &str) {
     let sh = |script: &str, stdin: RawFd| -> ! {
         // SAFETY: in a child after fork: dup2 and exec only.
         unsafe { libc::dup2(stdin, 0) };
-        let (sh, c) = (CString::new("/bin/sh").unwrap(), CString::new("-c").unwrap());
+        let (sh, c) = (
+            CString::new("/bin/sh").unwrap(),
+            CString::new("-c").unwrap(),
+        );
         let script = CString::new(script).unwrap();
         let argv = [sh.as_ptr(), c.as_ptr(), script.as_ptr(), std::ptr::null()];
         // SAFETY: NUL-terminated strings and a null-terminated argv.

@@ -154,6 +154,15 @@ pub fn run(opts: Options) -> Result<()> {
                 ns / bt.max(1.0),
                 hotpath::target(c.title)
             );
+            for (name, (runs, ns)) in c.by.get(&hotpath::Tracer::Nstrace).into_iter().flatten() {
+                if *runs > 0 {
+                    println!(
+                        "    {name}: {:.2} runs per op, {:.0} ns per run",
+                        *runs as f64 / c.ops as f64,
+                        *ns as f64 / *runs as f64
+                    );
+                }
+            }
         }
         return Ok(());
     }
@@ -970,20 +979,19 @@ fn holders_section((fds, sockets): (f64, f64)) -> String {
 /// (`bpftool prog show` with kernel.bpf_stats_enabled, `perf record` of
 /// nstrace): printed under the targets when one is missed.
 const WHY_MISSED: &str = "Why, where a target is missed. Fork+exit in a \
-container's namespaces: nstrace keeps an exact member count for every watched \
-namespace (six here: mnt, uts, ipc, net, pid, cgroup), so each fork and each \
-exit reads the task's namespace inodes and updates one hash-map counter per \
-watched kind (about twelve probe reads and six LRU-hash updates per program), \
-which the bpftrace script, keeping no counts, does not; the floor (empty \
+container's namespaces: nstrace keeps exact member counts, one per set of \
+namespaces threads share (a fork or an exit moves only its set's count: one \
+hash lookup and one atomic add; a namespace's own count moves only when a set \
+gets its first member or loses its last), which the bpftrace script, keeping \
+no counts, does not; what is left is reading the set's key, the task's \
+namespace inodes (about twelve probe reads per program); the floor (empty \
 programs on the same hooks) is the part no tracer on these hooks can avoid. \
 Those counts are what lets a tracepoint-only kernel see the moment a \
 namespace's last member leaves. Going lower needs cheaper reads (BTF-typed \
-direct loads from tp_btf programs instead of probe-read helpers) or counts \
-kept per nsproxy (one update per fork; per-namespace counts moved only when \
-an nsproxy is first or last used). Start-up: most of it is the kernel's \
-verifier (the programs load in parallel) and aya's own parse of the kernel \
-BTF, which varies with the machine's load. Wall-time rows on this 2-core \
-machine are noisy: read them with the rounds' ranges.";
+direct loads from tp_btf programs instead of probe-read helpers). Start-up: \
+most of it is the kernel's verifier (the programs load in parallel) and aya's \
+own parse of the kernel BTF, which varies with the machine's load. Wall-time \
+rows on this 2-core machine are noisy: read them with the rounds' ranges.";
 
 fn verdict(met: bool, what: String) -> String {
     format!("{} {what}", if met { "met:" } else { "**missed:**" })
