@@ -57,13 +57,13 @@ pub struct NsSet {
     pub id: [u64; NS_KINDS],
 }
 
-/// The namespaces a thread is counted in, as [`NsSet::inum`] (its first
-/// field, so an `NsSet` is read as one in place): the inode per kind, pid
-/// and time for children, 0 where unreadable. Threads that share every one
-/// of them share one member count; a namespace's own count is the number of
-/// such sets with members that hold it, so a fork or an exit moves one
-/// count, and a namespace's move only when a set gets its first member or
-/// loses its last.
+/// The inodes of a member set, as in [`NsSet::inum`] (pid and time for
+/// children, 0 where unreadable): threads that share every namespace share
+/// one member count, and a namespace's own count is the number of such sets
+/// with members that hold it, so a fork or an exit moves one count and a
+/// namespace's moves only when a set gets its first member or loses its
+/// last. User space seeds the sets alive at start by these inodes; the
+/// kernel side keys its counts by the same namespaces' struct pointers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SetKey {

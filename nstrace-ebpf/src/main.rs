@@ -6,8 +6,8 @@
 //!
 //! Lifecycle without fentry: [`SETS`] counts the member threads of every set
 //! of namespaces threads share ([`SetKey`]), and [`MEMBERS`] the sets with
-//! members that hold each watched namespace (user space seeds both from
-//! /proc at start; creations add theirs). A fork or an exit moves one set
+//! members that hold each watched namespace (user space seeds them from
+//! /proc at start, the sets in [`SEEDS`]; creations add theirs). A fork or an exit moves one set
 //! count; a namespace's count moves only when its set gets its first member
 //! or loses its last, so it reaches zero exactly when its last member
 //! thread leaves. The event that takes a count to zero says so (`emptied`),
@@ -129,15 +129,24 @@ fn scratch() -> Option<*mut u32> {
 #[map]
 static MEMBERS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(131072, 0);
 
-/// Member threads per set of namespaces, keyed by the set's inodes (see
-/// [`SetKey`]): the one count a fork or an exit moves. A plain hash, not an
-/// LRU: an evicted set would lose members for good. A set leaves when its
-/// last member does (the one whose remove succeeds), so entries are live
-/// sets; a set found with no entry (a thread user space never saw, or no
-/// room) comes back as [`MEMBERS_UNWATCHED`], counted once. Resized by user
-/// space (a quarter of `--member-map-size`).
+/// Member threads per set of namespaces (see [`SetKey`]), keyed by the
+/// sets' namespace struct pointers, which a fork or an exit reads in one
+/// helper call (the nsproxy whole) beside its credentials: the one count a
+/// fork or an exit moves. The pointers name live namespaces while the set
+/// has members, so no two sets share a key. A plain hash, not an LRU: an
+/// evicted set would lose members for good. A set leaves when its last
+/// member does (the one whose remove succeeds); a set found with no entry
+/// and no seed (a thread user space never saw, or no room) comes back as
+/// [`MEMBERS_UNWATCHED`], counted once. Resized by user space (a quarter of
+/// `--member-map-size`).
 #[map]
-static SETS: HashMap<SetKey, i64> = HashMap::with_max_entries(32768, 0);
+static SETS: HashMap<[u64; NS_KINDS], i64> = HashMap::with_max_entries(32768, 0);
+
+/// Member threads of the sets alive at start, keyed by their inodes as
+/// user space saw them in /proc: taken into [`SETS`] the first time a
+/// fork or an exit meets the set.
+#[map]
+static SEEDS: HashMap<SetKey, i64> = HashMap::with_max_entries(32768, 0);
 
 /// `BPF_NOEXIST` (uapi `bpf.h`).
 const BPF_NOEXIST: u64 = 1;
@@ -256,39 +265,68 @@ fn watch_new(kind: usize, inum: u32) {
     }
 }
 
-/// `set` as the key of its member count: [`SetKey`] is `NsSet::inum`, its
-/// first field.
-fn set_key(set: &NsSet) -> &SetKey {
-    // SAFETY: `SetKey` is `#[repr(C)]` around `[u32; NS_KINDS]`, which is
-    // the first field of the `#[repr(C)]` `NsSet`, and needs no more
-    // alignment than `NsSet`: the cast reads exactly that field, for as
-    // long as `set` is borrowed.
-    unsafe { &*(set as *const NsSet).cast::<SetKey>() }
-}
+/// A member set's key in [`SETS`]: its namespace struct pointers, per
+/// kind, as `task::ns_ptrs` reads them.
+type SetPtrs = [u64; NS_KINDS];
 
-/// One more member thread in the set `key`, whose namespace structs are at
-/// `ptrs`; kinds in `created` are new namespaces. The fork path: one lookup
-/// and one atomic add while the set has members.
+/// The set's inodes, the key user space seeds [`SEEDS`] by: read only on
+/// a set's first sight or its last member's exit.
 #[inline(always)]
-fn join(key: &SetKey, ptrs: &[u64; NS_KINDS], created: u64) {
-    if created == 0 {
-        if let Some(p) = SETS.get_ptr_mut(key) {
-            // SAFETY: `p` points at a live map value (an i64, 8-aligned); the
-            // add is atomic against other CPUs'.
-            unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, 1) };
-            return;
-        }
-    }
-    first_member(key, ptrs, created);
+fn inode_key(ptrs: &SetPtrs, key: &mut SetKey) {
+    // SAFETY: probe reads of the namespace structs at `ptrs`; `key` is a live `&mut`.
+    unsafe { task::inums(ptrs, &mut key.inum) };
 }
 
-/// The set had no entry: this thread is its first member, so each of its
-/// watched namespaces is held by one more set (a new namespace by this one
+/// Takes the seed of a set alive at start: `Some(threads)` when user
+/// space seeded it (0 when another thread took it first; whoever removes
+/// the entry owns its count). The set's namespaces already count it.
+#[inline(always)]
+fn take_seed(key: &SetKey) -> Option<i64> {
+    // SAFETY: the value is read once, an aligned i64 of a live entry.
+    let seeded = unsafe { SEEDS.get(key) }.copied()?;
+    Some(if SEEDS.remove(key).is_ok() { seeded } else { 0 })
+}
+
+/// Adds `delta` to the set's count where it has an entry (true), and
+/// moves its namespaces' counts if that took it to zero.
+#[inline(always)]
+fn add_to_set(ptrs: &SetPtrs, delta: i64) -> Option<u32> {
+    let p = SETS.get_ptr_mut(ptrs)?;
+    // SAFETY: `p` points at a live map value (an i64, 8-aligned); the add is
+    // atomic against other CPUs'. Not fetch_add's result (Linux 5.12+): two
+    // racing last members may both read 0, and the remove decides.
+    unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, delta) };
+    // SAFETY: as above.
+    let now = unsafe { core::ptr::read_volatile(p) };
+    if now > 0 || now < MEMBERS_UNWATCHED_BELOW {
+        return Some(0);
+    }
+    Some(last_member(ptrs))
+}
+
+/// One more member thread in the set at `ptrs`; kinds in `created` are new
+/// namespaces. The fork path: one lookup and one atomic add while the set
+/// has members.
+#[inline(always)]
+fn join(ptrs: &SetPtrs, created: u64) {
+    if created == 0 && add_to_set(ptrs, 1).is_some() {
+        return;
+    }
+    first_member(ptrs, created);
+}
+
+/// The set had no entry: this thread is its first member since the trace
+/// began. A set alive at start takes its seeded threads; a new one is one
+/// more set holding each of its namespaces (a new namespace, this one
 /// alone). Out of line: verified once, not in every caller.
 #[inline(never)]
-fn first_member(key: &SetKey, ptrs: &[u64; NS_KINDS], created: u64) {
-    match SETS.insert(key, 1, BPF_NOEXIST) {
-        Ok(()) => {
+fn first_member(ptrs: &SetPtrs, created: u64) {
+    let mut key = SetKey::default();
+    inode_key(ptrs, &mut key);
+    let seeded = if created == 0 { take_seed(&key) } else { None };
+    let threads = seeded.unwrap_or(0) + 1;
+    match SETS.insert(ptrs, threads, BPF_NOEXIST) {
+        Ok(()) if seeded.is_none() => {
             for k in 0..NS_KINDS {
                 let inum = key.inum[k] & task::watchable_mask(ptrs[k]) as u32;
                 if created & KIND_FLAGS[k] != 0 {
@@ -299,17 +337,14 @@ fn first_member(key: &SetKey, ptrs: &[u64; NS_KINDS], created: u64) {
             }
             return;
         }
-        Err(e) => match SETS.get_ptr_mut(key) {
-            // Another thread's first member won the insert: one more.
-            Some(p) => {
-                // SAFETY: a live map value (an i64, 8-aligned); atomic add.
-                unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, 1) };
-            }
-            None => {
+        Ok(()) => {}
+        // Another thread made the entry first: ours are added to it.
+        Err(e) => {
+            if add_to_set(ptrs, threads).is_none() {
                 count(COUNTER_MEMBERS_FULL);
                 diag::update(diag::Map::Sets, e);
             }
-        },
+        }
     }
     // A new namespace is in no other set, whatever became of the insert.
     for k in 0..NS_KINDS {
@@ -319,34 +354,59 @@ fn first_member(key: &SetKey, ptrs: &[u64; NS_KINDS], created: u64) {
     }
 }
 
-/// One member thread fewer in the set `key` (namespace structs at `ptrs`):
-/// the `CLONE_NEW*` bits of kinds whose namespace lost its last member.
+/// One member thread fewer in the set at `ptrs`: the `CLONE_NEW*` bits of
+/// kinds whose namespace lost its last member.
 #[inline(always)]
-fn leave(key: &SetKey, ptrs: &[u64; NS_KINDS]) -> u32 {
-    let Some(p) = SETS.get_ptr_mut(key) else {
-        forgotten_set(key);
+fn leave(ptrs: &SetPtrs) -> u32 {
+    match add_to_set(ptrs, -1) {
+        Some(emptied) => emptied,
+        None => leave_unseen(ptrs),
+    }
+}
+
+/// The exit of a thread whose set has no entry: one alive at start whose
+/// set is seen for the first time, or one user space never saw (outside
+/// its PID namespace, born between attach and seeding, or its set found no
+/// room): counted once, and the entry comes back unwatched.
+#[inline(never)]
+fn leave_unseen(ptrs: &SetPtrs) -> u32 {
+    let mut key = SetKey::default();
+    inode_key(ptrs, &mut key);
+    let Some(seeded) = take_seed(&key) else {
+        if SETS.insert(ptrs, MEMBERS_UNWATCHED, BPF_NOEXIST).is_ok() {
+            count(COUNTER_MEMBERS_EVICTED);
+        }
         return 0;
     };
-    // SAFETY: `p` points at a live map value (an i64, 8-aligned); the add is
-    // atomic against other CPUs'. Not fetch_add's result (Linux 5.12+): two
-    // racing last members may both read 0, and the remove decides.
-    unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, -1) };
-    // SAFETY: as above.
-    let now = unsafe { core::ptr::read_volatile(p) };
-    if now > 0 || now < MEMBERS_UNWATCHED_BELOW {
-        return 0;
+    let left = seeded - 1;
+    if seeded == 1 {
+        // Its last thread: nothing to keep, the namespaces lose a set.
+        return release(ptrs, &key);
     }
-    last_member(key, ptrs)
+    // The rest stay counted here. A racing thread that took the seed's
+    // entry second (0) adds to what the winner inserts, or the other way.
+    if SETS.insert(ptrs, left, BPF_NOEXIST).is_err() {
+        return add_to_set(ptrs, left).unwrap_or(0);
+    }
+    0
 }
 
 /// The set's last member left: the set goes (only one of two racing last
-/// members removes it) and each of its watched namespaces is held by one
-/// set fewer. Returns the kinds that reached zero.
+/// members removes it) and its namespaces are each held by one set fewer.
 #[inline(never)]
-fn last_member(key: &SetKey, ptrs: &[u64; NS_KINDS]) -> u32 {
-    if SETS.remove(key).is_err() {
+fn last_member(ptrs: &SetPtrs) -> u32 {
+    if SETS.remove(ptrs).is_err() {
         return 0;
     }
+    let mut key = SetKey::default();
+    inode_key(ptrs, &mut key);
+    release(ptrs, &key)
+}
+
+/// Each watched namespace of the set (`key` its inodes, `ptrs` its
+/// structs) is held by one set fewer: returns the kinds that reached zero.
+#[inline(always)]
+fn release(ptrs: &SetPtrs, key: &SetKey) -> u32 {
     let Some(emptied) = scratch() else {
         return 0;
     };
@@ -365,43 +425,21 @@ fn last_member(key: &SetKey, ptrs: &[u64; NS_KINDS]) -> u32 {
     unsafe { *emptied }
 }
 
-/// A member of a set with no count: a thread alive before the trace that
-/// user space did not see (outside its PID namespace, or born between
-/// attach and seeding), or one whose set found no room. Counted once, as
-/// [`forgotten`]: the entry comes back unwatched.
-#[inline(never)]
-fn forgotten_set(key: &SetKey) {
-    if SETS.insert(key, MEMBERS_UNWATCHED, BPF_NOEXIST).is_ok() {
-        count(COUNTER_MEMBERS_EVICTED);
-    }
-}
-
-/// Moves one member from the set `before` to `after` (a switch by unshare
-/// or setns); kinds in `created` are new namespaces. `counted_before`: the
-/// thread was counted in a set (not entirely in the initial namespaces).
-/// Returns the `CLONE_NEW*` bits of kinds whose old namespace lost its last
-/// member.
-fn move_member(
-    before: &NsSet,
-    before_ptrs: &[u64; NS_KINDS],
-    counted_before: bool,
-    after: &NsSet,
-    after_ptrs: &[u64; NS_KINDS],
-    created: u64,
-) -> u32 {
-    if before.inum == after.inum {
+/// Moves one member from the set at `before` to the one at `after` (a
+/// switch by unshare or setns); kinds in `created` are new namespaces.
+/// `counted_before`: the thread was counted in a set (not entirely in the
+/// initial namespaces). Returns the `CLONE_NEW*` bits of kinds whose old
+/// namespace lost its last member.
+fn move_member(before: &SetPtrs, counted_before: bool, after: &SetPtrs, created: u64) -> u32 {
+    if before == after {
         return 0;
     }
     // The new set first: a namespace in both keeps a count above zero.
     // SAFETY: `counted` only probe-reads from the current task.
     if unsafe { task::counted(task::current()) } {
-        join(set_key(after), after_ptrs, created);
+        join(after, created);
     }
-    if counted_before {
-        leave(set_key(before), before_ptrs)
-    } else {
-        0
-    }
+    if counted_before { leave(before) } else { 0 }
 }
 
 /// Remembers the syscall in flight and the caller's namespaces as they are now.
@@ -544,10 +582,8 @@ fn exit(ctx: &TracePointContext) {
                         &mut (*pm).after_ptrs,
                     );
                     emptied = move_member(
-                        &(*pm).before,
                         &(*pm).before_ptrs,
                         (*pm).counted != 0,
-                        &(*pm).after,
                         &(*pm).after_ptrs,
                         created,
                     );
@@ -635,10 +671,7 @@ fn new_task(ctx: &RawTracePointContext) {
     let mut ptrs = [0u64; NS_KINDS];
     // SAFETY: probe reads from `child`, the new task_struct; `ptrs` is a local.
     if unsafe { task::ns_ptrs_unless_initial(child, &mut ptrs) } {
-        let mut key = SetKey::default();
-        // SAFETY: probe reads of the namespace structs at `ptrs`; `key` is a local.
-        unsafe { task::inums(&ptrs, &mut key.inum) };
-        join(&key, &ptrs, 0);
+        join(&ptrs, 0);
     }
 }
 
@@ -679,10 +712,7 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
         unsafe {
             // The pending entry's spare pointer array, not the stack.
             task::read_ns(child, &mut e.after, &mut (*p).after_ptrs);
-            // The set's key from map memory: older verifiers take no ring
-            // memory as a map key.
-            (*p).after.inum = e.after.inum;
-            count_child(flags, &(*p).after, &(*p).after_ptrs);
+            count_child(flags, &(*p).after_ptrs);
             fill_header(e, EventKind::Clone, task::current());
             // The parent's: a clone leaves the caller's credentials alone.
             e.admin = task::euid_admin(task::current()).1;
@@ -707,7 +737,7 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
             set.inum = [0; NS_KINDS];
             task::ns_ptrs(child, ptrs);
             task::inums(ptrs, &mut set.inum);
-            count_child(flags, set, ptrs);
+            count_child(flags, ptrs);
         }
         lost(EventKind::Clone);
     }
@@ -718,8 +748,8 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
 
 /// A new child in new namespaces (`flags`, which start being watched): the
 /// first member of its set.
-fn count_child(flags: u64, set: &NsSet, ptrs: &[u64; NS_KINDS]) {
-    join(set_key(set), ptrs, flags & CLONE_NEW_MASK);
+fn count_child(flags: u64, ptrs: &SetPtrs) {
+    join(ptrs, flags & CLONE_NEW_MASK);
 }
 
 /// Runs before the kernel drops the task's namespaces (`exit_task_namespaces`).
@@ -749,11 +779,8 @@ fn process_exit() {
         let _ = TRACKED.remove(tid);
     }
     // Counts first: they must stay right even when the ring is full.
-    let mut key = SetKey::default();
-    // SAFETY: probe reads of the namespace structs at `ptrs`; `key` is a local.
-    unsafe { task::inums(&ptrs, &mut key.inum) };
-    let emptied = leave(&key, &ptrs);
-    let reaper = watched_pidns_reaper(task, ptrs[kind::PID], key.inum[kind::PID]);
+    let emptied = leave(&ptrs);
+    let reaper = watched_pidns_reaper(task, ptrs[kind::PID]);
     // One path for tracked and untracked exits: the verifier walks it once.
     if tracked || emptied != 0 || reaper {
         emit_process(EventKind::Exit, emptied, reaper as u32);
@@ -761,9 +788,9 @@ fn process_exit() {
 }
 
 /// Whether `task` is the init of a watched PID namespace (`pidns`: its
-/// struct, `inum` its inode): a probe read per exit, a map lookup only for
-/// an init.
-fn watched_pidns_reaper(task: *const u8, pidns: u64, inum: u32) -> bool {
+/// struct): a probe read per exit, its inode and a map lookup only for an
+/// init.
+fn watched_pidns_reaper(task: *const u8, pidns: u64) -> bool {
     if task::watchable_mask(pidns) == 0 {
         return false;
     }
@@ -771,6 +798,8 @@ fn watched_pidns_reaper(task: *const u8, pidns: u64, inum: u32) -> bool {
     if !unsafe { task::is_pidns_reaper(task, pidns) } {
         return false;
     }
+    // SAFETY: a probe read of the PID namespace's inode.
+    let inum = unsafe { task::inum_of(pidns, kind::PID) };
     // SAFETY: the value is read once, an aligned i64 of a live entry.
     unsafe { MEMBERS.get(member_key(kind::PID, inum)) }
         .is_some_and(|&n| n >= MEMBERS_UNWATCHED_BELOW)

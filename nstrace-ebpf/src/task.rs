@@ -337,6 +337,18 @@ pub unsafe fn inums(ptrs: &[u64; NS_KINDS], out: &mut [u32; NS_KINDS]) {
     }
 }
 
+/// The inode of the namespace of kind `k` at `ns` (0 where unreadable).
+///
+/// # Safety
+///
+/// No requirement: `ns` is only probe-read (a fault reads as 0).
+pub unsafe fn inum_of(ns: u64, k: usize) -> u32 {
+    let mut inum = 0u32;
+    // SAFETY: `inum` is a live local; `ns` is only probe-read.
+    unsafe { read_field_into(&mut inum, ns as *const u8, off!(inum[k])) };
+    inum
+}
+
 /// Whether `task` is counted in a member set: not entirely in the initial
 /// namespaces (the test [`ns_ptrs_unless_initial`] makes).
 ///

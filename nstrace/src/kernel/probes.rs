@@ -54,7 +54,7 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     counts: Counters,
     members: HashMap<MapData, u64, i64>,
-    sets: HashMap<MapData, SetKey, i64>,
+    seeds: HashMap<MapData, SetKey, i64>,
     follow: HashMap<MapData, u32, u8>,
     diagnostics: Option<(diagnostics::Reader, &'static KernelLog)>,
 }
@@ -184,6 +184,7 @@ impl Probes {
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("MEMBERS", member_entries)
             .map_max_entries("SETS", (member_entries / 4).max(1024))
+            .map_max_entries("SEEDS", (member_entries / 4).max(1024))
             .load(if debug { DEBUG_OBJECT } else { OBJECT })
             .map_err(|e| load_error(e.into()))?;
         drop(loader);
@@ -208,7 +209,7 @@ impl Probes {
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
         let counts = Counters::map(ebpf.take_map("COUNTS").context("map COUNTS missing")?)?;
         let members = HashMap::try_from(ebpf.take_map("MEMBERS").context("map MEMBERS missing")?)?;
-        let sets = HashMap::try_from(ebpf.take_map("SETS").context("map SETS missing")?)?;
+        let seeds = HashMap::try_from(ebpf.take_map("SEEDS").context("map SEEDS missing")?)?;
         let follow = HashMap::try_from(ebpf.take_map("FOLLOW").context("map FOLLOW missing")?)?;
         let diagnostics = if debug {
             Some(diagnostics::reader(&mut ebpf)?)
@@ -220,7 +221,7 @@ impl Probes {
             events: Some(events),
             counts,
             members,
-            sets,
+            seeds,
             follow,
             diagnostics,
         })
@@ -420,8 +421,9 @@ impl Drop for Counters {
 pub trait MemberCounts {
     /// A namespace's count: the member sets that hold it.
     fn set(&mut self, key: NsKey, sets: i64);
-    /// A member set's count: its threads (the set's inode per kind, in the
-    /// kernel side's kind order, 0 where absent).
+    /// A member set's seed: its threads as /proc shows them (the set's
+    /// inode per kind, in the kernel side's kind order, 0 where absent),
+    /// taken into its count the first time the kernel side meets the set.
     fn set_set(&mut self, set: [u32; NS_KINDS], threads: i64);
 }
 
@@ -591,7 +593,7 @@ impl MemberCounts for Probes {
     }
 
     fn set_set(&mut self, set: [u32; NS_KINDS], threads: i64) {
-        let _ = self.sets.insert(SetKey { inum: set }, threads, 0);
+        let _ = self.seeds.insert(SetKey { inum: set }, threads, 0);
     }
 
     // Entries are never removed from user space: by the time an end is known
