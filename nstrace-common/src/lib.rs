@@ -70,6 +70,13 @@ pub struct SetKey {
     pub inum: [u32; NS_KINDS],
 }
 
+/// The key of the mark user space puts in the seed map once every set
+/// alive at start is in: no thread's set has no namespace at all. Before
+/// it, a set met with no seed is one the scan has not written yet.
+pub const SEEDED_MARK: SetKey = SetKey {
+    inum: [0; NS_KINDS],
+};
+
 /// What a raw event reports.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -44,7 +44,7 @@ use nstrace_common::{
     COUNTER_MEMBERS_EVICTED, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTER_TRACKED_FULL,
     COUNTERS, Event, EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE,
     MEMBERS_FREED, MEMBERS_UNWATCHED, MEMBERS_UNWATCHED_BELOW, NO_COUNT, NO_FIELD, NS_KINDS, NsSet,
-    SetKey, Syscall, kind, member_key,
+    SEEDED_MARK, SetKey, Syscall, kind, member_key,
 };
 
 /// Resized by user space (`--buffer-size`) before load.
@@ -373,7 +373,12 @@ fn leave_unseen(ptrs: &SetPtrs) -> u32 {
     let mut key = SetKey::default();
     inode_key(ptrs, &mut key);
     let Some(seeded) = take_seed(&key) else {
-        if SETS.insert(ptrs, MEMBERS_UNWATCHED, BPF_NOEXIST).is_ok() {
+        // Before the seeds are in, a thread alive at start is simply not
+        // counted yet: no mark, or the seed would never be taken.
+        // SAFETY: only tested for presence.
+        if unsafe { SEEDS.get(&SEEDED_MARK) }.is_some()
+            && SETS.insert(ptrs, MEMBERS_UNWATCHED, BPF_NOEXIST).is_ok()
+        {
             count(COUNTER_MEMBERS_EVICTED);
         }
         return 0;

@@ -425,6 +425,8 @@ pub trait MemberCounts {
     /// inode per kind, in the kernel side's kind order, 0 where absent),
     /// taken into its count the first time the kernel side meets the set.
     fn set_set(&mut self, set: [u32; NS_KINDS], threads: i64);
+    /// Every seed is in: from now on a set met with none was never seen.
+    fn seeded(&mut self);
 }
 
 /// What fentry hooks: each free function attached with the kinds whose
@@ -594,6 +596,10 @@ impl MemberCounts for Probes {
 
     fn set_set(&mut self, set: [u32; NS_KINDS], threads: i64) {
         let _ = self.seeds.insert(SetKey { inum: set }, threads, 0);
+    }
+
+    fn seeded(&mut self) {
+        let _ = self.seeds.insert(nstrace_common::SEEDED_MARK, 1, 0);
     }
 
     // Entries are never removed from user space: by the time an end is known

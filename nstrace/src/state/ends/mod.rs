@@ -327,6 +327,7 @@ pub fn seed_counts(
             n += 1;
         }
     }
+    counts.seeded();
     n
 }
 
@@ -824,6 +825,7 @@ mod tests {
         fn set_set(&mut self, set: crate::model::MemberSet, threads: i64) {
             self.1.insert(set, threads);
         }
+        fn seeded(&mut self) {}
     }
 
     /// Threads are counted per set, and a namespace by the sets holding
