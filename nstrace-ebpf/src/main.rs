@@ -298,7 +298,7 @@ fn add_to_set(ptrs: &SetPtrs, delta: i64) -> Option<u32> {
     unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, delta) };
     // SAFETY: as above.
     let now = unsafe { core::ptr::read_volatile(p) };
-    if now > 0 || now < MEMBERS_UNWATCHED_BELOW {
+    if !(MEMBERS_UNWATCHED_BELOW..=0).contains(&now) {
         return Some(0);
     }
     Some(last_member(ptrs))
@@ -376,7 +376,7 @@ fn leave_unseen(ptrs: &SetPtrs) -> u32 {
         // Before the seeds are in, a thread alive at start is simply not
         // counted yet: no mark, or the seed would never be taken.
         // SAFETY: only tested for presence.
-        if unsafe { SEEDS.get(&SEEDED_MARK) }.is_some()
+        if unsafe { SEEDS.get(SEEDED_MARK) }.is_some()
             && SETS.insert(ptrs, MEMBERS_UNWATCHED, BPF_NOEXIST).is_ok()
         {
             count(COUNTER_MEMBERS_EVICTED);
@@ -673,9 +673,11 @@ fn new_task(ctx: &RawTracePointContext) {
         return;
     }
     // Any fork or new thread: one more member of the set the child is in.
-    let mut ptrs = [0u64; NS_KINDS];
-    // SAFETY: probe reads from `child`, the new task_struct; `ptrs` is a local.
-    if unsafe { task::ns_ptrs_unless_initial(child, &mut ptrs) } {
+    // SAFETY: probe reads from `child`, the new task_struct.
+    if let Some((nsproxy, user)) = unsafe { task::watchable_roots(child) } {
+        let mut ptrs = [0u64; NS_KINDS];
+        // SAFETY: probe reads from the child's nsproxy; `ptrs` is a local.
+        unsafe { task::ptrs_from(nsproxy, user, &mut ptrs) };
         join(&ptrs, 0);
     }
 }
@@ -772,11 +774,13 @@ fn process_exit() {
     let task = task::current();
     // Tasks in the initial namespaces are never tracked (see `track`): most
     // exits on a machine end here, after three reads and no map.
-    let mut ptrs = [0u64; NS_KINDS];
-    // SAFETY: probe reads from the current task_struct; `ptrs` is a local.
-    if !unsafe { task::ns_ptrs_unless_initial(task, &mut ptrs) } {
+    // SAFETY: probe reads from the current task_struct.
+    let Some((nsproxy, user)) = (unsafe { task::watchable_roots(task) }) else {
         return;
-    }
+    };
+    let mut ptrs = [0u64; NS_KINDS];
+    // SAFETY: probe reads from the task's nsproxy; `ptrs` is a local.
+    unsafe { task::ptrs_from(nsproxy, user, &mut ptrs) };
     // SAFETY: the reference is only tested for presence, never read, so a
     // concurrent update or removal of the entry cannot show through it.
     let tracked = unsafe { TRACKED.get(tid) }.is_some();
@@ -867,9 +871,8 @@ unsafe fn fill_process(e: &mut Event, kind: EventKind, task: *const u8, emptied:
 /// initial namespaces (a runtime that cloned a container, say): its exit
 /// can end nothing, and the hot path for those exits never looks here.
 fn track(tid: u32, task: *const u8) {
-    let mut ptrs = [0u64; NS_KINDS];
-    // SAFETY: probe reads from `task`; `ptrs` is a local.
-    if unsafe { task::ns_ptrs_unless_initial(task, &mut ptrs) } {
+    // SAFETY: `counted` only probe-reads from `task`.
+    if unsafe { task::counted(task) } {
         if let Err(e) = TRACKED.insert(tid, 1, 0) {
             count(COUNTER_TRACKED_FULL);
             diag::update(diag::Map::Tracked, e);

@@ -274,26 +274,22 @@ pub unsafe fn ns_ptrs(task: *const u8, out: &mut [u64; NS_KINDS]) {
     unsafe { ptrs_from(nsproxy, user, out) };
 }
 
-/// Like [`ns_ptrs`], but false (and `out` untouched) for a task entirely in
-/// the initial namespaces: the host's processes, most forks and exits on a
-/// machine, leave after three reads.
+/// `task`'s nsproxy and user namespace, unless both are the kernel's
+/// initial ones (then None: a host task, after three reads). Callers make
+/// their pointer array only past this test: made before it, the array's
+/// zeroing (a `memset` call) was on every host fork and exit.
 ///
 /// # Safety
 ///
 /// As [`ns_ptrs`]: `task` is only probe-read.
 #[inline(always)]
-pub unsafe fn ns_ptrs_unless_initial(task: *const u8, out: &mut [u64; NS_KINDS]) -> bool {
+pub unsafe fn watchable_roots(task: *const u8) -> Option<(*const u8, u64)> {
     if off!(valid) == 0 {
-        return false;
+        return None;
     }
     // SAFETY: `roots` only probe-reads from `task`.
     let (nsproxy, user) = unsafe { roots(task) };
-    if is_initial(nsproxy as u64) && is_initial(user) {
-        return false;
-    }
-    // SAFETY: `ptrs_from` only probe-reads from `nsproxy` and writes `out`, a live `&mut`.
-    unsafe { ptrs_from(nsproxy, user, out) };
-    true
+    (!(is_initial(nsproxy as u64) && is_initial(user))).then_some((nsproxy, user))
 }
 
 /// Fills `out` from the nsproxy at `nsproxy` and the user namespace `user`.
@@ -302,7 +298,7 @@ pub unsafe fn ns_ptrs_unless_initial(task: *const u8, out: &mut [u64; NS_KINDS])
 ///
 /// No requirement: `nsproxy` is only probe-read (a fault reads as 0).
 #[inline(always)]
-unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: &mut [u64; NS_KINDS]) {
+pub unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: &mut [u64; NS_KINDS]) {
     let mut block = [0u64; NSPROXY_WORDS];
     // SAFETY: a probe read into `block`, a local `[u64; NSPROXY_WORDS]` exactly `len` bytes long.
     unsafe { read_into(&mut block, nsproxy, 0) };
@@ -350,7 +346,7 @@ pub unsafe fn inum_of(ns: u64, k: usize) -> u32 {
 }
 
 /// Whether `task` is counted in a member set: not entirely in the initial
-/// namespaces (the test [`ns_ptrs_unless_initial`] makes).
+/// namespaces.
 ///
 /// # Safety
 ///
@@ -358,12 +354,8 @@ pub unsafe fn inum_of(ns: u64, k: usize) -> u32 {
 /// `task_struct` (or null) for the result to mean anything.
 #[inline(always)]
 pub unsafe fn counted(task: *const u8) -> bool {
-    if off!(valid) == 0 {
-        return false;
-    }
-    // SAFETY: `roots` only probe-reads from `task`.
-    let (nsproxy, user) = unsafe { roots(task) };
-    !(is_initial(nsproxy as u64) && is_initial(user))
+    // SAFETY: `watchable_roots` only probe-reads from `task`.
+    unsafe { watchable_roots(task) }.is_some()
 }
 
 /// Fills `out` with `task`'s namespaces, inodes and ids (unreadable kinds stay
