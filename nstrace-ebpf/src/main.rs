@@ -269,12 +269,25 @@ fn watch_new(kind: usize, inum: u32) {
 /// kind, as `task::ns_ptrs` reads them.
 type SetPtrs = [u64; NS_KINDS];
 
-/// The set's inodes, the key user space seeds [`SEEDS`] by: read only on
-/// a set's first sight or its last member's exit.
+/// Per-CPU room for a set's inodes: on the stack they put the deepest call
+/// chain past 512 bytes on 5.10.
+#[map]
+static KEY_SCRATCH: PerCpuArray<SetKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// The set's inodes, the key user space seeds [`SEEDS`] by, in this CPU's
+/// [`KEY_SCRATCH`]: read only on a set's first sight or its last member's
+/// exit. Only tracepoint programs use it, which never nest on one CPU.
 #[inline(always)]
-fn inode_key(ptrs: &SetPtrs, key: &mut SetKey) {
-    // SAFETY: probe reads of the namespace structs at `ptrs`; `key` is a live `&mut`.
-    unsafe { task::inums(ptrs, &mut key.inum) };
+fn inode_key(ptrs: &SetPtrs) -> Option<&'static SetKey> {
+    let key = KEY_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: `key` is this CPU's slot of a map value, valid for the
+    // program's run and used by one program at a time on a CPU; the reads
+    // are probe reads of the namespace structs at `ptrs`.
+    unsafe {
+        (*key).inum = [0; NS_KINDS];
+        task::inums(ptrs, &mut (*key).inum);
+        Some(&*key)
+    }
 }
 
 /// Takes the seed of a set alive at start: `Some(threads)` when user
@@ -321,9 +334,10 @@ fn join(ptrs: &SetPtrs, created: u64) {
 /// alone). Out of line: verified once, not in every caller.
 #[inline(never)]
 fn first_member(ptrs: &SetPtrs, created: u64) {
-    let mut key = SetKey::default();
-    inode_key(ptrs, &mut key);
-    let seeded = if created == 0 { take_seed(&key) } else { None };
+    let Some(key) = inode_key(ptrs) else {
+        return;
+    };
+    let seeded = if created == 0 { take_seed(key) } else { None };
     let threads = seeded.unwrap_or(0) + 1;
     match SETS.insert(ptrs, threads, BPF_NOEXIST) {
         Ok(()) if seeded.is_none() => {
@@ -370,9 +384,10 @@ fn leave(ptrs: &SetPtrs) -> u32 {
 /// room): counted once, and the entry comes back unwatched.
 #[inline(never)]
 fn leave_unseen(ptrs: &SetPtrs) -> u32 {
-    let mut key = SetKey::default();
-    inode_key(ptrs, &mut key);
-    let Some(seeded) = take_seed(&key) else {
+    let Some(key) = inode_key(ptrs) else {
+        return 0;
+    };
+    let Some(seeded) = take_seed(key) else {
         // Before the seeds are in, a thread alive at start is simply not
         // counted yet: no mark, or the seed would never be taken.
         // SAFETY: only tested for presence.
@@ -386,7 +401,7 @@ fn leave_unseen(ptrs: &SetPtrs) -> u32 {
     let left = seeded - 1;
     if seeded == 1 {
         // Its last thread: nothing to keep, the namespaces lose a set.
-        return release(ptrs, &key);
+        return release(ptrs, key);
     }
     // The rest stay counted here. A racing thread that took the seed's
     // entry second (0) adds to what the winner inserts, or the other way.
@@ -403,9 +418,10 @@ fn last_member(ptrs: &SetPtrs) -> u32 {
     if SETS.remove(ptrs).is_err() {
         return 0;
     }
-    let mut key = SetKey::default();
-    inode_key(ptrs, &mut key);
-    release(ptrs, &key)
+    match inode_key(ptrs) {
+        Some(key) => release(ptrs, key),
+        None => 0,
+    }
 }
 
 /// Each watched namespace of the set (`key` its inodes, `ptrs` its
@@ -719,7 +735,7 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
         unsafe {
             // The pending entry's spare pointer array, not the stack.
             task::read_ns(child, &mut e.after, &mut (*p).after_ptrs);
-            count_child(flags, &(*p).after_ptrs);
+            count_child(flags, &e.after.inum, &(*p).after_ptrs);
             fill_header(e, EventKind::Clone, task::current());
             // The parent's: a clone leaves the caller's credentials alone.
             e.admin = task::euid_admin(task::current()).1;
@@ -744,7 +760,7 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
             set.inum = [0; NS_KINDS];
             task::ns_ptrs(child, ptrs);
             task::inums(ptrs, &mut set.inum);
-            count_child(flags, ptrs);
+            count_child(flags, &set.inum, ptrs);
         }
         lost(EventKind::Clone);
     }
@@ -755,8 +771,29 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
 
 /// A new child in new namespaces (`flags`, which start being watched): the
 /// first member of its set.
-fn count_child(flags: u64, ptrs: &SetPtrs) {
-    join(ptrs, flags & CLONE_NEW_MASK);
+fn count_child(flags: u64, inums: &[u32; NS_KINDS], ptrs: &SetPtrs) {
+    // Not through `first_member`: this path is already three calls deep,
+    // and a fourth frame passes the 512 bytes a call chain may use.
+    if let Err(e) = SETS.insert(ptrs, 1, BPF_NOEXIST) {
+        match SETS.get_ptr_mut(ptrs) {
+            Some(p) => {
+                // SAFETY: a live map value (an i64, 8-aligned); atomic add.
+                unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, 1) };
+            }
+            None => {
+                count(COUNTER_MEMBERS_FULL);
+                diag::update(diag::Map::Sets, e);
+            }
+        }
+    }
+    for k in 0..NS_KINDS {
+        let inum = inums[k] & task::watchable_mask(ptrs[k]) as u32;
+        if flags & KIND_FLAGS[k] != 0 {
+            watch_new(k, inum);
+        } else {
+            adjust(k, inum, 1);
+        }
+    }
 }
 
 /// Runs before the kernel drops the task's namespaces (`exit_task_namespaces`).
