@@ -567,8 +567,8 @@ pub fn render(
     .ok();
     writeln!(
         w,
-        "The static build `cargo xtask dist` ships (musl libc: its own allocator and \
-         stdio) against this glibc build, alternating rounds of the same workload: \
+        "The static build `cargo xtask dist` ships (musl libc and its stdio, mimalloc \
+         as the allocator) against this glibc build, alternating rounds of the same workload: \
          musl **{musl_us:.2} µs**, glibc {alt_glibc_us:.2} µs per record.\n"
     )
     .ok();

@@ -984,7 +984,8 @@ namespaces threads share (a fork or an exit moves only its set's count: one \
 hash lookup and one atomic add; a namespace's own count moves only when a set \
 gets its first member or loses its last), which the bpftrace script, keeping \
 no counts, does not; what is left is reading the set's key, the task's \
-namespace inodes (about twelve probe reads per program); the floor (empty \
+namespace struct pointers (four probe reads per program, and on exit a \
+second lookup, of the tracked threads); the floor (empty \
 programs on the same hooks) is the part no tracer on these hooks can avoid. \
 Those counts are what lets a tracepoint-only kernel see the moment a \
 namespace's last member leaves. Going lower needs cheaper reads (BTF-typed \
