@@ -133,14 +133,18 @@ pub fn run(opts: Options) -> Result<()> {
     let floor = std::env::temp_dir().join("nstrace-bench-floor.bt");
     std::fs::write(&floor, hotpath::FLOOR_SCRIPT)?;
 
-    if opts.only_costs {
-        let costs = hotpath::costs(
+    // The per-op tables, alone (`--only-costs`) or among the rest.
+    let costs = || {
+        hotpath::costs(
             &bins,
             (&script, &floor),
             opts.rounds.min(3),
             opts.forkexit,
             opts.churn,
-        )?;
+        )
+    };
+    if opts.only_costs {
+        let costs = costs()?;
         for c in &costs {
             let (ns, bt, floor) = (
                 c.per_op(hotpath::Tracer::Nstrace),
@@ -164,6 +168,8 @@ pub fn run(opts: Options) -> Result<()> {
                 }
             }
         }
+        let _ = std::fs::remove_file(&script);
+        let _ = std::fs::remove_file(&floor);
         return Ok(());
     }
     let mut report = String::new();
@@ -188,13 +194,7 @@ pub fn run(opts: Options) -> Result<()> {
         }
         tables.push((workload, n, summarize(&samples)));
     }
-    let costs = hotpath::costs(
-        &bins,
-        (&script, &floor),
-        opts.rounds.min(3),
-        opts.forkexit,
-        opts.churn,
-    )?;
+    let costs = costs()?;
     let kept = hotpath::kept_instructions(&bins)?;
     let ready = hotpath::start_to_ready(&bins, 5, false)?;
     eprintln!("bench: start to ready, ms: {ready:?}");
