@@ -283,6 +283,11 @@ pub struct Offsets {
     pub nscommon_inum: u32,
     pub nscommon_id: u32,
     pub nscommon_type: u32,
+    /// Non-zero where the kernel lets tracepoint programs load fields
+    /// straight through `bpf_get_current_task_btf()` (5.11+, asked by user
+    /// space with a two-instruction program): the fork/exit path then reads
+    /// the current task's nsproxy and credentials without a helper call.
+    pub direct: u32,
     /// Kernel addresses at or above this are the kernel image's own data.
     /// The initial namespaces (`init_nsproxy`, `init_user_ns`, `init_net`,
     /// …) live there: never freed, never watched, so a task whose nsproxy and
@@ -317,6 +322,7 @@ impl Offsets {
         nscommon_inum: NO_FIELD,
         nscommon_id: NO_FIELD,
         nscommon_type: NO_FIELD,
+        direct: 0,
         static_floor: u64::MAX,
     };
 }

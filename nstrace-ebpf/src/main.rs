@@ -68,6 +68,11 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 #[derive(Clone, Copy)]
 struct Pending {
     flags: u64,
+    /// The kinds the call creates if it succeeds: unshare's flags, 0 for
+    /// the others. Set at entry and read back at exit as one unknown
+    /// number: derived at exit from the syscall, it split the verifier's
+    /// walk of the member-set code in two (a known 0 and an unknown).
+    created: u64,
     syscall: u32,
     fd: i32,
     /// CAP_SYS_ADMIN before the call (an unshare of a user namespace gives
@@ -300,8 +305,11 @@ fn take_seed(key: &SetKey) -> Option<i64> {
     Some(if SEEDS.remove(key).is_ok() { seeded } else { 0 })
 }
 
-/// Adds `delta` to the set's count where it has an entry (true), and
-/// moves its namespaces' counts if that took it to zero.
+/// Adds `delta` to the set's count where it has an entry (`Some`: the
+/// kinds emptied), and for a member leaving (`delta` < 0) moves its
+/// namespaces' counts if that took it to zero. An addition cannot empty a
+/// set, so it does not look: each call site that could reach
+/// [`last_member`] has the verifier walk it again.
 #[inline(always)]
 fn add_to_set(ptrs: &SetPtrs, delta: i64) -> Option<u32> {
     let p = SETS.get_ptr_mut(ptrs)?;
@@ -311,7 +319,7 @@ fn add_to_set(ptrs: &SetPtrs, delta: i64) -> Option<u32> {
     unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, delta) };
     // SAFETY: as above.
     let now = unsafe { core::ptr::read_volatile(p) };
-    if !(MEMBERS_UNWATCHED_BELOW..=0).contains(&now) {
+    if delta > 0 || !(MEMBERS_UNWATCHED_BELOW..=0).contains(&now) {
         return Some(0);
     }
     Some(last_member(ptrs))
@@ -476,6 +484,11 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
     // reads are probe reads.
     unsafe {
         (*p).flags = flags;
+        (*p).created = if matches!(syscall, Syscall::Unshare) {
+            flags
+        } else {
+            0
+        };
         (*p).syscall = syscall as u32;
         (*p).fd = fd;
         (*p).admin = task::euid_admin(task::current()).1;
@@ -580,12 +593,8 @@ fn exit(ctx: &TracePointContext) {
             EventKind::Switch
         };
         let task = task::current();
-        let created = if syscall == Syscall::Unshare as u32 {
-            // SAFETY: this thread's PENDING value, as above.
-            unsafe { (*p).flags }
-        } else {
-            0
-        };
+        // SAFETY: this thread's PENDING value, as above.
+        let created = unsafe { (*p).created };
         // Counts first: they must stay right even when the ring is full. The
         // pending entry's spare `after` set holds the new namespaces meanwhile.
         let mut emptied = 0;
@@ -606,7 +615,7 @@ fn exit(ctx: &TracePointContext) {
                         &(*pm).before_ptrs,
                         (*pm).counted != 0,
                         &(*pm).after_ptrs,
-                        created,
+                        (*pm).created,
                     );
                 }
             }
@@ -682,15 +691,13 @@ fn new_task(ctx: &RawTracePointContext) {
     // What the kernel was asked for decides: `clone_flags` is its own copy,
     // which no other thread can rewrite and no unreadable page can hide.
     if clone_flags & CLONE_NEW_MASK != 0 {
-        match PENDING.get_ptr_mut(current_tid()) {
-            Some(p) => clone_created(p, child, clone_flags, 0),
-            None => clone_unread(child, clone_flags),
-        }
+        clone_created(child, clone_flags);
         return;
     }
     // Any fork or new thread: one more member of the set the child is in.
-    // SAFETY: probe reads from `child`, the new task_struct.
-    if let Some((nsproxy, user)) = unsafe { task::watchable_roots(child) } {
+    // SAFETY: direct loads from the current task, or probe reads from
+    // `child`, the new task_struct.
+    if let Some((nsproxy, user)) = unsafe { task::child_roots(child) } {
         let mut ptrs = [0u64; NS_KINDS];
         // SAFETY: probe reads from the child's nsproxy; `ptrs` is a local.
         unsafe { task::ptrs_from(nsproxy, user, &mut ptrs) };
@@ -698,44 +705,56 @@ fn new_task(ctx: &RawTracePointContext) {
     }
 }
 
-/// A clone that creates namespaces but has no pending entry: its caller's
-/// namespaces are read now (a clone leaves them alone), and the record says
-/// its flags came from the kernel alone. Only clone3 reads its flags from
-/// user memory, so that is the call, unless the pending map was full (counted).
-fn clone_unread(child: *const u8, clone_flags: u64) {
+/// A clone/clone3 that the kernel made with `CLONE_NEW*` flags
+/// (`clone_flags`, its own) made `child`. The caller's pending entry is
+/// copied to this CPU's [`UNREAD_SCRATCH`] first, so that one walk of what
+/// follows serves both cases: with no entry, the caller's namespaces are
+/// read now (a clone leaves them alone), and the record says its flags came
+/// from the kernel alone. Only clone3 reads its flags from user memory, so
+/// that is the call, unless the pending map was full (counted).
+fn clone_created(child: *const u8, clone_flags: u64) {
+    let tid = current_tid();
+    let flags = clone_flags;
     let Some(p) = UNREAD_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: `p` points at this CPU's slot of a map value, valid for the
-    // whole program run; the program is not re-entered on this CPU while it
-    // runs (the kernel skips, and counts, a nested run).
+    let unread = match PENDING.get_ptr(tid) {
+        Some(pending) => {
+            // SAFETY: `p` is this CPU's UNREAD_SCRATCH slot (task_newtask's
+            // alone; the program is not re-entered on this CPU while it
+            // runs) and `pending` this thread's PENDING value, removed only
+            // by this thread's own programs: two distinct map values.
+            unsafe { *p = *pending };
+            0
+        }
+        None => {
+            // SAFETY: `p` as above; the task reads are probe reads.
+            unsafe {
+                (*p).flags = 0;
+                (*p).created = 0;
+                (*p).syscall = Syscall::Clone3 as u32;
+                task::read_ns(task::current(), &mut (*p).before, &mut (*p).before_ptrs);
+            }
+            1
+        }
+    };
+    // Counts first, whether or not the ring has room: the child's set into
+    // the scratch's spare arrays (a set and its pointers on the stack put
+    // task_newtask's frame past 6.1's limit once a callee needs a frame).
+    // SAFETY: `p` as above, borrowed by disjoint fields; `read_ns` only
+    // probe-reads kernel memory.
     unsafe {
-        (*p).flags = 0;
-        (*p).syscall = Syscall::Clone3 as u32;
-        task::read_ns(task::current(), &mut (*p).before, &mut (*p).before_ptrs);
+        task::read_ns(child, &mut (*p).after, &mut (*p).after_ptrs);
+        count_child(flags, &(*p).after.inum, &(*p).after_ptrs);
     }
-    clone_created(p, child, clone_flags, 1);
-}
-
-/// A clone/clone3 that the kernel made with `CLONE_NEW*` flags
-/// (`clone_flags`, its own) made `child`; `unread`: 1 when the caller's
-/// flags were never read (`p` then holds only its namespaces).
-fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u32) {
-    let tid = current_tid();
-    let flags = clone_flags;
-    // The counts are kept whether or not the ring has room.
     if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
         // SAFETY: reserve() returned space for exactly one Event (8-aligned);
         // Event is all integers, so any bytes are valid, and every field is
         // written before submit.
         let e = unsafe { &mut *entry.as_mut_ptr() };
-        // SAFETY: `p` is this thread's PENDING value or this CPU's
-        // UNREAD_SCRATCH slot (task_newtask's alone), apart from `e`; the task
-        // reads are probe reads.
+        // SAFETY: `p` as above, apart from `e`; the task reads are probe
+        // reads.
         unsafe {
-            // The pending entry's spare pointer array, not the stack.
-            task::read_ns(child, &mut e.after, &mut (*p).after_ptrs);
-            count_child(flags, &e.after.inum, &(*p).after_ptrs);
             fill_header(e, EventKind::Clone, task::current());
             // The parent's: a clone leaves the caller's credentials alone.
             e.admin = task::euid_admin(task::current()).1;
@@ -746,22 +765,11 @@ fn clone_created(p: *mut Pending, child: *const u8, clone_flags: u64, unread: u3
             e.fd = -1;
             e.ret = task::tid_of(child) as i64;
             e.before = (*p).before;
+            e.after = (*p).after;
             task::read_owners(&(*p).after_ptrs, e, flags);
         }
         entry.submit(0);
     } else {
-        // The pending entry's spare arrays again: a set and its pointers on
-        // the stack put task_newtask's frame past 6.1's limit once a callee
-        // needs a frame of its own (the `--debug` object's).
-        // SAFETY: `p` as above, borrowed by disjoint fields; `ns_ptrs` and
-        // `inums` only probe-read kernel memory.
-        unsafe {
-            let (set, ptrs) = (&mut (*p).after, &mut (*p).after_ptrs);
-            set.inum = [0; NS_KINDS];
-            task::ns_ptrs(child, ptrs);
-            task::inums(ptrs, &mut set.inum);
-            count_child(flags, &set.inum, ptrs);
-        }
         lost(EventKind::Clone);
     }
     track(tid, task::current());
@@ -811,8 +819,8 @@ fn process_exit() {
     let task = task::current();
     // Tasks in the initial namespaces are never tracked (see `track`): most
     // exits on a machine end here, after three reads and no map.
-    // SAFETY: probe reads from the current task_struct.
-    let Some((nsproxy, user)) = (unsafe { task::watchable_roots(task) }) else {
+    // SAFETY: direct loads or probe reads from the current task_struct.
+    let Some((nsproxy, user)) = (unsafe { task::exiting_roots() }) else {
         return;
     };
     let mut ptrs = [0u64; NS_KINDS];

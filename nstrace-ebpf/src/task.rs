@@ -249,10 +249,21 @@ pub fn watchable_mask(ns: u64) -> u64 {
 /// anything.
 #[inline(always)]
 unsafe fn roots(task: *const u8) -> (*const u8, u64) {
+    // SAFETY: as this function's.
+    unsafe { roots_at(task, off!(task_real_cred)) }
+}
+
+/// [`roots`] with the credentials at `cred_off` in `task`.
+///
+/// # Safety
+///
+/// As [`roots`].
+#[inline(always)]
+unsafe fn roots_at(task: *const u8, cred_off: u32) -> (*const u8, u64) {
     // SAFETY: a probe read of `task->nsproxy`, at its BTF offset.
     let nsproxy = unsafe { read_ptr(task, off!(task_nsproxy)) };
-    // SAFETY: a probe read of `task->real_cred`, at its BTF offset.
-    let cred = unsafe { read_ptr(task, off!(task_real_cred)) };
+    // SAFETY: a probe read of the task's credentials pointer, at its BTF offset.
+    let cred = unsafe { read_ptr(task, cred_off) };
     // SAFETY: a probe read of `cred->user_ns` (a null `cred` reads as 0).
     (nsproxy, unsafe { read_ptr(cred, off!(cred_user_ns)) }
         as u64)
@@ -284,12 +295,107 @@ pub unsafe fn ns_ptrs(task: *const u8, out: &mut [u64; NS_KINDS]) {
 /// As [`ns_ptrs`]: `task` is only probe-read.
 #[inline(always)]
 pub unsafe fn watchable_roots(task: *const u8) -> Option<(*const u8, u64)> {
+    // SAFETY: as this function's.
+    unsafe { watchable_roots_at(task, off!(task_real_cred)) }
+}
+
+/// [`watchable_roots`] with the credentials at `cred_off` in `task`.
+///
+/// # Safety
+///
+/// As [`ns_ptrs`]: `task` is only probe-read.
+#[inline(always)]
+unsafe fn watchable_roots_at(task: *const u8, cred_off: u32) -> Option<(*const u8, u64)> {
     if off!(valid) == 0 {
         return None;
     }
-    // SAFETY: `roots` only probe-reads from `task`.
-    let (nsproxy, user) = unsafe { roots(task) };
+    // SAFETY: `roots_at` only probe-reads from `task`.
+    let (nsproxy, user) = unsafe { roots_at(task, cred_off) };
     (!(is_initial(nsproxy as u64) && is_initial(user))).then_some((nsproxy, user))
+}
+
+/// A pointer field loaded straight through a BTF-typed pointer: an
+/// ordinary load the verifier checks against the kernel's type (a fault
+/// reads as 0, through the exception table), not a helper call.
+///
+/// # Safety
+///
+/// `base` must be a pointer the verifier knows as BTF-typed (from
+/// `bpf_get_current_task_btf` or a load through one) and `offset` a
+/// pointer-sized field of its type, a constant to the verifier (read-only
+/// data): otherwise the program does not load. No memory requirement.
+#[inline(always)]
+unsafe fn load_ptr(base: *const u8, offset: u32) -> *const u8 {
+    // SAFETY: as the caller guarantees; the kernel turns the load into a
+    // fault-tolerant one.
+    unsafe { read_volatile(base.wrapping_add(offset as usize).cast::<*const u8>()) }
+}
+
+/// The current task's nsproxy and the user namespace of its credentials
+/// at `cred` (`task_struct.cred` or `.real_cred`), unless both are the
+/// initial ones: by direct loads where [`Offsets::direct`] says the kernel
+/// allows them (no helper call on a host task), by probe reads otherwise.
+/// The user namespace comes back as a plain number through one probe read:
+/// the verifier refuses arithmetic on a typed pointer.
+///
+/// # Safety
+///
+/// No memory requirement (direct loads fault as 0; probe reads as 0).
+#[inline(always)]
+unsafe fn current_roots(cred_off: u32) -> Option<(*const u8, u64)> {
+    if off!(valid) == 0 {
+        return None;
+    }
+    if off!(direct) == 0 {
+        // SAFETY: `watchable_roots` only probe-reads from the current task.
+        return unsafe { watchable_roots_at(current(), cred_off) };
+    }
+    // SAFETY: the helper takes no arguments; `direct` is set only where the
+    // kernel allows it in these programs and the loads below.
+    let task = unsafe { gen::bpf_get_current_task_btf() } as *const u8;
+    // SAFETY: BTF-typed loads of pointer fields at their BTF offsets.
+    let (nsproxy, cred) = unsafe { (load_ptr(task, off!(task_nsproxy)), load_ptr(task, cred_off)) };
+    // SAFETY: as above, through the credentials' BTF type.
+    let user = unsafe { load_ptr(cred, off!(cred_user_ns)) };
+    if is_initial(nsproxy as u64) && is_initial(user as u64) {
+        return None;
+    }
+    // SAFETY: a probe read of `cred->user_ns` (the pointer is only passed on).
+    Some((nsproxy, unsafe { read_ptr(cred, off!(cred_user_ns)) }
+        as u64))
+}
+
+/// [`watchable_roots`] of the task now exiting (the current one), with its
+/// real credentials, as the rest of nstrace counts it.
+///
+/// # Safety
+///
+/// No memory requirement.
+#[inline(always)]
+pub unsafe fn exiting_roots() -> Option<(*const u8, u64)> {
+    // SAFETY: as `current_roots`.
+    unsafe { current_roots(off!(task_real_cred)) }
+}
+
+/// [`watchable_roots`] of `child`, a task just forked without `CLONE_NEW*`
+/// flags. With direct loads they are read from the parent (the current
+/// task), whose pointers the child's are: `copy_namespaces` gives it the
+/// parent's nsproxy, or (the first child after unshare(CLONE_NEWTIME)) a
+/// new one holding the same namespaces, the "for children" ones the set
+/// is keyed by; `copy_creds` gives it a copy of the parent's subjective
+/// credentials, so `task_struct.cred`, not `.real_cred`.
+///
+/// # Safety
+///
+/// No memory requirement: `child` is only probe-read.
+#[inline(always)]
+pub unsafe fn child_roots(child: *const u8) -> Option<(*const u8, u64)> {
+    if off!(direct) != 0 {
+        // SAFETY: as `current_roots`.
+        return unsafe { current_roots(off!(task_cred)) };
+    }
+    // SAFETY: `watchable_roots` only probe-reads from `child`.
+    unsafe { watchable_roots(child) }
 }
 
 /// Fills `out` from the nsproxy at `nsproxy` and the user namespace `user`.

@@ -171,6 +171,8 @@ impl Probes {
         raise_memlock();
         let targets = free_targets(layout);
         let following = u32::from(follow);
+        let mut offsets = layout.offsets;
+        offsets.direct = u32::from(direct_loads_allowed(offsets.task_nsproxy));
         let mut loader = loader
             .join()
             .map_err(|_| anyhow::anyhow!("reading the kernel's BTF failed"))?;
@@ -178,7 +180,7 @@ impl Probes {
         // parsed BTF is not needed past this point.
         let mut ebpf = loader
             .btf(None)
-            .override_global("OFFSETS", &layout.offsets, true)
+            .override_global("OFFSETS", &offsets, true)
             .override_global("FREE_TARGETS", &targets, true)
             .override_global("FOLLOWING", &following, true)
             .map_max_entries("EVENTS", ring_bytes)
@@ -532,11 +534,15 @@ fn load_in_parallel(ebpf: &mut Ebpf) -> Result<()> {
             .into_iter()
             .map(|(name, program)| {
                 scope.spawn(move || -> Result<()> {
+                    let t0 = std::time::Instant::now();
                     let loaded = match program {
                         Program::TracePoint(p) => p.load(),
                         Program::RawTracePoint(p) => p.load(),
                         _ => return Ok(()),
                     };
+                    if loaded.is_ok() && std::env::var_os("NSTRACE_DEBUG").is_some() {
+                        report_verification(name, program, t0.elapsed());
+                    }
                     loaded
                         .map_err(|e| load_error(e.into()))
                         .with_context(|| format!("loading {name}"))
@@ -550,22 +556,70 @@ fn load_in_parallel(ebpf: &mut Ebpf) -> Result<()> {
     })
 }
 
+/// Start-up is mostly the verifier's: with NSTRACE_DEBUG=1, each program's
+/// load time and the instructions the verifier walked (Linux 5.16+) go to
+/// stderr, to compare builds and kernels.
+fn report_verification(name: &str, program: &Program, took: std::time::Duration) {
+    let info = match program {
+        Program::TracePoint(p) => p.info(),
+        Program::RawTracePoint(p) => p.info(),
+        _ => return,
+    };
+    let walked = info
+        .ok()
+        .and_then(|i| i.verified_instruction_count())
+        .map_or_else(|| "unknown".to_string(), |n| n.to_string());
+    eprintln!(
+        "nstrace: debug: {name} verified in {:.1} ms ({walked} instructions walked)",
+        took.as_secs_f64() * 1e3
+    );
+}
+
 /// Whether the kernel lets a fentry program attach to BTF function `btf_id`:
 /// loads `r0 = 0; exit` as one (the load is where the policy answers).
 fn fentry_allowed(btf_id: u32) -> std::io::Result<()> {
-    const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_TYPE_TRACING: u32 = 26;
     const BPF_TRACE_FENTRY: u32 = 24;
     // mov r0, 0; exit
-    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let insns = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    try_load(BPF_PROG_TYPE_TRACING, &insns, BPF_TRACE_FENTRY, btf_id)
+}
+
+/// Whether tracepoint and raw tracepoint programs may load fields straight
+/// through `bpf_get_current_task_btf()` (Linux 5.11+, where the kernel's
+/// verifier allows it): asked with `call; r1 = *(u64 *)(r0 + nsproxy);
+/// r0 = 0; exit`, the hot path's first load, in both program types.
+pub fn direct_loads_allowed(task_nsproxy: u32) -> bool {
+    const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+    const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+    const BPF_FUNC_GET_CURRENT_TASK_BTF: u64 = 158;
+    let Ok(off) = i16::try_from(task_nsproxy) else {
+        return false;
+    };
+    let insns = [
+        0x85 | BPF_FUNC_GET_CURRENT_TASK_BTF << 32,
+        // ldxdw r1, [r0 + off]: dst 1, src 0.
+        0x79 | 0x01 << 8 | u64::from(off as u16) << 16,
+        0x0000_0000_0000_00b7,
+        0x0000_0000_0000_0095,
+    ];
+    [BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT]
+        .into_iter()
+        .all(|t| try_load(t, &insns, 0, 0).is_ok())
+}
+
+/// Loads `insns` as a GPL program of `prog_type` and closes it: the load is
+/// where the kernel's policy and verifier answer.
+fn try_load(prog_type: u32, insns: &[u64], attach_type: u32, btf_id: u32) -> std::io::Result<()> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
     let license = c"GPL";
     // union bpf_attr, BPF_PROG_LOAD part (include/uapi/linux/bpf.h).
     let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_TRACING.to_ne_bytes());
-    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[0..4].copy_from_slice(&prog_type.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[68..72].copy_from_slice(&BPF_TRACE_FENTRY.to_ne_bytes());
+    attr[68..72].copy_from_slice(&attach_type.to_ne_bytes());
     attr[108..112].copy_from_slice(&btf_id.to_ne_bytes());
     // SAFETY: attr, insns and license outlive the call; the kernel reads
     // only the first `attr.len()` bytes.
