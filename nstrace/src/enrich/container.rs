@@ -476,11 +476,18 @@ impl Resolver {
             if chain.len() >= 12 {
                 break None;
             }
-            // A live process's parent now (a subreaper such as the shim
-            // adopts what runc leaves behind); for one that exited, the
-            // parent the kernel recorded at the event.
+            // The actor's parent is the one the kernel recorded at the event
+            // (no /proc read per new process: a churn's every child is one).
+            // Above it, a live process's parent now (a subreaper such as the
+            // shim adopts what runc leaves behind); for one that exited, the
+            // parent the kernel recorded.
             let recorded = up.next().filter(|&pp| pp != 0);
-            match crate::sys::procfs::ppid(p).or(recorded) {
+            let parent = if p == pid {
+                recorded.or_else(|| crate::sys::procfs::ppid(p))
+            } else {
+                crate::sys::procfs::ppid(p).or(recorded)
+            };
+            match parent {
                 Some(pp) if pp > 1 => p = pp,
                 _ => break None,
             }
