@@ -285,7 +285,7 @@ pub struct Offsets {
     pub nscommon_type: u32,
     /// Non-zero where the kernel lets tracepoint programs load fields
     /// straight through `bpf_get_current_task_btf()` (5.11+, asked by user
-    /// space with a two-instruction program): the fork/exit path then reads
+    /// space with a four-instruction program): the fork/exit path then reads
     /// the current task's nsproxy and credentials without a helper call.
     pub direct: u32,
     /// Kernel addresses at or above this are the kernel image's own data.

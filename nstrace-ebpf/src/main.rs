@@ -818,7 +818,8 @@ fn process_exit() {
     forget_followed(tid);
     let task = task::current();
     // Tasks in the initial namespaces are never tracked (see `track`): most
-    // exits on a machine end here, after three reads and no map.
+    // exits on a machine end here, after three typed loads (probe reads on
+    // 5.10) and no map.
     // SAFETY: direct loads or probe reads from the current task_struct.
     let Some((nsproxy, user)) = (unsafe { task::exiting_roots() }) else {
         return;
