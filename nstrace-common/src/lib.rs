@@ -380,8 +380,10 @@ pub const EVENT_KINDS: u32 = 7;
 /// no longer be seen from counts.
 pub const COUNTER_MEMBERS_EVICTED: u32 = COUNTER_LOST_BY_KIND + EVENT_KINDS;
 /// Index of the counter of threads that did namespace work but could not be
-/// marked (tracked map full): their exits go unreported unless they end a
-/// namespace.
+/// marked: their exits go unreported unless they end a namespace. Kept for
+/// the counters' layout and the JSON/metrics field; it stays 0 since the
+/// kernel side marks threads in a bitmap with a bit for every possible
+/// thread id, which cannot fill.
 pub const COUNTER_TRACKED_FULL: u32 = COUNTER_MEMBERS_EVICTED + 1;
 /// Index of the counter of descendants of followed processes (`--pid`,
 /// command mode) that could not be followed (follow map full).

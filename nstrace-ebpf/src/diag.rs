@@ -31,7 +31,6 @@ pub use off::*;
 pub enum Map {
     Pending = 1,
     Members = 2,
-    Tracked = 3,
     Follow = 4,
     Sets = 5,
 }
@@ -193,7 +192,6 @@ mod on {
         match map {
             m if m == Map::Pending as u64 => "PENDING (syscalls in flight)",
             m if m == Map::Members as u64 => "MEMBERS (member counts)",
-            m if m == Map::Tracked as u64 => "TRACKED (threads whose exit is reported)",
             m if m == Map::Sets as u64 => "SETS (member counts of namespace sets)",
             _ => "FOLLOW (followed processes)",
         }

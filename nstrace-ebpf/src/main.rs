@@ -18,6 +18,8 @@
 // The bpfel target has no `AtomicI64::fetch_add`; the intrinsic lowers to the
 // BPF atomic add instruction (aya-build always compiles this crate on nightly).
 #![feature(core_intrinsics)]
+// `untyped` (task.rs) is two instructions of BPF assembly.
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 // Index loops up to the constant NS_KINDS are bounded loops the verifier
 // sees as such (and LLVM unrolls); iterator chains over several arrays
@@ -27,13 +29,16 @@
 mod diag;
 mod task;
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    mem::MaybeUninit,
+};
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_ns, generated as gen,
     },
     macros::{fentry, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -41,10 +46,10 @@ use aya_ebpf::{
 };
 use nstrace_common::{
     CLONE_NEW_MASK, COUNTER_FOLLOW_FULL, COUNTER_LOST, COUNTER_LOST_BY_KIND,
-    COUNTER_MEMBERS_EVICTED, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTER_TRACKED_FULL,
-    COUNTERS, Event, EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE,
-    MEMBERS_FREED, MEMBERS_UNWATCHED, MEMBERS_UNWATCHED_BELOW, NO_COUNT, NO_FIELD, NS_KINDS, NsSet,
-    SEEDED_MARK, SetKey, Syscall, kind, member_key,
+    COUNTER_MEMBERS_EVICTED, COUNTER_MEMBERS_FULL, COUNTER_PENDING_FULL, COUNTERS, Event,
+    EventKind, FREE_SLOTS, FreeTarget, KIND_FLAGS, KIND_FROM_NS_TYPE, MEMBERS_FREED,
+    MEMBERS_UNWATCHED, MEMBERS_UNWATCHED_BELOW, NO_COUNT, NO_FIELD, NS_KINDS, NsSet, SEEDED_MARK,
+    SetKey, Syscall, kind, member_key,
 };
 
 /// Resized by user space (`--buffer-size`) before load.
@@ -93,9 +98,43 @@ struct Pending {
 #[map]
 static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 
-/// Threads that took part in namespace work, so their exec and exit are worth reporting.
+/// Threads that took part in namespace work, so their exit is worth
+/// reporting: one bit per thread id (`PID_MAX_LIMIT`, 2^22 on 64-bit, is
+/// the most a kernel allows), 512 KiB. Not a hash: a container's every exit
+/// looks here, and a hash lookup of a random tid is a cache miss in a
+/// megabyte of buckets (measured: the largest part of a container's exit).
+/// Thread ids are handed out in order, so consecutive forks share a word
+/// that stays in cache, and the verifier inlines an array's lookup. It
+/// cannot fill. A bit is set and cleared only by its own thread (or by
+/// the parent before the child first runs), so an atomic add of the bit,
+/// after testing it, is exact on every kernel (atomic OR needs 5.12).
 #[map]
-static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+static TRACKED: Array<u64> = Array::with_max_entries(TRACKED_WORDS, 0);
+
+/// Words of [`TRACKED`]: `PID_MAX_LIMIT` bits.
+const TRACKED_WORDS: u32 = (1 << 22) / 64;
+
+/// The [`TRACKED`] word and bit of thread `tid`.
+fn tracked_bit(tid: u32) -> Option<(*mut u64, u64)> {
+    Some((TRACKED.get_ptr_mut(tid >> 6)?, 1u64 << (tid & 63)))
+}
+
+/// Whether `tid`'s bit is set; clears it when `clear`.
+fn take_tracked(tid: u32) -> bool {
+    let Some((w, bit)) = tracked_bit(tid) else {
+        return false;
+    };
+    // SAFETY: `w` is a live TRACKED value (array values are never freed), an
+    // 8-aligned u64; only this thread changes its bit (see TRACKED), and
+    // the add is atomic against other threads changing theirs.
+    unsafe {
+        if core::ptr::read_volatile(w) & bit == 0 {
+            return false;
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w, bit.wrapping_neg());
+    }
+    true
+}
 
 /// Processes (tgid) user space follows (`--pid`, command mode), with their
 /// descendants, added at fork.
@@ -152,6 +191,15 @@ static SETS: HashMap<[u64; NS_KINDS], i64> = HashMap::with_max_entries(32768, 0)
 /// fork or an exit meets the set.
 #[map]
 static SEEDS: HashMap<SetKey, i64> = HashMap::with_max_entries(32768, 0);
+
+// `leave_unseen` builds SEEDED_MARK by zeroing.
+const _: () = {
+    let mut k = 0;
+    while k < NS_KINDS {
+        assert!(SEEDED_MARK.inum[k] == 0);
+        k += 1;
+    }
+};
 
 /// `BPF_NOEXIST` (uapi `bpf.h`).
 const BPF_NOEXIST: u64 = 1;
@@ -289,7 +337,7 @@ fn inode_key(ptrs: &SetPtrs) -> Option<&'static SetKey> {
     // program's run and used by one program at a time on a CPU; the reads
     // are probe reads of the namespace structs at `ptrs`.
     unsafe {
-        (*key).inum = [0; NS_KINDS];
+        task::zero(&raw mut (*key).inum);
         task::inums(ptrs, &mut (*key).inum);
         Some(&*key)
     }
@@ -398,8 +446,16 @@ fn leave_unseen(ptrs: &SetPtrs) -> u32 {
     let Some(seeded) = take_seed(key) else {
         // Before the seeds are in, a thread alive at start is simply not
         // counted yet: no mark, or the seed would never be taken.
-        // SAFETY: only tested for presence.
-        if unsafe { SEEDS.get(SEEDED_MARK) }.is_some()
+        // SEEDED_MARK, zeroed by the helper: the constant built on the stack
+        // is a `memset` call.
+        let mut mark = MaybeUninit::<SetKey>::uninit();
+        // SAFETY: `mark` is a local SetKey (integers: zeros are valid),
+        // initialised by `zero`; the entry is only tested for presence.
+        if unsafe {
+            task::zero(mark.as_mut_ptr());
+            SEEDS.get(mark.assume_init_ref())
+        }
+        .is_some()
             && SETS.insert(ptrs, MEMBERS_UNWATCHED, BPF_NOEXIST).is_ok()
         {
             count(COUNTER_MEMBERS_EVICTED);
@@ -460,7 +516,12 @@ fn release(ptrs: &SetPtrs, key: &SetKey) -> u32 {
 /// initial namespaces). Returns the `CLONE_NEW*` bits of kinds whose old
 /// namespace lost its last member.
 fn move_member(before: &SetPtrs, counted_before: bool, after: &SetPtrs, created: u64) -> u32 {
-    if before == after {
+    // Word by word: `==` on the arrays is a byte-at-a-time `memcmp` call.
+    let mut same = true;
+    for k in 0..NS_KINDS {
+        same &= before[k] == after[k];
+    }
+    if same {
         return 0;
     }
     // The new set first: a namespace in both keeps a count above zero.
@@ -494,10 +555,7 @@ fn enter(syscall: Syscall, flags: u64, fd: i32) {
         (*p).admin = task::euid_admin(task::current()).1;
         (*p).counted = task::counted(task::current()) as u32;
         task::read_ns(task::current(), &mut (*p).before, &mut (*p).before_ptrs);
-        (*p).after = NsSet {
-            inum: [0; NS_KINDS],
-            id: [0; NS_KINDS],
-        };
+        task::zero(&raw mut (*p).after);
         // By reference: the value lives in a per-CPU scratch map, too big
         // for the 512-byte BPF stack a copy would go to.
         #[allow(clippy::needless_borrows_for_generic_args)]
@@ -635,8 +693,12 @@ fn exit(ctx: &TracePointContext) {
                 e.flags = (*p).flags;
                 e.fd = (*p).fd;
                 e.ret = ret;
-                e.before = (*p).before;
-                e.after = if ret < 0 { (*p).before } else { (*p).after };
+                task::copy(&raw mut e.before, &raw const (*p).before);
+                if ret < 0 {
+                    task::copy(&raw mut e.after, &raw const (*p).before);
+                } else {
+                    task::copy(&raw mut e.after, &raw const (*p).after);
+                }
                 e.emptied = emptied;
                 if created != 0 && ret >= 0 {
                     task::read_owners(&(*p).after_ptrs, e, created);
@@ -695,13 +757,13 @@ fn new_task(ctx: &RawTracePointContext) {
         return;
     }
     // Any fork or new thread: one more member of the set the child is in.
+    let mut ptrs = MaybeUninit::<SetPtrs>::uninit();
     // SAFETY: direct loads from the current task, or probe reads from
-    // `child`, the new task_struct.
-    if let Some((nsproxy, user)) = unsafe { task::child_roots(child) } {
-        let mut ptrs = [0u64; NS_KINDS];
-        // SAFETY: probe reads from the child's nsproxy; `ptrs` is a local.
-        unsafe { task::ptrs_from(nsproxy, user, &mut ptrs) };
-        join(&ptrs, 0);
+    // `child`, the new task_struct, into `ptrs`, a local filled whole when
+    // the answer is true.
+    if unsafe { task::child_set(child, ptrs.as_mut_ptr()) } {
+        // SAFETY: filled, as above.
+        join(unsafe { ptrs.assume_init_ref() }, 0);
     }
 }
 
@@ -724,14 +786,13 @@ fn clone_created(child: *const u8, clone_flags: u64) {
             // alone; the program is not re-entered on this CPU while it
             // runs) and `pending` this thread's PENDING value, removed only
             // by this thread's own programs: two distinct map values.
-            unsafe { *p = *pending };
+            unsafe { task::copy(p, pending) };
             0
         }
         None => {
             // SAFETY: `p` as above; the task reads are probe reads.
             unsafe {
-                (*p).flags = 0;
-                (*p).created = 0;
+                task::zero(p);
                 (*p).syscall = Syscall::Clone3 as u32;
                 task::read_ns(task::current(), &mut (*p).before, &mut (*p).before_ptrs);
             }
@@ -764,8 +825,8 @@ fn clone_created(child: *const u8, clone_flags: u64) {
             e.flags_unread = unread;
             e.fd = -1;
             e.ret = task::tid_of(child) as i64;
-            e.before = (*p).before;
-            e.after = (*p).after;
+            task::copy(&raw mut e.before, &raw const (*p).before);
+            task::copy(&raw mut e.after, &raw const (*p).after);
             task::read_owners(&(*p).after_ptrs, e, flags);
         }
         entry.submit(0);
@@ -820,21 +881,17 @@ fn process_exit() {
     // Tasks in the initial namespaces are never tracked (see `track`): most
     // exits on a machine end here, after three typed loads (probe reads on
     // 5.10) and no map.
-    // SAFETY: direct loads or probe reads from the current task_struct.
-    let Some((nsproxy, user)) = (unsafe { task::exiting_roots() }) else {
+    let mut ptrs = MaybeUninit::<SetPtrs>::uninit();
+    // SAFETY: direct loads or probe reads from the current task_struct into
+    // `ptrs`, a local filled whole when the answer is true.
+    if !unsafe { task::exiting_set(ptrs.as_mut_ptr()) } {
         return;
-    };
-    let mut ptrs = [0u64; NS_KINDS];
-    // SAFETY: probe reads from the task's nsproxy; `ptrs` is a local.
-    unsafe { task::ptrs_from(nsproxy, user, &mut ptrs) };
-    // SAFETY: the reference is only tested for presence, never read, so a
-    // concurrent update or removal of the entry cannot show through it.
-    let tracked = unsafe { TRACKED.get(tid) }.is_some();
-    if tracked {
-        let _ = TRACKED.remove(tid);
     }
+    // SAFETY: filled, as above.
+    let ptrs = unsafe { ptrs.assume_init_ref() };
+    let tracked = take_tracked(tid);
     // Counts first: they must stay right even when the ring is full.
-    let emptied = leave(&ptrs);
+    let emptied = leave(ptrs);
     let reaper = watched_pidns_reaper(task, ptrs[kind::PID]);
     // One path for tracked and untracked exits: the verifier walks it once.
     if tracked || emptied != 0 || reaper {
@@ -877,12 +934,14 @@ fn emit_process(kind: EventKind, emptied: u32, reaper: u32) {
         // written before submit.
         let e = unsafe { &mut *entry.as_mut_ptr() };
         let task = task::current();
-        // SAFETY: `e` is the reserved Event and `ptrs` a local; `read_ns` and
-        // `fill_process` only probe-read kernel memory.
+        // SAFETY: `e` is the reserved Event and `ptrs` a local (`read_ns`
+        // zeroes it first); `read_ns` and `fill_process` only probe-read
+        // kernel memory.
         unsafe {
-            let mut ptrs = [0u64; NS_KINDS];
-            task::read_ns(task, &mut e.before, &mut ptrs);
             fill_process(e, kind, task, emptied, reaper);
+            let mut ptrs = MaybeUninit::<SetPtrs>::uninit();
+            task::read_ns(task, &mut e.before, ptrs.as_mut_ptr());
+            task::copy(&raw mut e.after, &raw const e.before);
         }
         entry.submit(0);
     } else {
@@ -890,8 +949,8 @@ fn emit_process(kind: EventKind, emptied: u32, reaper: u32) {
     }
 }
 
-/// A process event (exec, exit) whose `before` set is already read: the
-/// header, the set as `after` too, and no syscall.
+/// A process event (exec, exit): the header and no syscall; the caller
+/// reads the set after.
 ///
 /// # Safety
 ///
@@ -904,7 +963,6 @@ unsafe fn fill_process(e: &mut Event, kind: EventKind, task: *const u8, emptied:
     e.flags = 0;
     e.fd = -1;
     e.ret = 0;
-    e.after = e.before;
     e.emptied = emptied;
     e.reaper = reaper;
     if reaper != 0 {
@@ -913,26 +971,42 @@ unsafe fn fill_process(e: &mut Event, kind: EventKind, task: *const u8, emptied:
     }
 }
 
-/// Marks a thread whose exit is worth a record. Not one entirely in the
-/// initial namespaces (a runtime that cloned a container, say): its exit
-/// can end nothing, and the hot path for those exits never looks here.
+/// Marks a thread whose exit is worth a record, or unmarks it. Not one
+/// entirely in the initial namespaces (a runtime that cloned a container,
+/// say, or a thread that joined the host's back): its exit can end
+/// nothing, and the hot path for those exits never looks here, so a mark
+/// left on it would outlive the thread and mark the next one with its id.
 fn track(tid: u32, task: *const u8) {
+    let Some((w, bit)) = tracked_bit(tid) else {
+        return;
+    };
     // SAFETY: `counted` only probe-reads from `task`.
-    if unsafe { task::counted(task) } {
-        if let Err(e) = TRACKED.insert(tid, 1, 0) {
-            count(COUNTER_TRACKED_FULL);
-            diag::update(diag::Map::Tracked, e);
+    let want = unsafe { task::counted(task) };
+    // SAFETY: `w` is a live TRACKED value, an 8-aligned u64; the bit is
+    // changed only by its own thread, or by the parent before the child
+    // first runs (see TRACKED), so testing it first cannot race; the add is
+    // atomic against other threads' bits in the word.
+    unsafe {
+        let set = core::ptr::read_volatile(w) & bit != 0;
+        if want && !set {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w, bit);
+        } else if !want && set {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w, bit.wrapping_neg());
         }
     }
 }
 
-/// Sets every field but the call-specific ones; zeroes the create-only ones.
+/// Zeroes the record, then sets every field but the call-specific ones
+/// (one zeroing helper call: field-by-field zeros became five `memset`
+/// calls the verifier walks byte by byte).
 ///
 /// # Safety
 ///
 /// No memory requirement: `task` is only probe-read (a fault reads as 0). It must
 /// be the current task's `task_struct` for the record to be right.
 unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
+    // SAFETY: `e` is a live `&mut Event`, all integers: zeros are valid.
+    unsafe { task::zero(e) };
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: bpf_ktime_get_ns takes no arguments and touches no memory.
     e.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -943,26 +1017,20 @@ unsafe fn fill_header(e: &mut Event, kind: EventKind, task: *const u8) {
     e.ppid = unsafe { task::parent_tgid(task) };
     // SAFETY: probe reads along `task`'s real_parent chain.
     e.elders = unsafe { task::elder_tgids(task) };
-    e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    e.emptied = 0;
-    e.reaper = 0;
-    e.owners = [0; NS_KINDS];
-    e.pid_parent = 0;
+    // The helper itself, not aya's wrapper, which zeroes a copy first (a
+    // `memset` call); the helper fills all 16 bytes, NUL-padded.
+    // SAFETY: `e.comm` is 16 writable bytes.
+    unsafe { gen::bpf_get_current_comm(e.comm.as_mut_ptr().cast(), 16) };
     // SAFETY: probe reads from `task` (its thread_pid's numbers).
     e.vpid = unsafe { task::vpid(task) };
     e.followed = (following() && FOLLOW.get_ptr(e.pid).is_some()) as u32;
     e.uid = bpf_get_current_uid_gid() as u32;
     // SAFETY: probe reads from `task` (its cred).
     e.euid = unsafe { task::euid_admin(task) }.0;
-    // Set only where it means something (a create): computed here, for
-    // every record, it quadrupled sys_exit_ns's verification (35 -> 145 ms).
-    e.admin = 0;
+    // `admin` is set only where it means something (a create): computed
+    // here, for every record, it quadrupled sys_exit_ns's verification.
     // SAFETY: bpf_get_current_cgroup_id takes no arguments and touches no memory.
     e.cgroup = unsafe { bpf_get_current_cgroup_id() };
-    e.user_flags = 0;
-    e.flags_unread = 0;
-    e._pad = 0;
-    e.init_pid_ino = 0;
 }
 
 /// What each `ns_free_N` program is attached to; written by user space before
@@ -1042,13 +1110,10 @@ fn ns_freed(ctx: &FEntryContext, slot: usize) {
             e.flags = KIND_FLAGS[kind];
             e.fd = -1;
             e.ret = 0;
-            e.before = NsSet {
-                inum: [0; NS_KINDS],
-                id: [0; NS_KINDS],
-            };
             e.before.inum[kind] = inum;
             e.before.id[kind] = task::read_u64(ns, id_off);
-            e.after = e.before;
+            e.after.inum[kind] = inum;
+            e.after.id[kind] = e.before.id[kind];
         }
         entry.submit(0);
     } else {

@@ -1,7 +1,10 @@
 //! Reads of kernel structs, at offsets user space computed from the running
 //! kernel's BTF (see `nstrace::kernel::offsets`) and wrote into [`OFFSETS`].
 
-use core::ptr::{addr_of, read_volatile};
+use core::{
+    mem::MaybeUninit,
+    ptr::{addr_of, read_volatile},
+};
 
 use aya_ebpf::helpers::{bpf_get_current_task, generated as gen};
 use nstrace_common::{Event, KIND_FLAGS, NO_FIELD, NS_KINDS, NsSet, Offsets, kind};
@@ -72,6 +75,38 @@ unsafe fn read_into<T>(dst: *mut T, base: *const u8, offset: u32) {
     // dereferences `src`.
     let ret = unsafe { gen::bpf_probe_read_kernel(dst.cast(), len, src.cast()) };
     crate::diag::read(base, offset, len, ret);
+}
+
+/// Zeroes `*dst` in one helper call: a probe read of address 0 fails and
+/// the helper zeroes its destination (the kernel's documented behaviour,
+/// what Tetragon and bpftrace rely on for large buffers). An assignment of
+/// zeros instead becomes a call of compiler_builtins' byte-at-a-time
+/// `memset`, which the verifier walks byte by byte at every call site and
+/// the CPU runs at five instructions a byte.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `size_of::<T>()` bytes, and all zeros
+/// a valid `T`.
+#[inline(always)]
+pub unsafe fn zero<T>(dst: *mut T) {
+    // SAFETY: the helper writes exactly size_of::<T>() bytes to `dst` (valid,
+    // per the caller) and reads nothing: address 0 always faults.
+    unsafe { gen::bpf_probe_read_kernel(dst.cast(), size_of::<T>() as u32, core::ptr::null()) };
+}
+
+/// `*dst = *src` in one helper call, for the same reason as [`zero`]
+/// (a struct's assignment becomes a byte-at-a-time `memmove` call).
+///
+/// # Safety
+///
+/// `dst` valid for writes and `src` for reads of `size_of::<T>()` bytes
+/// (map or stack memory, which never faults), not overlapping.
+#[inline(always)]
+pub unsafe fn copy<T: Copy>(dst: *mut T, src: *const T) {
+    // SAFETY: as the caller guarantees; a probe read of kernel memory the
+    // program owns.
+    unsafe { gen::bpf_probe_read_kernel(dst.cast(), size_of::<T>() as u32, src.cast()) };
 }
 
 /// A pointer-sized read at `base + offset` (null when unreadable).
@@ -331,24 +366,64 @@ unsafe fn load_ptr(base: *const u8, offset: u32) -> *const u8 {
     unsafe { read_volatile(base.wrapping_add(offset as usize).cast::<*const u8>()) }
 }
 
-/// The current task's nsproxy and the user namespace of its credentials
-/// at `cred` (`task_struct.cred` or `.real_cred`), unless both are the
-/// initial ones: by direct loads where [`Offsets::direct`] says the kernel
-/// allows them (no helper call on a host task), by probe reads otherwise.
-/// The user namespace comes back as a plain number through one probe read:
-/// the verifier refuses arithmetic on a typed pointer.
+/// A typed pointer as a plain number, for keys and arithmetic: the
+/// verifier refuses arithmetic on a typed pointer, but a privileged
+/// program may subtract one typed pointer from another (the result is a
+/// number), so `p - task` (both typed) plus the current task's address as
+/// a number (`task_plain`, from `bpf_get_current_task`) is `p`'s address.
+/// In assembly so that LLVM cannot reassociate it into `task_plain - task`
+/// first, which the verifier refuses (a number minus a pointer).
 ///
 /// # Safety
 ///
-/// No memory requirement (direct loads fault as 0; probe reads as 0).
+/// `task` and `task_plain` must be the current task, typed and plain; `p`
+/// a typed pointer (or null). No memory is touched.
 #[inline(always)]
-unsafe fn current_roots(cred_off: u32) -> Option<(*const u8, u64)> {
+unsafe fn untyped(p: *const u8, task: *const u8, task_plain: u64) -> u64 {
+    let mut v = p as u64;
+    // SAFETY: register arithmetic only, no memory access.
+    unsafe {
+        core::arch::asm!(
+            "{v} -= {t}",
+            "{v} += {plain}",
+            v = inout(reg) v,
+            t = in(reg) task as u64,
+            plain = in(reg) task_plain,
+            options(pure, nomem, nostack),
+        );
+    }
+    v
+}
+
+/// The current task's member set into `out` (see `SetPtrs` in main.rs),
+/// with the user namespace of its credentials at `cred_off`
+/// (`task_struct.cred` or `.real_cred`): false, `out` untouched, for a task
+/// entirely in the initial namespaces. Where [`Offsets::direct`] says the
+/// kernel allows them, by typed loads and no helper call but the current
+/// task's (a host task: three loads and two comparisons); otherwise by
+/// probe reads.
+///
+/// # Safety
+///
+/// `out` must be valid for writes of `[u64; NS_KINDS]`. No other memory
+/// requirement (direct loads fault as 0; probe reads as 0).
+#[inline(always)]
+unsafe fn current_set(cred_off: u32, out: *mut [u64; NS_KINDS]) -> bool {
     if off!(valid) == 0 {
-        return None;
+        return false;
     }
     if off!(direct) == 0 {
-        // SAFETY: `watchable_roots` only probe-reads from the current task.
-        return unsafe { watchable_roots_at(current(), cred_off) };
+        // SAFETY: `watchable_roots_at` and `ptrs_from` only probe-read from
+        // the current task; `out` as the caller guarantees.
+        return unsafe {
+            match watchable_roots_at(current(), cred_off) {
+                Some((nsproxy, user)) => {
+                    ptrs_from(nsproxy, user, out);
+                    true
+                }
+                None => false,
+            }
+        };
     }
     // SAFETY: the helper takes no arguments; `direct` is set only where the
     // kernel allows it in these programs and the loads below.
@@ -358,27 +433,43 @@ unsafe fn current_roots(cred_off: u32) -> Option<(*const u8, u64)> {
     // SAFETY: as above, through the credentials' BTF type.
     let user = unsafe { load_ptr(cred, off!(cred_user_ns)) };
     if is_initial(nsproxy as u64) && is_initial(user as u64) {
-        return None;
+        return false;
     }
-    // SAFETY: a probe read of `cred->user_ns` (the pointer is only passed on).
-    Some((nsproxy, unsafe { read_ptr(cred, off!(cred_user_ns)) }
-        as u64))
+    let plain = current() as u64;
+    let out = out.cast::<u64>();
+    for k in 0..NS_KINDS {
+        let p = if k == kind::USER {
+            user
+        } else {
+            let off = off!(nsproxy[k]);
+            if off == NO_FIELD {
+                core::ptr::null()
+            } else {
+                // SAFETY: a BTF-typed load of the kind's field of the nsproxy.
+                unsafe { load_ptr(nsproxy, off) }
+            }
+        };
+        // SAFETY: `task` and `plain` are the current task; `k` < NS_KINDS,
+        // inside `out` (valid for writes, per the caller).
+        unsafe { out.add(k).write(untyped(p, task, plain)) };
+    }
+    true
 }
 
-/// [`watchable_roots`] of the task now exiting (the current one), with its
+/// [`current_set`] of the task now exiting (the current one), with its
 /// real credentials, as the rest of nstrace counts it.
 ///
 /// # Safety
 ///
-/// No memory requirement.
+/// As [`current_set`].
 #[inline(always)]
-pub unsafe fn exiting_roots() -> Option<(*const u8, u64)> {
-    // SAFETY: as `current_roots`.
-    unsafe { current_roots(off!(task_real_cred)) }
+pub unsafe fn exiting_set(out: *mut [u64; NS_KINDS]) -> bool {
+    // SAFETY: as this function's.
+    unsafe { current_set(off!(task_real_cred), out) }
 }
 
-/// [`watchable_roots`] of `child`, a task just forked without `CLONE_NEW*`
-/// flags. With direct loads they are read from the parent (the current
+/// [`current_set`] of `child`, a task just forked without `CLONE_NEW*`
+/// flags. With direct loads it is read from the parent (the current
 /// task), whose pointers the child's are: `copy_namespaces` gives it the
 /// parent's nsproxy, or (the first child after unshare(CLONE_NEWTIME)) a
 /// new one holding the same namespaces, the "for children" ones the set
@@ -387,40 +478,61 @@ pub unsafe fn exiting_roots() -> Option<(*const u8, u64)> {
 ///
 /// # Safety
 ///
-/// No memory requirement: `child` is only probe-read.
+/// As [`current_set`]; `child` is only probe-read.
 #[inline(always)]
-pub unsafe fn child_roots(child: *const u8) -> Option<(*const u8, u64)> {
+pub unsafe fn child_set(child: *const u8, out: *mut [u64; NS_KINDS]) -> bool {
     if off!(direct) != 0 {
-        // SAFETY: as `current_roots`.
-        return unsafe { current_roots(off!(task_cred)) };
+        // SAFETY: as this function's.
+        return unsafe { current_set(off!(task_cred), out) };
     }
-    // SAFETY: `watchable_roots` only probe-reads from `child`.
-    unsafe { watchable_roots(child) }
+    // SAFETY: `watchable_roots` and `ptrs_from` only probe-read from
+    // `child`; `out` as the caller guarantees.
+    unsafe {
+        match watchable_roots(child) {
+            Some((nsproxy, user)) => {
+                ptrs_from(nsproxy, user, out);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
-/// Fills `out` from the nsproxy at `nsproxy` and the user namespace `user`.
+/// Fills `out` from the nsproxy at `nsproxy` and the user namespace `user`:
+/// every slot, so `out` may start uninitialised. Nothing here is zeroed
+/// first on purpose: the BPF backend lowers an array's zeroing to a call of
+/// compiler_builtins' byte-at-a-time `memset` (five instructions a byte),
+/// which on a container's fork and exit cost more than the reads.
 ///
 /// # Safety
 ///
-/// No requirement: `nsproxy` is only probe-read (a fault reads as 0).
+/// `out` must be valid for writes of `[u64; NS_KINDS]`; `nsproxy` is only
+/// probe-read (a fault reads as 0).
 #[inline(always)]
-pub unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: &mut [u64; NS_KINDS]) {
-    let mut block = [0u64; NSPROXY_WORDS];
-    // SAFETY: a probe read into `block`, a local `[u64; NSPROXY_WORDS]` exactly `len` bytes long.
-    unsafe { read_into(&mut block, nsproxy, 0) };
-    for (k, slot) in out.iter_mut().enumerate() {
-        if k == kind::USER {
-            *slot = user;
-            continue;
-        }
-        let off = off!(nsproxy[k]);
-        let word = (off / 8) as usize;
-        *slot = if off % 8 == 0 && word < NSPROXY_WORDS {
-            block[word]
+pub unsafe fn ptrs_from(nsproxy: *const u8, user: u64, out: *mut [u64; NS_KINDS]) {
+    let mut block = MaybeUninit::<[u64; NSPROXY_WORDS]>::uninit();
+    // SAFETY: a probe read into `block`, exactly `len` bytes long; the helper
+    // writes all of them (zeroes on a fault), so `block` is initialised after.
+    let block = unsafe {
+        read_into(block.as_mut_ptr(), nsproxy, 0);
+        block.assume_init_ref()
+    };
+    let out = out.cast::<u64>();
+    for k in 0..NS_KINDS {
+        let value = if k == kind::USER {
+            user
         } else {
-            // SAFETY: a probe read at the kind's BTF offset in `nsproxy` (null reads as 0).
-            unsafe { read_ptr(nsproxy, off) as u64 }
+            let off = off!(nsproxy[k]);
+            let word = (off / 8) as usize;
+            if off % 8 == 0 && word < NSPROXY_WORDS {
+                block[word]
+            } else {
+                // SAFETY: a probe read at the kind's BTF offset in `nsproxy` (null reads as 0).
+                unsafe { read_ptr(nsproxy, off) as u64 }
+            }
         };
+        // SAFETY: `k` < NS_KINDS, inside `out` (valid for writes, per the caller).
+        unsafe { out.add(k).write(value) };
     }
 }
 
@@ -470,15 +582,19 @@ pub unsafe fn counted(task: *const u8) -> bool {
 ///
 /// # Safety
 ///
-/// No memory requirement: `task` is only probe-read (a fault reads as 0, nothing
-/// is dereferenced). It must be a `task_struct` (or null) for the result to mean
-/// anything.
-pub unsafe fn read_ns(task: *const u8, out: &mut NsSet, ptrs: &mut [u64; NS_KINDS]) {
-    *out = NsSet {
-        inum: [0; NS_KINDS],
-        id: [0; NS_KINDS],
+/// `ptrs` must be valid for writes of `[u64; NS_KINDS]` (initialised or
+/// not). `task` is only probe-read (a fault reads as 0, nothing is
+/// dereferenced); it must be a `task_struct` (or null) for the result to
+/// mean anything.
+pub unsafe fn read_ns(task: *const u8, out: &mut NsSet, ptrs: *mut [u64; NS_KINDS]) {
+    // SAFETY: `out` is a live `&mut`, `ptrs` valid for writes (the caller's
+    // guarantee, and it may be uninitialised); zeros are a valid NsSet and
+    // pointer array, so `ptrs` is initialised after.
+    let ptrs = unsafe {
+        zero(out);
+        zero(ptrs);
+        &mut *ptrs
     };
-    *ptrs = [0; NS_KINDS];
     if off!(valid) == 0 {
         return;
     }
