@@ -877,7 +877,6 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 fn process_exit() {
     let tid = current_tid();
     forget_followed(tid);
-    let task = task::current();
     // Tasks in the initial namespaces are never tracked (see `track`): most
     // exits on a machine end here, after three typed loads (probe reads on
     // 5.10) and no map.
@@ -892,22 +891,22 @@ fn process_exit() {
     let tracked = take_tracked(tid);
     // Counts first: they must stay right even when the ring is full.
     let emptied = leave(ptrs);
-    let reaper = watched_pidns_reaper(task, ptrs[kind::PID]);
+    let reaper = watched_pidns_reaper(ptrs[kind::PID]);
     // One path for tracked and untracked exits: the verifier walks it once.
     if tracked || emptied != 0 || reaper {
         emit_process(EventKind::Exit, emptied, reaper as u32);
     }
 }
 
-/// Whether `task` is the init of a watched PID namespace (`pidns`: its
-/// struct): a probe read per exit, its inode and a map lookup only for an
-/// init.
-fn watched_pidns_reaper(task: *const u8, pidns: u64) -> bool {
+/// Whether the current task is the init of a watched PID namespace
+/// (`pidns`: its struct): three typed loads per exit (a probe read on
+/// 5.10), its inode and a map lookup only for an init.
+fn watched_pidns_reaper(pidns: u64) -> bool {
     if task::watchable_mask(pidns) == 0 {
         return false;
     }
-    // SAFETY: a probe read of the PID namespace's child_reaper; `task` is only compared.
-    if !unsafe { task::is_pidns_reaper(task, pidns) } {
+    // SAFETY: typed loads or a probe read of the PID namespace's child_reaper.
+    if !unsafe { task::is_current_pidns_reaper(pidns) } {
         return false;
     }
     // SAFETY: a probe read of the PID namespace's inode.

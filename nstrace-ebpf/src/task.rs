@@ -699,15 +699,29 @@ pub unsafe fn pid_ino(task: *const u8) -> u64 {
     unsafe { read::<u64>(pid, off!(pid_ino)) }
 }
 
-/// Whether `task` is the init (child reaper) of the PID namespace at
-/// `pidns` (its namespace for children, which for an init is the one it leads).
+/// Whether the current task is the init (child reaper) of the PID
+/// namespace at `pidns`, its namespace for children (which for an init is
+/// the one it leads). With direct loads, through the current task's
+/// nsproxy (the same struct as `pidns`: this runs on the exit path right
+/// after [`exiting_set`] read it): no helper call on a container's exit.
 ///
 /// # Safety
 ///
-/// No requirement: `pidns` is only probe-read (a fault reads as 0), and `task` is
-/// only compared.
-pub unsafe fn is_pidns_reaper(task: *const u8, pidns: u64) -> bool {
+/// No requirement: `pidns` is only probe-read (a fault reads as 0).
+#[inline(always)]
+pub unsafe fn is_current_pidns_reaper(pidns: u64) -> bool {
+    if off!(direct) != 0 {
+        // SAFETY: as `current_set`: typed loads at BTF offsets from the
+        // current task; the pointers are only compared.
+        unsafe {
+            let task = gen::bpf_get_current_task_btf() as *const u8;
+            let nsproxy = load_ptr(task, off!(task_nsproxy));
+            let ns = load_ptr(nsproxy, off!(nsproxy[kind::PID]));
+            let reaper = load_ptr(ns, off!(pidns_child_reaper));
+            return !reaper.is_null() && reaper == task;
+        }
+    }
     // SAFETY: a probe read of the PID namespace's child_reaper, at its BTF offset.
     let reaper = unsafe { read_ptr(pidns as *const u8, off!(pidns_child_reaper)) };
-    !reaper.is_null() && reaper == task
+    !reaper.is_null() && reaper == current()
 }
