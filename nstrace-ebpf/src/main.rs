@@ -875,38 +875,38 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn process_exit() {
-    let tid = current_tid();
-    forget_followed(tid);
+    if following() {
+        forget_followed(current_tid());
+    }
     // Tasks in the initial namespaces are never tracked (see `track`): most
     // exits on a machine end here, after three typed loads (probe reads on
     // 5.10) and no map.
     let mut ptrs = MaybeUninit::<SetPtrs>::uninit();
+    let mut me = task::Exiting {
+        tid: 0,
+        reaper: false,
+    };
     // SAFETY: direct loads or probe reads from the current task_struct into
-    // `ptrs`, a local filled whole when the answer is true.
-    if !unsafe { task::exiting_set(ptrs.as_mut_ptr()) } {
+    // `ptrs`, a local filled whole when the answer is true, and `me`.
+    if !unsafe { task::exiting_set(ptrs.as_mut_ptr(), &mut me) } {
         return;
     }
     // SAFETY: filled, as above.
     let ptrs = unsafe { ptrs.assume_init_ref() };
-    let tracked = take_tracked(tid);
+    let tracked = take_tracked(me.tid);
     // Counts first: they must stay right even when the ring is full.
     let emptied = leave(ptrs);
-    let reaper = watched_pidns_reaper(ptrs[kind::PID]);
+    let reaper = me.reaper && watched_pidns(ptrs[kind::PID]);
     // One path for tracked and untracked exits: the verifier walks it once.
     if tracked || emptied != 0 || reaper {
         emit_process(EventKind::Exit, emptied, reaper as u32);
     }
 }
 
-/// Whether the current task is the init of a watched PID namespace
-/// (`pidns`: its struct): three typed loads per exit (a probe read on
-/// 5.10), its inode and a map lookup only for an init.
-fn watched_pidns_reaper(pidns: u64) -> bool {
+/// Whether the PID namespace at `pidns` (whose init is exiting) is watched:
+/// its inode and a map lookup, only for an init.
+fn watched_pidns(pidns: u64) -> bool {
     if task::watchable_mask(pidns) == 0 {
-        return false;
-    }
-    // SAFETY: typed loads or a probe read of the PID namespace's child_reaper.
-    if !unsafe { task::is_current_pidns_reaper(pidns) } {
         return false;
     }
     // SAFETY: a probe read of the PID namespace's inode.
@@ -917,7 +917,7 @@ fn watched_pidns_reaper(pidns: u64) -> bool {
 }
 
 fn forget_followed(tid: u32) {
-    if following() && current_tgid() == tid {
+    if current_tgid() == tid {
         let _ = FOLLOW.remove(tid);
     }
 }

@@ -408,7 +408,11 @@ unsafe fn untyped(p: *const u8, task: *const u8, task_plain: u64) -> u64 {
 /// `out` must be valid for writes of `[u64; NS_KINDS]`. No other memory
 /// requirement (direct loads fault as 0; probe reads as 0).
 #[inline(always)]
-unsafe fn current_set(cred_off: u32, out: *mut [u64; NS_KINDS]) -> bool {
+unsafe fn current_set(
+    cred_off: u32,
+    out: *mut [u64; NS_KINDS],
+    mut exiting: Option<&mut Exiting>,
+) -> bool {
     if off!(valid) == 0 {
         return false;
     }
@@ -419,6 +423,12 @@ unsafe fn current_set(cred_off: u32, out: *mut [u64; NS_KINDS]) -> bool {
             match watchable_roots_at(current(), cred_off) {
                 Some((nsproxy, user)) => {
                     ptrs_from(nsproxy, user, out);
+                    if let Some(x) = exiting {
+                        x.tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+                        let pidns = (*out)[kind::PID] as *const u8;
+                        let reaper = read_ptr(pidns, off!(pidns_child_reaper));
+                        x.reaper = !reaper.is_null() && reaper == current();
+                    }
                     true
                 }
                 None => false,
@@ -452,8 +462,28 @@ unsafe fn current_set(cred_off: u32, out: *mut [u64; NS_KINDS]) -> bool {
         // SAFETY: `task` and `plain` are the current task; `k` < NS_KINDS,
         // inside `out` (valid for writes, per the caller).
         unsafe { out.add(k).write(untyped(p, task, plain)) };
+        if k == kind::PID {
+            if let Some(x) = exiting.as_deref_mut() {
+                // SAFETY: typed loads at BTF offsets: the thread id, and the
+                // child reaper of the PID namespace for children (only
+                // compared).
+                unsafe {
+                    x.tid = read_volatile(task.wrapping_add(off!(task_pid) as usize).cast::<u32>());
+                    let reaper = load_ptr(p, off!(pidns_child_reaper));
+                    x.reaper = !reaper.is_null() && reaper == task;
+                }
+            }
+        }
     }
     true
+}
+
+/// What an exit learns beside its set, from the same reads: its thread id
+/// (`task->pid`, a load instead of a helper call) and whether it is the
+/// child reaper (init) of its PID namespace for children.
+pub struct Exiting {
+    pub tid: u32,
+    pub reaper: bool,
 }
 
 /// [`current_set`] of the task now exiting (the current one), with its
@@ -463,9 +493,9 @@ unsafe fn current_set(cred_off: u32, out: *mut [u64; NS_KINDS]) -> bool {
 ///
 /// As [`current_set`].
 #[inline(always)]
-pub unsafe fn exiting_set(out: *mut [u64; NS_KINDS]) -> bool {
+pub unsafe fn exiting_set(out: *mut [u64; NS_KINDS], exiting: &mut Exiting) -> bool {
     // SAFETY: as this function's.
-    unsafe { current_set(off!(task_real_cred), out) }
+    unsafe { current_set(off!(task_real_cred), out, Some(exiting)) }
 }
 
 /// [`current_set`] of `child`, a task just forked without `CLONE_NEW*`
@@ -483,7 +513,7 @@ pub unsafe fn exiting_set(out: *mut [u64; NS_KINDS]) -> bool {
 pub unsafe fn child_set(child: *const u8, out: *mut [u64; NS_KINDS]) -> bool {
     if off!(direct) != 0 {
         // SAFETY: as this function's.
-        return unsafe { current_set(off!(task_cred), out) };
+        return unsafe { current_set(off!(task_cred), out, None) };
     }
     // SAFETY: `watchable_roots` and `ptrs_from` only probe-read from
     // `child`; `out` as the caller guarantees.
@@ -697,31 +727,4 @@ pub unsafe fn pid_ino(task: *const u8) -> u64 {
     // SAFETY: a probe read of `pid->ino` (a null `pid` reads as 0; no such
     // field leaves the 0).
     unsafe { read::<u64>(pid, off!(pid_ino)) }
-}
-
-/// Whether the current task is the init (child reaper) of the PID
-/// namespace at `pidns`, its namespace for children (which for an init is
-/// the one it leads). With direct loads, through the current task's
-/// nsproxy (the same struct as `pidns`: this runs on the exit path right
-/// after [`exiting_set`] read it): no helper call on a container's exit.
-///
-/// # Safety
-///
-/// No requirement: `pidns` is only probe-read (a fault reads as 0).
-#[inline(always)]
-pub unsafe fn is_current_pidns_reaper(pidns: u64) -> bool {
-    if off!(direct) != 0 {
-        // SAFETY: as `current_set`: typed loads at BTF offsets from the
-        // current task; the pointers are only compared.
-        unsafe {
-            let task = gen::bpf_get_current_task_btf() as *const u8;
-            let nsproxy = load_ptr(task, off!(task_nsproxy));
-            let ns = load_ptr(nsproxy, off!(nsproxy[kind::PID]));
-            let reaper = load_ptr(ns, off!(pidns_child_reaper));
-            return !reaper.is_null() && reaper == task;
-        }
-    }
-    // SAFETY: a probe read of the PID namespace's child_reaper, at its BTF offset.
-    let reaper = unsafe { read_ptr(pidns as *const u8, off!(pidns_child_reaper)) };
-    !reaper.is_null() && reaper == current()
 }

@@ -152,8 +152,37 @@ fn lost_kind_name(kind: EventKind) -> &'static str {
 
 /// Starts parsing the kernel's BTF for aya's loader (it always does, in
 /// `EbpfLoader::new`) on another core while nstrace reads its own offsets.
+/// Entries of the FOLLOW map when pids are followed (the eBPF object's
+/// own size).
+const FOLLOW_ENTRIES: u32 = 65536;
+
 pub fn prepare_loader() -> std::thread::JoinHandle<EbpfLoader<'static>> {
-    std::thread::spawn(EbpfLoader::new)
+    std::thread::spawn(|| {
+        without_vmlinux_btf();
+        EbpfLoader::new()
+    })
+}
+
+/// aya 0.14's `EbpfLoader::new()` always parses the kernel's whole BTF
+/// (`/sys/kernel/btf/vmlinux`: 25-35 ms of CPU on our 2-core machine, the
+/// longest wait of start-up), which nstrace never uses (`btf(None)`: no
+/// CO-RE relocations; its own lean reader takes the offsets), and aya has
+/// no constructor without it. So the thread that makes the loader takes a
+/// filesystem root of its own (`unshare(CLONE_FS)`: its root and working
+/// directory only, not the process's or its mount namespace) where that
+/// file does not exist, and aya's parse fails at once. Where either call is
+/// refused (no CAP_SYS_CHROOT, say) aya parses as before: slower, not
+/// wrong.
+fn without_vmlinux_btf() {
+    // SAFETY: unshare(CLONE_FS) gives this thread a private copy of its
+    // root and cwd; no memory is passed.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return;
+    }
+    // An empty directory every kernel has; only this thread's root moves.
+    // SAFETY: a NUL-terminated path literal; chroot only changes this
+    // thread's (now private) root.
+    let _ = unsafe { libc::chroot(c"/proc/self/fdinfo".as_ptr()) };
 }
 
 impl Probes {
@@ -187,6 +216,10 @@ impl Probes {
             .map_max_entries("MEMBERS", member_entries)
             .map_max_entries("SETS", (member_entries / 4).max(1024))
             .map_max_entries("SEEDS", (member_entries / 4).max(1024))
+            // Untouched unless pids are followed (the programs test FOLLOWING
+            // first): one entry instead of 4 MiB of kernel memory to
+            // allocate and initialise at start-up.
+            .map_max_entries("FOLLOW", if follow { FOLLOW_ENTRIES } else { 1 })
             .load(if debug { DEBUG_OBJECT } else { OBJECT })
             .map_err(|e| load_error(e.into()))?;
         drop(loader);

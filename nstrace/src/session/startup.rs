@@ -49,9 +49,55 @@ fn stopped_early() -> bool {
     stopped
 }
 
+/// With NSTRACE_DEBUG=1, how long each start-up phase took, on stderr
+/// before the start-up line: what start to ready is made of.
+struct Phases {
+    on: bool,
+    last: std::time::Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Phases {
+            on: std::env::var_os("NSTRACE_DEBUG").is_some(),
+            last: std::time::Instant::now(),
+            took: Vec::new(),
+        }
+    }
+
+    /// The phase that ends now.
+    fn done(&mut self, phase: &'static str) {
+        if self.on {
+            let now = std::time::Instant::now();
+            self.took.push((phase, now - self.last));
+            self.last = now;
+        }
+    }
+
+    fn report(&self) {
+        if !self.on {
+            return;
+        }
+        let total: Duration = self.took.iter().map(|(_, d)| *d).sum();
+        let parts: Vec<String> = self
+            .took
+            .iter()
+            .map(|(p, d)| format!("{p} {:.1}", d.as_secs_f64() * 1e3))
+            .collect();
+        eprintln!(
+            "nstrace: debug: start-up {:.1} ms: {} (ms)",
+            total.as_secs_f64() * 1e3,
+            parts.join(", ")
+        );
+    }
+}
+
 pub async fn start(cli: &Cli) -> Result<Option<Session>> {
+    let mut phases = Phases::new();
     let loader = crate::kernel::probes::prepare_loader();
     let host = preflight::check()?;
+    phases.done("preflight");
     if stopped_early() {
         return Ok(None);
     }
@@ -85,6 +131,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
     })?;
     layout.skip_fentry(&cli.no_fentry_for);
     Probes::release_freed_memory();
+    phases.done("outputs and BTF offsets");
     let ring = cli.buffer_size * 1024 * 1024;
     // fentry where the kernel allows it (exact ends), else tracepoints alone.
     let follow = cli.pid.is_some() || !cli.cmd.is_empty();
@@ -96,6 +143,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
         follow,
         cli.debug,
     )?;
+    phases.done("maps, verification and attach");
     let (fentry, fentry_note) = match cli.probe_mode {
         ProbeMode::Tracepoint => (None, None),
         ProbeMode::Fentry => (Some(probes.attach_fentry(&layout)?), None),
@@ -115,6 +163,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
         .filter(|k| !layout.missing_kinds.contains(k))
         .collect();
     let clock = Clock::now();
+    phases.done("fentry");
     if stopped_early() {
         return Ok(None);
     }
@@ -147,6 +196,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
     );
     let mut ends = Ends::new(methods, procfs::home_mount_namespaces());
     ends.seed(&snap, &host_ns, clock.now_as_event_ns());
+    phases.done("/proc scan and seeds");
 
     if let Some(pid) = cli.pid {
         let tree = procfs::descendants(pid);
@@ -199,6 +249,8 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
     // A signal that came before tokio's handlers: the session stops as soon
     // as it has begun (a start line, no records, the closing summary).
     let signalled_before = crate::sys::signals::requested().is_some();
+    phases.done("the rest");
+    phases.report();
     if !cli.quiet {
         let mut notes = ends_notes(
             ends.methods(),

@@ -177,11 +177,13 @@ pub fn scan() -> Snapshot {
     for pid in pids() {
         let base = format!("/proc/{pid}");
         let mut seen = false;
+        let mut active = MemberSet::default();
         for kind in NsKind::ALL {
             if let Some(inode) =
                 read_link_inode(Path::new(&format!("{base}/ns/{}", active_link(kind))))
             {
                 snap.processes.entry((kind, inode)).or_default().insert(pid);
+                active[kind.index()] = inode;
                 seen = true;
             }
         }
@@ -190,7 +192,16 @@ pub fn scan() -> Snapshot {
         }
         snap.procs.insert(pid, proc_info(pid));
         for tid in tids(pid) {
-            let Some(set) = member_set(pid, tid) else {
+            // The main thread's links are the process's, just read: only
+            // the kinds whose acting link differs are read again (a third
+            // of the scan's readlinks on a machine of single-threaded
+            // processes).
+            let set = if tid == pid {
+                leader_set(pid, active)
+            } else {
+                member_set(pid, tid)
+            };
+            let Some(set) = set else {
                 continue;
             };
             for kind in NsKind::ALL {
@@ -248,6 +259,21 @@ fn member_set(pid: u32, tid: u32) -> Option<MemberSet> {
         }
     }
     any.then_some(set)
+}
+
+/// [`member_set`] of `pid`'s main thread, whose active links are `active`
+/// (read from /proc/PID/ns a moment ago): the kinds whose acting link is
+/// another (pid and time, for children) are read; a kind whose link was
+/// unreadable stays 0, as [`member_set`] leaves it.
+fn leader_set(pid: u32, active: MemberSet) -> Option<MemberSet> {
+    let mut set = active;
+    for kind in NsKind::ALL {
+        if acting_link(kind) != active_link(kind) {
+            let path = format!("/proc/{pid}/ns/{}", acting_link(kind));
+            set[kind.index()] = read_link_inode(Path::new(&path)).unwrap_or(0);
+        }
+    }
+    set.iter().any(|&i| i != 0).then_some(set)
 }
 
 /// Member threads per member set holding any of `keys`, in one pass over
