@@ -329,6 +329,7 @@ mod tests {
             lost: 3,
         })
         .unwrap();
+        drop(sink);
         String::from_utf8(out)
             .unwrap()
             .lines()

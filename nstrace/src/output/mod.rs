@@ -362,6 +362,13 @@ pub trait Sink {
     fn flush(&mut self) -> io::Result<()>;
 }
 
+/// Bytes buffered for the record stream (stdout, `--output FILE`) between
+/// flushes, which come at the end of each drain anyway: one drain of a
+/// namespace churn is a few hundred records, and std's 8 KiB buffer wrote
+/// them in dozens of `write` calls, each waking the reader of a pipe (a
+/// fifth of nstrace's CPU under churn went to those switches).
+pub const STREAM_BUFFER: usize = 256 * 1024;
+
 /// Builds the sink for the chosen format over `out`; `color`: the
 /// timeline's event names in colour (ignored for JSON).
 pub fn sink<'a, W: Write + 'a>(json: bool, color: bool, out: W) -> Box<dyn Sink + 'a> {

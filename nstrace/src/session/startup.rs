@@ -116,7 +116,11 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
     let saved: Option<Box<dyn Sink>> = match &cli.output {
         Some(path) => {
             let f = output::create_trace_file(path)?;
-            Some(output::sink(true, false, io::BufWriter::new(f)))
+            Some(output::sink(
+                true,
+                false,
+                io::BufWriter::with_capacity(output::STREAM_BUFFER, f),
+            ))
         }
         None => None,
     };
@@ -317,7 +321,7 @@ pub async fn start(cli: &Cli) -> Result<Option<Session>> {
             io::stdout().is_terminal(),
             std::env::var_os("NO_COLOR").as_deref(),
         ),
-        io::BufWriter::new(io::stdout().lock()),
+        io::BufWriter::with_capacity(output::STREAM_BUFFER, io::stdout().lock()),
     );
     let filter = Filter {
         container: cli.container.clone(),

@@ -995,9 +995,10 @@ the count without a hash lookup (per-task storage, or the kernel's own \
 nsproxy reference count with a hook after its drop). Start-up: most of it \
 is the kernel's verifier (the programs load in parallel, the longest, \
 sys_exit_ns, bounds it), map creation and the /proc scan; run with \
-NSTRACE_DEBUG=1 for each phase. User space per record: JSON encoding, \
-allocations for each record's command names, and the nsfs handle asked \
-per emptied namespace. Wall-time rows on this 2-core machine are noisy: \
+NSTRACE_DEBUG=1 for each phase. User space per record: records are written by \
+a hand-made JSON writer into a 256 KiB buffer (no allocation per record); \
+what is left is decoding, the registry's hash maps, and the nsfs handle \
+asked per emptied namespace. Wall-time rows on this 2-core machine are noisy: \
 read them with the rounds' ranges.";
 
 fn verdict(met: bool, what: String) -> String {

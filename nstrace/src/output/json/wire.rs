@@ -1,7 +1,9 @@
 //! The JSON schema, written once: [`Wire`] is every line nstrace writes
 //! (`start`, the records, `lost`, `stop`) as one flat object type. The sink
 //! serializes it and `report` deserializes it, so the writer and the reader
-//! cannot drift apart. Field order is the order written.
+//! cannot drift apart; record lines, the hot path, are written by
+//! `json::fast` instead, which a property test holds byte-equal to this
+//! type's serde output. Field order is the order written.
 //!
 //! A saved trace is untrusted input (anyone can hand one to `nstrace
 //! report`), so every field is a [`Field`]: a value of the wrong type, out of
