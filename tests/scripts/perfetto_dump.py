@@ -6,7 +6,7 @@ import sys
 
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace
 
-EVENT_TYPES = {1: "begin", 2: "end", 3: "instant"}
+EVENT_TYPES = {1: "begin", 2: "end", 3: "instant", 4: "counter"}
 
 
 def annotation(a):
@@ -33,6 +33,7 @@ def main(path):
                 "tid": d.thread.tid if d.HasField("thread") else None,
                 "process_name": d.process.process_name if d.HasField("process") else None,
                 "thread_name": d.thread.thread_name if d.HasField("thread") else None,
+                "counter": d.HasField("counter"),
             })
         elif p.HasField("track_event"):
             e = p.track_event
@@ -41,6 +42,7 @@ def main(path):
                 "type": EVENT_TYPES.get(e.type, e.type),
                 "track": e.track_uuid,
                 "name": e.name,
+                "value": e.counter_value if e.HasField("counter_value") else None,
                 "flow_ids": list(e.flow_ids),
                 "terminating_flow_ids": list(e.terminating_flow_ids),
                 "annotations": {a.name: annotation(a) for a in e.debug_annotations},

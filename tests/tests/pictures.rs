@@ -392,3 +392,152 @@ fn a_picture_path_that_cannot_be_written_fails_before_tracing() {
     );
     assert!(!err.contains("tracing namespaces"), "{err}");
 }
+
+/// The most alive at once of the `kind` namespaces `nsload` made on the
+/// host, how many it made, and the inode of the last: computed from the
+/// saved trace's own records the way the pictures group them (a create
+/// over an inode still open ends the one before).
+fn peak_from_trace(trace: &Path, kind: &str) -> (u64, u64, Option<u64>) {
+    use std::io::BufRead as _;
+    let file = std::io::BufReader::new(std::fs::File::open(trace).unwrap());
+    let mut open: std::collections::HashMap<u64, bool> = Default::default();
+    let (mut alive, mut peak, mut made, mut last) = (0i64, 0i64, 0u64, None);
+    for line in file.lines() {
+        let r: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if r["ns_type"] != kind {
+            continue;
+        }
+        let Some(inode) = r["ns_inode"].as_u64() else {
+            continue;
+        };
+        match r["event"].as_str() {
+            Some("create") => {
+                if open.remove(&inode) == Some(true) {
+                    alive -= 1;
+                }
+                let mine = r["comm"] == "nsload"
+                    && r["container"].is_null()
+                    && r["ns_container"].is_null();
+                open.insert(inode, mine);
+                if mine {
+                    alive += 1;
+                    made += 1;
+                    peak = peak.max(alive);
+                    last = Some(inode);
+                }
+            }
+            Some("destroy") if open.remove(&inode) == Some(true) => alive -= 1,
+            _ => {}
+        }
+    }
+    (peak as u64, made, last)
+}
+
+/// Elements in a dumped DOM: its start tags.
+fn elements(dom: &str) -> usize {
+    dom.as_bytes()
+        .windows(2)
+        .filter(|w| w[0] == b'<' && w[1].is_ascii_alphabetic())
+        .count()
+}
+
+/// The attribute `name` of the element whose start tag holds `anchor`.
+fn attr(dom: &str, anchor: &str, name: &str) -> Option<String> {
+    let at = dom.find(anchor)?;
+    let tag = &dom[at..at + dom[at..].find('>')?];
+    let from = tag.find(&format!("{name}=\""))? + name.len() + 2;
+    Some(tag[from..from + tag[from..].find('"')?].to_string())
+}
+
+#[test]
+fn a_churn_of_25000_children_draws_as_groups_in_both_viewers() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nstrace-crowd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("trace.jsonl");
+    // stdout (which the harness keeps in memory) gets almost nothing; the
+    // file gets every record.
+    let tracer = Tracer::start(&["--output", saved.to_str().unwrap(), "--type", "time"]);
+    let mut churn = Group::spawn(&[load_bin().to_str().unwrap(), "churn", "25000"]);
+    assert!(churn.wait().success());
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, stderr) = tracer.stop();
+    assert!(status.success(), "{stderr}");
+
+    let (pf, page) = (dir.join("crowd.pftrace"), dir.join("crowd.html"));
+    let out = Command::new(nstrace_bin())
+        .arg("report")
+        .arg(&saved)
+        .arg("--perfetto")
+        .arg(&pf)
+        .arg("--html")
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    for kind in ["uts", "ipc"] {
+        let (peak, made, _) = peak_from_trace(&saved, kind);
+        assert!(made >= 25_000, "{kind}: {made}");
+        // The page: one row for the crowd, its count and peak the trace's.
+        let (dom, log) = chromium(&page, &["--dump-dom"]);
+        assert!(dom.contains("data-ready=\"1\""), "{log}");
+        let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
+        assert!(console.is_empty(), "{console:?}\n{log}");
+        assert!(!log.contains("Uncaught"), "{log}");
+        let n = elements(&dom);
+        assert!(n <= 5_000, "{n} elements at first paint");
+        let row = format!("class=\"row agg\" data-kind=\"{kind}\" data-comm=\"nsload\"");
+        assert_eq!(dom.matches(&row).count(), 1, "one {kind} row of nsload's");
+        assert_eq!(attr(&dom, &row, "data-count"), Some(made.to_string()));
+        assert_eq!(attr(&dom, &row, "data-peak"), Some(peak.to_string()));
+        // Perfetto: a counter track of the crowd, with the same peak.
+        let dump = perfetto_dump(&pf);
+        let name = format!("alive {kind} namespaces of nsload");
+        let counters: Vec<&Value> = dump["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"] == name && t["counter"] == true)
+            .collect();
+        assert_eq!(counters.len(), 1, "{name}");
+        let top = events_on(&dump, counters[0])
+            .iter()
+            .filter_map(|e| e["value"].as_u64())
+            .max();
+        assert_eq!(top, Some(peak), "{name}");
+        let kind_track = parent(&dump, parent(&dump, counters[0]));
+        assert_eq!(kind_track["name"], format!("{kind} namespaces"));
+        // Not one track per namespace.
+        let tracks = dump["tracks"].as_array().unwrap().len();
+        assert!(tracks < 5_000, "{tracks} tracks");
+    }
+
+    // Searching a reused inode shows its lanes, told apart by their ids.
+    let (_, _, last) = peak_from_trace(&saved, "uts");
+    let inode = last.unwrap();
+    let url = format!("{}#search={inode}", page.display());
+    let (dom, log) = chromium(Path::new(&url), &["--dump-dom"]);
+    assert!(dom.contains("data-ready=\"1\""), "{log}");
+    let lane = format!("data-kind=\"uts\" data-inode=\"{inode}\"");
+    let ids: std::collections::BTreeSet<String> = dom
+        .match_indices(&lane)
+        .filter_map(|(i, _)| attr(&dom[i..], &lane, "data-ns-id"))
+        .collect();
+    assert!(
+        ids.len() >= 2,
+        "uts:[{inode}] was reused, its lanes have ids: {ids:?}"
+    );
+    assert!(
+        dom.contains(&format!("uts:[{inode}] id ")),
+        "labels show ids"
+    );
+
+    // A screenshot at 1400x900, for a person to look at.
+    let shot = dir.join("crowd.png");
+    chromium(&page, &[&format!("--screenshot={}", shot.display())]);
+    assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+    let _ = std::fs::remove_file(&saved);
+}

@@ -1,7 +1,10 @@
-//! `cargo xtask picture`: the README's picture (docs/timeline.png), made
-//! the way a user would: nstrace with `--html` while a container is run,
-//! exec'd into and removed, and a network namespace is added, entered and
-//! deleted; then the page is shot in headless Chromium.
+//! `cargo xtask picture`: the README's pictures, made the way a user
+//! would. docs/timeline.png: nstrace with `--html` while a container is
+//! run, exec'd into and removed, and a network namespace is added, entered
+//! and deleted. docs/timeline-crowd.png: a CI runner's churn (25,000
+//! children, 75,000 short-lived namespaces) saved with `--output`, beside
+//! a network namespace's life, drawn by `nstrace report --html`. Both
+//! pages are shot in headless Chromium.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -78,7 +81,11 @@ pub fn run(_: Options) -> Result<()> {
         bail!("nstrace failed");
     }
     drop(daemon);
-    let png = workspace_root().join("docs/timeline.png");
+    shoot(&page, &workspace_root().join("docs/timeline.png"), 720)?;
+    crowd()
+}
+
+fn shoot(page: &std::path::Path, png: &std::path::Path, height: u32) -> Result<()> {
     sh(Command::new("chromium")
         .args([
             "--headless",
@@ -86,10 +93,66 @@ pub fn run(_: Options) -> Result<()> {
             "--disable-gpu",
             "--hide-scrollbars",
             "--virtual-time-budget=5000",
-            "--window-size=1400,720",
         ])
+        .arg(format!("--window-size=1400,{height}"))
         .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", page.display())))?;
     eprintln!("xtask: wrote {}", png.display());
     Ok(())
+}
+
+/// The large picture: what a CI runner's churn looks like.
+fn crowd() -> Result<()> {
+    sh(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "nstrace-tests",
+        "--bin",
+        "nsload",
+    ]))?;
+    let target = workspace_root().join("target");
+    let trace = target.join("crowd.jsonl");
+    let page = target.join("timeline-crowd.html");
+    let mut tracer = Command::new(nstrace_bin())
+        .arg("--output")
+        .arg(&trace)
+        .args(["--type", "time"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting nstrace")?;
+    let stderr = BufReader::new(tracer.stderr.take().expect("piped"));
+    let mut lines = stderr.lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("tracing namespaces") => break,
+            Some(Ok(_)) => {}
+            _ => bail!("nstrace did not start"),
+        }
+    }
+    let reader = thread::spawn(move || lines.for_each(drop));
+    sh(Command::new("ip").args(["netns", "add", "nstrace-crowd"]))?;
+    sh(Command::new(target.join("release/nsload")).args(["churn", "25000"]))?;
+    sh(Command::new("ip").args(["netns", "exec", "nstrace-crowd", "true"]))?;
+    sh(Command::new("ip").args(["netns", "delete", "nstrace-crowd"]))?;
+    thread::sleep(Duration::from_millis(500));
+    // SAFETY: a plain signal to our own child.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let _ = reader.join();
+    if !tracer.wait()?.success() {
+        bail!("nstrace failed");
+    }
+    sh(Command::new(nstrace_bin())
+        .arg("report")
+        .arg(&trace)
+        .arg("--html")
+        .arg(&page)
+        .stdout(Stdio::null()))?;
+    let _ = std::fs::remove_file(&trace);
+    shoot(
+        &page,
+        &workspace_root().join("docs/timeline-crowd.png"),
+        900,
+    )
 }

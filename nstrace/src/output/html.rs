@@ -1,5 +1,8 @@
-//! One self-contained HTML page drawing a [`Timeline`]: lanes grouped by
-//! container, hover details, zoom and pan; no network at view time (the
+//! One self-contained HTML page drawing a [`Timeline`]: groups by
+//! container, kind and creating command (a crowd of short-lived
+//! namespaces as one row of how many were alive, opened on click), lanes
+//! for the ones that matter, hover details, zoom and pan, a search box;
+//! only the rows in view are in the DOM. No network at view time (the
 //! page, its script and its data are one file, fine to attach to a bug).
 //!
 //! The page is `timeline.html` with the timeline's data put in as JSON;
@@ -11,14 +14,18 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 
 use crate::{
-    output::timeline::{Lane, Timeline},
+    output::timeline::{
+        BEFORE, GROUP_WINDOW, KEPT, Lane, MARKS, Timeline, WINDOW, shown_processes,
+    },
     sys::time::rfc3339,
 };
 
 const PAGE: &str = include_str!("timeline.html");
 const SLOT: &str = "/*NSTRACE_DATA*/";
 
-/// The data the page draws (see the template's script for its use).
+/// The data the page draws (see the template's script for its use):
+/// groups of container, kind and command; each with its counts, its
+/// series of alive namespaces, and its kept lanes.
 pub fn data(t: &Timeline) -> Value {
     let origin = t.begin_ns();
     let end = t.end_ns();
@@ -37,23 +44,46 @@ pub fn data(t: &Timeline) -> Value {
             "end_cause": l.end.as_ref().map(|e| e.cause.name()),
             "end_by": l.end.as_ref().and_then(|e| e.by).map(|b| b.name()),
             "joins": l.joins.iter().map(|j| json!({"t": rel(j.time_ns), "what": j.what, "comm": j.comm, "pid": j.pid})).collect::<Vec<_>>(),
+            "join_count": l.join_count,
         })
     };
     let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
     let mut kinds: Vec<&'static str> = Vec::new();
-    for i in t.ordered() {
-        let l = &t.lanes[i];
-        if !kinds.contains(&l.kind.name()) {
-            kinds.push(l.kind.name());
+    let drawn = t.drawn();
+    let (shown, makers_of_crowds) = shown_processes(t, &drawn);
+    for d in &drawn {
+        let g = d.group;
+        if !kinds.contains(&g.kind.name()) {
+            kinds.push(g.kind.name());
         }
+        // Points as [peak, last, created, ended]: four numbers, not four
+        // keys, for a page that may hold thousands of them.
+        let points: Vec<[u32; 4]> = g
+            .series
+            .points
+            .iter()
+            .map(|p| [p.peak, p.last, p.created, p.ended])
+            .collect();
+        let row = json!({
+            "id": d.index,
+            "kind": g.kind.name(),
+            "comm": g.comm,
+            "count": g.count,
+            "peak": g.peak,
+            "alive": g.alive,
+            "dropped": g.dropped,
+            "aggregated": g.aggregated(),
+            "series": {"origin": rel(g.series.origin), "width": g.series.width, "points": points},
+            "lanes": d.lanes.iter().map(|l| lane(l)).collect::<Vec<_>>(),
+            "more": d.more.iter().map(|l| lane(l)).collect::<Vec<_>>(),
+        });
         match groups.last_mut() {
-            Some((name, lanes)) if *name == l.group => lanes.push(lane(l)),
-            _ => groups.push((l.group.clone(), vec![lane(l)])),
+            Some((name, rows)) if *name == g.container => rows.push(row),
+            _ => groups.push((g.container.clone(), vec![row])),
         }
     }
     kinds.sort_by_key(|k| crate::model::NsKind::from_name(k));
-    let processes: Vec<Value> = t
-        .processes
+    let processes: Vec<Value> = shown
         .iter()
         .map(|(pid, p)| {
             json!({
@@ -68,9 +98,18 @@ pub fn data(t: &Timeline) -> Value {
         "start": rfc3339(origin),
         "kernel": t.kernel,
         "end": rel(end),
-        "lanes": t.lanes.len(),
+        "namespaces": t.namespaces,
+        "makers_of_crowds": makers_of_crowds,
+        "before": BEFORE,
         "kinds": kinds,
-        "groups": groups.into_iter().map(|(name, lanes)| json!({"name": name, "lanes": lanes})).collect::<Vec<_>>(),
+        "dropped": {
+            "lanes": t.dropped.lanes,
+            "kept_lanes": t.dropped.kept_lanes,
+            "processes": t.dropped.processes,
+            "marks": t.dropped.marks,
+        },
+        "window": {"total": WINDOW, "group": GROUP_WINDOW, "kept": KEPT, "marks": MARKS},
+        "groups": groups.into_iter().map(|(name, rows)| json!({"name": name, "rows": rows})).collect::<Vec<_>>(),
         "processes": processes,
     })
 }
@@ -136,7 +175,7 @@ mod tests {
             ..Record::default()
         });
         let d = data(&t);
-        assert_eq!(d["groups"][0]["lanes"][0]["begin"], 0);
+        assert_eq!(d["groups"][0]["rows"][0]["lanes"][0]["begin"], 0);
         assert_eq!(d["groups"][0]["name"], "host");
         let mut page = Vec::new();
         write(&t, &mut page).unwrap();
@@ -194,5 +233,45 @@ mod tests {
         for comm in hostile {
             assert!(comms.contains(&comm), "{comm:?} not in {comms:?}");
         }
+    }
+
+    #[test]
+    fn a_crowd_is_one_row_and_the_page_stays_small() {
+        let mut t = Timeline::default();
+        for i in 0..60_000u32 {
+            for (event, time) in [(EventType::Create, 0), (EventType::Destroy, 500)] {
+                t.record(&Record {
+                    time_ns: 1_700_000_000_000_000_000 + i128::from(i) * 1_000 + time,
+                    event,
+                    kind: Some(NsKind::Uts),
+                    inode: Some(4_026_532_177 + i % 2),
+                    ns_id: Some(u64::from(i)),
+                    syscall: Some(Syscall::Clone),
+                    actor: Some(Actor {
+                        pid: 100 + i,
+                        tid: 100 + i,
+                        comm: "churn".into(),
+                        ..Actor::default()
+                    }),
+                    ..Record::default()
+                });
+            }
+        }
+        let d = data(&t);
+        let rows = d["groups"][0]["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(
+            (row["count"].as_u64(), row["peak"].as_u64()),
+            (Some(60_000), Some(1))
+        );
+        assert_eq!(row["aggregated"], true);
+        assert_eq!(row["lanes"].as_array().unwrap().len(), 0);
+        assert_eq!(row["more"].as_array().unwrap().len(), GROUP_WINDOW);
+        assert_eq!(d["namespaces"], 60_000);
+        assert_eq!(d["dropped"]["lanes"], 60_000 - GROUP_WINDOW as u64);
+        let mut page = Vec::new();
+        write(&t, &mut page).unwrap();
+        assert!(page.len() < 2 << 20, "{} bytes", page.len());
     }
 }

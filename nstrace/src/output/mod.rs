@@ -329,7 +329,7 @@ impl Pictures {
             eprintln!(
                 "nstrace: wrote {} ({} namespaces; open it in https://ui.perfetto.dev)",
                 escape::path(&path),
-                t.lanes.len()
+                t.namespaces
             );
         }
         if let Some(f) = self.html {
@@ -337,7 +337,7 @@ impl Pictures {
             eprintln!(
                 "nstrace: wrote {} ({} namespaces; open it in a browser)",
                 escape::path(&path),
-                t.lanes.len()
+                t.namespaces
             );
         }
         Ok(())

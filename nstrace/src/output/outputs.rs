@@ -23,7 +23,7 @@ enum Target<'a> {
     /// `--output FILE`: JSON Lines.
     File(Box<dyn Sink + 'a>),
     /// `--perfetto`/`--html`: the lanes drawn when tracing stops.
-    Timeline(Timeline),
+    Timeline(Box<Timeline>),
     /// The timeline or JSON the user reads.
     Stdout(Box<dyn Sink + 'a>),
 }
@@ -44,7 +44,7 @@ impl<'a> Output<'a> {
             Target::Metrics(m) => m,
             Target::Leaks(l) => l,
             Target::File(s) | Target::Stdout(s) => s.as_mut(),
-            Target::Timeline(t) => t,
+            Target::Timeline(t) => t.as_mut(),
         }
     }
 }
@@ -81,7 +81,7 @@ impl<'a> Outputs<'a> {
                 output(Target::Leaks(l), false, &name)
             }),
             file.map(|(s, path)| output(Target::File(s), false, escape::path(path).as_ref())),
-            timeline.map(|t| output(Target::Timeline(t), true, "the pictures")),
+            timeline.map(|t| output(Target::Timeline(Box::new(t)), true, "the pictures")),
             Some(output(Target::Stdout(stdout), true, "stdout")),
         ];
         Outputs {
@@ -198,7 +198,7 @@ impl<'a> Outputs<'a> {
     /// drawn, with why stdout failed.
     pub fn close(self) -> (Option<Timeline>, Option<io::Error>) {
         let timeline = self.list.into_iter().find_map(|o| match o.target {
-            Target::Timeline(t) => Some(t),
+            Target::Timeline(t) => Some(*t),
             _ => None,
         });
         (timeline, self.stdout_error)

@@ -4,9 +4,12 @@
 //! Tracks: one per container group (`host` first), under it one per kind,
 //! under that one per namespace with a slice for its life and, nested, its
 //! phases (`members`, then `pinned`); joins are instants on the namespace's
-//! track. Processes that created namespaces or failed a namespace call get
-//! thread tracks with an instant per call, and a flow from each create to
-//! the life slice it began.
+//! track. A crowd (a command that made more than a few of one kind, see
+//! `timeline`) is one track of its own under the kind, holding a counter
+//! track of how many were alive (the peak of each interval) and tracks
+//! only for its namespaces that matter. Processes that created namespaces
+//! drawn on their own or failed a namespace call get thread tracks with an
+//! instant per call, and a flow from each create to the life slice it began.
 //!
 //! The messages are the few fields of Perfetto's protos this needs, written
 //! with prost's derive (field numbers from perfetto/protos/perfetto/trace:
@@ -21,7 +24,7 @@ use std::{
 
 use prost::Message;
 
-use crate::output::timeline::{HOST, Lane, Timeline};
+use crate::output::timeline::{Drawn, HOST, Lane, Timeline, shown_processes};
 
 #[derive(Clone, PartialEq, Message)]
 struct Trace {
@@ -55,12 +58,20 @@ struct TrackDescriptor {
     thread: Option<ThreadDescriptor>,
     #[prost(uint64, optional, tag = "5")]
     parent_uuid: Option<u64>,
+    #[prost(message, optional, tag = "8")]
+    counter: Option<CounterDescriptor>,
     #[prost(int32, optional, tag = "11")]
     child_ordering: Option<i32>,
     #[prost(int32, optional, tag = "12")]
     sibling_order_rank: Option<i32>,
     #[prost(string, optional, tag = "14")]
     description: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct CounterDescriptor {
+    #[prost(string, optional, tag = "6")]
+    unit_name: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -93,6 +104,8 @@ struct TrackEvent {
     categories: Vec<String>,
     #[prost(string, optional, tag = "23")]
     name: Option<String>,
+    #[prost(int64, optional, tag = "30")]
+    counter_value: Option<i64>,
     // Declared unpacked in Perfetto's proto: a packed encoding is not read.
     #[prost(fixed64, repeated, packed = "false", tag = "47")]
     flow_ids: Vec<u64>,
@@ -115,8 +128,8 @@ struct DebugAnnotation {
 const SLICE_BEGIN: i32 = 1;
 const SLICE_END: i32 = 2;
 const INSTANT: i32 = 3;
+const COUNTER: i32 = 4;
 /// TrackDescriptor.ChildTracksOrdering.
-const CHRONOLOGICAL: i32 = 2;
 const EXPLICIT: i32 = 3;
 /// TracePacket.SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED.
 const STATE_CLEARED: u32 = 1;
@@ -195,9 +208,31 @@ pub fn write(t: &Timeline, mut out: impl Write) -> io::Result<()> {
         events: Vec::new(),
         next_uuid: 0,
     };
-    // Threads first: lanes' flows point back at their creators' marks.
+    let drawn = t.drawn();
+    // Flow ids by (pid, mark index): one mark may begin several lanes. A
+    // mark is the lane's creation only if it is at the lane's birth (the
+    // process kept may be a later one with the same pid).
+    let mut flows: HashMap<(u32, usize), Vec<u64>> = HashMap::new();
+    let mut flow_of: HashMap<*const Lane, u64> = HashMap::new();
+    for lane in drawn.iter().flat_map(|d| d.lanes.iter()) {
+        let Some((pid, i)) = lane.created_by else {
+            continue;
+        };
+        let at_birth = t
+            .processes
+            .get(&pid)
+            .and_then(|p| p.marks.get(i))
+            .is_some_and(|m| m.time_ns == lane.begin_ns);
+        if at_birth {
+            let id = flow_of.len() as u64 + 1;
+            flow_of.insert(*lane as *const Lane, id);
+            flows.entry((pid, i)).or_default().push(id);
+        }
+    }
+    // Threads next: lanes' flows point back at their creators' marks.
     let mut thread_track: HashMap<(u32, u32), u64> = HashMap::new();
-    for (&pid, p) in &t.processes {
+    let (shown, _) = shown_processes(t, &drawn);
+    for &(pid, p) in &shown {
         w.track(TrackDescriptor {
             process: Some(ProcessDescriptor {
                 pid: Some(pid as i32),
@@ -217,13 +252,6 @@ pub fn write(t: &Timeline, mut out: impl Write) -> io::Result<()> {
                 ..Default::default()
             });
             thread_track.insert((pid, tid), track);
-        }
-    }
-    // Flow ids by (pid, mark index): one mark may begin several lanes.
-    let mut flows: HashMap<(u32, usize), Vec<u64>> = HashMap::new();
-    for (i, lane) in t.lanes.iter().enumerate() {
-        if let Some(by) = lane.created_by {
-            flows.entry(by).or_default().push(i as u64 + 1);
         }
     }
     for (&pid, p) in &t.processes {
@@ -251,48 +279,57 @@ pub fn write(t: &Timeline, mut out: impl Write) -> io::Result<()> {
 
     let mut groups: HashMap<&str, u64> = HashMap::new();
     let mut kinds: HashMap<(&str, &'static str), u64> = HashMap::new();
-    for (rank, index) in t.ordered().into_iter().enumerate() {
-        let lane = &t.lanes[index];
-        let group = match groups.get(lane.group.as_str()) {
-            Some(&g) => g,
+    let mut rank = 0;
+    for d in &drawn {
+        let g = d.group;
+        let group = match groups.get(g.container.as_str()) {
+            Some(&id) => id,
             None => {
-                let g = w.track(TrackDescriptor {
-                    name: Some(if lane.group == HOST {
+                let id = w.track(TrackDescriptor {
+                    name: Some(if g.container == HOST {
                         "host (no container)".into()
                     } else {
-                        format!("container {}", lane.group)
+                        format!("container {}", g.container)
                     }),
                     child_ordering: Some(EXPLICIT),
-                    sibling_order_rank: Some(if lane.group == HOST { 0 } else { 1 }),
+                    sibling_order_rank: Some(if g.container == HOST { 0 } else { 1 }),
                     ..Default::default()
                 });
-                groups.insert(&lane.group, g);
-                g
+                groups.insert(&g.container, id);
+                id
             }
         };
-        let kind = lane.kind.name();
-        let parent = match kinds.get(&(lane.group.as_str(), kind)) {
+        let kind = g.kind.name();
+        let mut parent = match kinds.get(&(g.container.as_str(), kind)) {
             Some(&k) => k,
             None => {
                 let k = w.track(TrackDescriptor {
                     name: Some(format!("{kind} namespaces")),
                     parent_uuid: Some(group),
-                    child_ordering: Some(CHRONOLOGICAL),
-                    sibling_order_rank: Some(lane.kind.index() as i32),
+                    child_ordering: Some(EXPLICIT),
+                    sibling_order_rank: Some(g.kind.index() as i32),
                     ..Default::default()
                 });
-                kinds.insert((&lane.group, kind), k);
+                kinds.insert((&g.container, kind), k);
                 k
             }
         };
-        let track = w.track(TrackDescriptor {
-            name: Some(lane.title()),
-            parent_uuid: Some(parent),
-            sibling_order_rank: Some(rank as i32),
-            description: lane.ns_id.map(|id| format!("ns_id {id}")),
-            ..Default::default()
-        });
-        life(&mut w, lane, track, index as u64 + 1, trace_end);
+        if g.aggregated() {
+            rank += 1;
+            parent = crowd(&mut w, d, parent, rank, trace_end);
+        }
+        for lane in &d.lanes {
+            rank += 1;
+            let track = w.track(TrackDescriptor {
+                name: Some(lane.title()),
+                parent_uuid: Some(parent),
+                sibling_order_rank: Some(rank),
+                description: lane.ns_id.map(|id| format!("ns_id {id}")),
+                ..Default::default()
+            });
+            let flow = flow_of.get(&(*lane as *const Lane)).copied();
+            life(&mut w, lane, track, flow, trace_end);
+        }
     }
 
     let mut events = std::mem::take(&mut w.events);
@@ -311,8 +348,61 @@ pub fn write(t: &Timeline, mut out: impl Write) -> io::Result<()> {
     out.flush()
 }
 
+/// A crowd's track under its kind's, and on it the counter of how many
+/// were alive: each interval of its series as its peak (exact), then how
+/// many were alive when the trace ended. Returns the track its lanes that
+/// matter go under.
+fn crowd(w: &mut Writer, d: &Drawn, parent: u64, rank: i32, trace_end: i128) -> u64 {
+    let g = d.group;
+    let who = &g.comm;
+    let track = w.track(TrackDescriptor {
+        name: Some(format!(
+            "{} {} namespaces of {who} (peak {} alive)",
+            g.count,
+            g.kind.name(),
+            g.peak
+        )),
+        parent_uuid: Some(parent),
+        sibling_order_rank: Some(rank),
+        child_ordering: Some(EXPLICIT),
+        description: Some(format!(
+            "{} made, at most {} alive at once; {} not kept as detail",
+            g.count, g.peak, g.dropped
+        )),
+        ..Default::default()
+    });
+    let counter = w.track(TrackDescriptor {
+        name: Some(format!("alive {} namespaces of {who}", g.kind.name())),
+        parent_uuid: Some(track),
+        sibling_order_rank: Some(0),
+        counter: Some(CounterDescriptor {
+            unit_name: Some("namespaces".into()),
+        }),
+        ..Default::default()
+    });
+    let s = &g.series;
+    let value = |n: u32| TrackEvent {
+        counter_value: Some(i64::from(n)),
+        ..Default::default()
+    };
+    for (i, p) in s.points.iter().enumerate() {
+        w.event(
+            s.origin + i as i128 * s.width,
+            counter,
+            COUNTER,
+            value(p.peak),
+        );
+    }
+    let after = s.origin + s.points.len() as i128 * s.width;
+    if after < trace_end {
+        w.event(after, counter, COUNTER, value(g.alive));
+        w.event(trace_end, counter, COUNTER, value(g.alive));
+    }
+    track
+}
+
 /// A namespace's life slice, its phases inside it, and its joins.
-fn life(w: &mut Writer, lane: &Lane, track: u64, flow: u64, trace_end: i128) {
+fn life(w: &mut Writer, lane: &Lane, track: u64, flow: Option<u64>, trace_end: i128) {
     let end = lane.end_ns(trace_end);
     let mut notes = vec![number("inode", lane.inode.into())];
     if let Some(id) = lane.ns_id {
@@ -345,11 +435,7 @@ fn life(w: &mut Writer, lane: &Lane, track: u64, flow: u64, trace_end: i128) {
             name: Some(lane.title()),
             categories: vec![lane.kind.name().into()],
             debug_annotations: notes,
-            terminating_flow_ids: if lane.created_by.is_some() {
-                vec![flow]
-            } else {
-                Vec::new()
-            },
+            terminating_flow_ids: flow.into_iter().collect(),
             ..Default::default()
         },
     );

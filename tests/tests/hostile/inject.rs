@@ -319,8 +319,8 @@ fn as_dom_text(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The page drew every lane, ran to its end, and ran nothing of the
-/// attacker's; the lanes of `made` (kind, inode, creator pid) are there,
+/// The page drew every namespace (as a lane, or counted in a crowd's
+/// row), ran to its end, and ran nothing of the attacker's; the lanes of `made` (kind, inode, creator pid) are there,
 /// and each of `names` is shown as text.
 fn check_page(page: &Path, made: &[(&str, u64, Option<u32>)], names: &[String]) {
     let (dom, log) = chromium_dom(page);
@@ -343,7 +343,22 @@ fn check_page(page: &Path, made: &[(&str, u64, Option<u32>)], names: &[String]) 
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or_else(|| panic!("no namespace count in the heading: {dom}"));
     assert!(heading > 0);
-    assert_eq!(dom.matches("class=\"row lane\"").count(), heading, "{dom}");
+    // Each counted once: as a lane of its own, or in a crowd's row (a busy
+    // machine's many short-lived ones; their lanes that matter are drawn
+    // beneath it as detail, counted by the row).
+    let crowds: usize = dom
+        .match_indices("class=\"row agg\"")
+        .map(|(i, _)| {
+            let tag = &dom[i..i + dom[i..].find('>').unwrap()];
+            let (_, count) = tag.split_once("data-count=\"").unwrap();
+            count.split('"').next().unwrap().parse::<usize>().unwrap()
+        })
+        .sum();
+    assert_eq!(
+        dom.matches("class=\"row lane\"").count() + crowds,
+        heading,
+        "{dom}"
+    );
     for &(kind, inode, creator) in made {
         let lane = match creator {
             Some(pid) => format!(

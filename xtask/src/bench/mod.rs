@@ -10,6 +10,7 @@
 //! docs/performance.md.
 
 mod hotpath;
+mod pictures;
 
 use std::{
     collections::HashMap,
@@ -69,6 +70,14 @@ pub struct Options {
     /// Namespaces churned in the soak (RSS after 10,000 and after these).
     #[arg(long, default_value_t = 1_000_000)]
     soak: u64,
+    /// Children of the churn workloads drawn as pictures (each saved,
+    /// then drawn by `nstrace report --html` and `--perfetto`).
+    #[arg(long, value_delimiter = ',', default_value = "25000,50000")]
+    pictures: Vec<u64>,
+    /// Only the pictures at scale: a summary on stdout, docs/performance.md
+    /// left alone.
+    #[arg(long)]
+    only_pictures: bool,
     /// Print the results only; leave docs/performance.md alone.
     #[arg(long)]
     no_write: bool,
@@ -143,6 +152,15 @@ pub fn run(opts: Options) -> Result<()> {
             opts.churn,
         )
     };
+    if opts.only_pictures {
+        print!(
+            "{}",
+            pictures::render(&pictures::measure(&bins, &opts.pictures)?)
+        );
+        let _ = std::fs::remove_file(&script);
+        let _ = std::fs::remove_file(&floor);
+        return Ok(());
+    }
     if opts.only_costs {
         let costs = costs()?;
         for c in &costs {
@@ -217,6 +235,7 @@ pub fn run(opts: Options) -> Result<()> {
     let burst = run_burst(&bins, opts.burst)?;
     let decode_rate = decode_benchmark()?;
     let holders = holders_benchmark()?;
+    let pictures = pictures::render(&pictures::measure(&bins, &opts.pictures)?);
 
     writeln!(
         report,
@@ -224,6 +243,7 @@ pub fn run(opts: Options) -> Result<()> {
         render(&tables, &burst, (decode_rate, holders), opts, hot)
     )
     .ok();
+    writeln!(report, "{pictures}").ok();
     print!("{report}");
     if !opts.no_write {
         let path = workspace_root().join("docs/performance.md");
