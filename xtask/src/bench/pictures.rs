@@ -34,6 +34,23 @@ fn mib(path: &Path) -> f64 {
     std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1024.0 * 1024.0))
 }
 
+/// Lines in `path`, read a block at a time: this process's own peak RSS
+/// is its children's too until they exec (Linux counts it in their
+/// ru_maxrss), so it must not hold the trace.
+fn lines(path: &Path) -> Result<u64> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0;
+    loop {
+        let got = f.read(&mut buf)?;
+        if got == 0 {
+            return Ok(n);
+        }
+        n += buf[..got].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
 /// Runs `cmd` to its end; its wall time and peak RSS (MiB).
 fn measured(cmd: &mut Command) -> Result<(f64, f64)> {
     let start = Instant::now();
@@ -110,10 +127,7 @@ pub fn measure(bins: &Bins, sizes: &[u64]) -> Result<Vec<Picture>> {
         run_workload(&mut workload(bins, "churn", n))?;
         std::thread::sleep(Duration::from_millis(500));
         tracer.stop()?;
-        let records = std::fs::read(&trace)?
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64;
+        let records = lines(&trace)?;
         let draw = |flag: &str, file: &str| -> Result<Drawn> {
             let path = dir.join(file);
             let (seconds, rss_mib) = measured(
@@ -179,22 +193,22 @@ pub fn render(rows: &[Picture]) -> String {
     .ok();
     writeln!(
         w,
-        "| children | records | trace MiB | page MiB | `--html` peak RSS MiB | s | \
-         Perfetto MiB | `--perfetto` peak RSS MiB | s | Chromium s (blank) |"
+        "| children | records | trace MiB | page KiB | `--html` peak RSS MiB | s | \
+         Perfetto KiB | `--perfetto` peak RSS MiB | s | Chromium s (blank) |"
     )
     .ok();
     writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|").ok();
     for p in rows {
         writeln!(
             w,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} ({:.2}) |",
+            "| {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {:.0} | {:.1} | {:.2} | {:.2} ({:.2}) |",
             p.children,
             p.records,
             p.trace_mib,
-            p.html.mib,
+            p.html.mib * 1024.0,
             p.html.rss_mib,
             p.html.seconds,
-            p.perfetto.mib,
+            p.perfetto.mib * 1024.0,
             p.perfetto.rss_mib,
             p.perfetto.seconds,
             p.load_s.0,
@@ -215,5 +229,23 @@ pub fn render(rows: &[Picture]) -> String {
         )
     )
     .ok();
+    // Growth: from the smallest trace to the largest, the writers' peak
+    // RSS may grow at most as the file does.
+    if let (Some(a), Some(b)) = (rows.first(), rows.last()) {
+        let rss = |p: &Picture| p.html.rss_mib.max(p.perfetto.rss_mib);
+        let file = b.trace_mib / a.trace_mib.max(0.001);
+        let mem = rss(b) / rss(a).max(0.001);
+        writeln!(
+            w,
+            "{}\n",
+            super::verdict(
+                mem <= file.max(1.0),
+                format!(
+                    "peak RSS grows no faster than the trace ({file:.1}× the file, {mem:.2}× the RSS)"
+                )
+            )
+        )
+        .ok();
+    }
     s
 }
