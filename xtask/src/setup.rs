@@ -26,7 +26,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// prometheus: the server that scrapes `--metrics` in the tests; man-db: the
 /// .deb's man page rendered; chromium: the HTML timeline opened headless;
 /// python3-venv: the environment of the `perfetto` package that reads the
-/// Perfetto traces back.
+/// Perfetto traces back; time: GNU time, the bench's peak RSS of a command
+/// (forked from its own small process, not from the bench's).
 const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "iproute2",
@@ -44,6 +45,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "musl-tools",
     "chromium",
     "python3-venv",
+    "time",
 ];
 
 /// The Debian packages building needs (crates.io and the toolchain are

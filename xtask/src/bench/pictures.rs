@@ -34,9 +34,7 @@ fn mib(path: &Path) -> f64 {
     std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1024.0 * 1024.0))
 }
 
-/// Lines in `path`, read a block at a time: this process's own peak RSS
-/// is its children's too until they exec (Linux counts it in their
-/// ru_maxrss), so it must not hold the trace.
+/// Lines in `path`, read a block at a time (the trace is not held).
 fn lines(path: &Path) -> Result<u64> {
     use std::io::Read as _;
     let mut f = std::fs::File::open(path)?;
@@ -51,34 +49,36 @@ fn lines(path: &Path) -> Result<u64> {
     }
 }
 
-/// Runs `cmd` to its end; its wall time and peak RSS (MiB).
-fn measured(cmd: &mut Command) -> Result<(f64, f64)> {
+/// Runs `cmd` to its end under GNU time; its wall time and peak RSS (MiB).
+/// Not by wait4 from here: Linux counts a child's memory before its exec
+/// in its ru_maxrss, and a child forked from this process (tens of MiB by
+/// the end of a bench) would report this process's size. time forks the
+/// command from its own small self.
+fn measured(cmd: &Command) -> Result<(f64, f64)> {
+    let report = std::env::temp_dir().join(format!("nstrace-bench-rss-{}", std::process::id()));
     let start = Instant::now();
-    let child = cmd
+    let status = Command::new("time")
+        .args(["--format", "%M", "--output"])
+        .arg(&report)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    let pid = child.id() as i32;
-    // Reaped here, by wait4, for its rusage.
-    std::mem::forget(child);
-    // SAFETY: wait4 on our own child with valid out-pointers.
-    let (status, usage) = unsafe {
-        let mut status = 0;
-        let mut usage: libc::rusage = std::mem::zeroed();
-        if libc::wait4(pid, &mut status, 0, &mut usage) < 0 {
-            bail!("waiting for {cmd:?}: {}", std::io::Error::last_os_error());
-        }
-        (status, usage)
-    };
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        bail!("{cmd:?} failed (status {status})");
+        .status()
+        .context("running GNU time (installed by `cargo xtask setup`)")?;
+    let seconds = start.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
     }
-    Ok((
-        start.elapsed().as_secs_f64(),
-        usage.ru_maxrss as f64 / 1024.0,
-    ))
+    let text = std::fs::read_to_string(&report).context("reading GNU time's report")?;
+    let _ = std::fs::remove_file(&report);
+    let kib: f64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("GNU time's report {text:?} has no peak RSS"))?;
+    Ok((seconds, kib / 1024.0))
 }
 
 /// Seconds headless Chromium takes to load `url` and print its DOM.
