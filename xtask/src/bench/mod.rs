@@ -1003,23 +1003,35 @@ container's namespaces: nstrace keeps exact member counts, one per set of \
 namespaces threads share (a fork or an exit moves only its set's count: one \
 hash lookup and one atomic add; a namespace's own count moves only when a set \
 gets its first member or loses its last), which the bpftrace script, keeping \
-no counts, does not. The set's key is read by typed loads (no helper call \
-on 5.11+), the tracked-thread test is one inlined array word, and what is \
-left is that one hash lookup per program (measured: dropping the atomic add \
-changes nothing, dropping the lookup saves 120-200 ns per program; on this \
-machine a hash lookup costs about what bpftrace's own `@call[tid]` miss \
-does); the floor (empty programs on the same hooks) is the part no tracer \
-on these hooks can avoid. Those counts are what lets a tracepoint-only \
-kernel see the moment a namespace's last member leaves. Going lower needs \
-the count without a hash lookup (per-task storage, or the kernel's own \
-nsproxy reference count with a hook after its drop). Start-up: most of it \
-is the kernel's verifier (the programs load in parallel, the longest, \
-sys_exit_ns, bounds it), map creation and the /proc scan; run with \
-NSTRACE_DEBUG=1 for each phase. User space per record: records are written by \
-a hand-made JSON writer into a 256 KiB buffer (no allocation per record); \
-what is left is decoding, the registry's hash maps, and the nsfs handle \
-asked per emptied namespace. Wall-time rows on this 2-core machine are noisy: \
-read them with the rounds' ranges.";
+no counts, does not. The set's key is read by typed loads (no helper call on \
+5.11+), the tracked-thread test is one inlined array word, and what is left is \
+that one hash lookup per program and the cache lines it and the set's key \
+touch (measured: dropping the atomic add changes nothing, dropping the lookup \
+saves 120-200 ns per program; a 16-byte key instead of the 64-byte one, a \
+random-multiplier id of the pointers, saves only about 22 ns on task_newtask \
+and 7 ns on sched_process_exit, in paired runs with both builds attached at \
+once, and was not kept: it would make the counts exact only with overwhelming \
+probability). On the node workload, twenty sets interleaved on two CPUs, those \
+lines are cold: with two tracers on the same hooks the first to run pays about \
+50 ns more per program than the second (the task's nsproxy and credentials it \
+pulls in), the likely reason the node's containers cost more than one \
+container's loop. The floor (empty programs on the same hooks) is the part no tracer on \
+these hooks can avoid. Those counts are what lets a tracepoint-only kernel see \
+the moment a namespace's last member leaves. Going lower needs the count \
+without a hash lookup (per-task storage, or the kernel's own nsproxy reference \
+count with a hook after its drop). Start-up: most of it is the kernel's \
+verifier (the programs load in parallel on two cores, the longest, \
+sys_exit_ns, about 20,000 instructions walked, bounds it), map creation and \
+the /proc scan; run with NSTRACE_DEBUG=1 for each phase. User space per \
+record: records are written by a hand-made JSON writer into a 256 KiB buffer \
+(no allocation per record); what is left is decoding, the registry's hash \
+maps, copies of each record's command and container strings into the registry, \
+and the nsfs handle asked per emptied namespace. The static build is slower \
+there mostly by musl's memcpy (a `rep movs` that costs more than glibc's \
+vector copy on those short strings: 13-19% of its profile against 12%) and \
+mimalloc's zeroing of fresh pages; sharing those strings instead of copying \
+them is the next step. Wall-time rows on this 2-core machine are noisy: read \
+them with the rounds' ranges.";
 
 fn verdict(met: bool, what: String) -> String {
     format!("{} {what}", if met { "met:" } else { "**missed:**" })
