@@ -541,3 +541,131 @@ fn a_churn_of_25000_children_draws_as_groups_in_both_viewers() {
     assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
     let _ = std::fs::remove_file(&saved);
 }
+
+/// Resident memory of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+/// nstrace started directly, its stdout thrown away (the harness's Tracer
+/// keeps every line in memory, and this run prints hundreds of thousands);
+/// interrupted and reaped when dropped, so a failing assertion leaves
+/// nothing attached.
+struct Quiet {
+    child: std::process::Child,
+    stderr: PathBuf,
+}
+
+impl Quiet {
+    fn start(args: &[&str], stderr: PathBuf) -> Quiet {
+        let child = Command::new(nstrace_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let q = Quiet { child, stderr };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !q.err().contains("tracing namespaces") {
+            assert!(std::time::Instant::now() < deadline, "{}", q.err());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        q
+    }
+
+    fn err(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        (status, self.err())
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn live_pictures_of_a_long_churn_keep_bounded_detail() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nstrace-live-crowd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (saved, page, pf) = (
+        dir.join("trace.jsonl"),
+        dir.join("live.html"),
+        dir.join("live.pftrace"),
+    );
+    let tracer = Quiet::start(
+        &[
+            "--json",
+            "--output",
+            saved.to_str().unwrap(),
+            "--html",
+            page.to_str().unwrap(),
+            "--perfetto",
+            pf.to_str().unwrap(),
+        ],
+        dir.join("stderr"),
+    );
+    let churn = |n: &str| {
+        let mut g = Group::spawn(&[load_bin().to_str().unwrap(), "churn", n]);
+        assert!(g.wait().success());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // 20,000 namespaces: past the window of detail (10,000) already.
+    churn("5000");
+    let before = rss_kib(tracer.child.id());
+    // 100,000 more: kept one by one, they would be tens of MiB.
+    churn("25000");
+    let after = rss_kib(tracer.child.id());
+    let (status, stderr) = tracer.stop();
+    assert!(status.success(), "{stderr}");
+    eprintln!("live pictures: RSS {before} KiB after 20,000 namespaces, {after} KiB after 120,000");
+    assert!(
+        after < before + 8 * 1024,
+        "the live pictures grew from {before} KiB to {after} KiB over 100,000 namespaces"
+    );
+
+    // The page has every namespace in its crowd's count, the trace's peak,
+    // and says that older detail was dropped.
+    let (peak, made, _) = peak_from_trace(&saved, "uts");
+    assert!(made >= 60_000, "{made}");
+    let (dom, log) = chromium(&page, &["--dump-dom"]);
+    assert!(dom.contains("data-ready=\"1\""), "{log}");
+    let row = "class=\"row agg\" data-kind=\"uts\" data-comm=\"nsload\"";
+    assert_eq!(attr(&dom, row, "data-count"), Some(made.to_string()));
+    assert_eq!(attr(&dom, row, "data-peak"), Some(peak.to_string()));
+    assert!(
+        dom.contains("older ones are in their groups' counts only"),
+        "the page says detail was dropped"
+    );
+    assert!(elements(&dom) <= 5_000);
+    // Perfetto: the crowd's counter, not one track per namespace.
+    let dump = perfetto_dump(&pf);
+    let tracks = dump["tracks"].as_array().unwrap();
+    assert!(tracks.len() < 5_000, "{} tracks", tracks.len());
+    assert!(
+        tracks
+            .iter()
+            .any(|t| t["name"] == "alive uts namespaces of nsload" && t["counter"] == true)
+    );
+    let _ = std::fs::remove_file(&saved);
+}
