@@ -175,6 +175,16 @@ pub fn ends_by_kind(tracer: &Tracer) -> BTreeMap<String, String> {
 /// parallel) must not run two at once.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// What a [`Tracer`] does with nstrace's stdout.
+enum Stdout {
+    /// `--json`, every record kept.
+    Json,
+    /// The text timeline, every line kept.
+    Text,
+    /// `--json`, thrown away.
+    Discard,
+}
+
 /// A running tracer whose stdout (JSON Lines) and stderr are collected.
 pub struct Tracer {
     _turn: Option<std::sync::MutexGuard<'static, ()>>,
@@ -190,43 +200,53 @@ impl Tracer {
     /// Starts `nstrace --json ARGS` and waits until it says it is tracing.
     pub fn start(args: &[&str]) -> Tracer {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        Self::start_with(Some(turn), true, args)
+        Self::start_with(Some(turn), Stdout::Json, args)
     }
 
     /// Starts another nstrace, `program` (a binary, or a command that runs
     /// one, such as `docker run ... IMAGE`), with `--json ARGS`, beside
     /// `_first`, which holds the turn.
     pub fn start_program_also(_first: &Tracer, program: &[&str], args: &[&str]) -> Tracer {
-        Self::start_program(None, program, true, args)
+        Self::start_program(None, program, Stdout::Json, args)
     }
 
     /// A second tracer beside `_first`, which already holds the turn.
     pub fn start_also(_first: &Tracer, args: &[&str]) -> Tracer {
-        Self::start_with(None, true, args)
+        Self::start_with(None, Stdout::Json, args)
     }
 
     /// Starts nstrace with the text timeline.
     pub fn start_text(args: &[&str]) -> Tracer {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        Self::start_with(Some(turn), false, args)
+        Self::start_with(Some(turn), Stdout::Text, args)
+    }
+
+    /// Starts `nstrace --json ARGS` with its stdout thrown away, for runs
+    /// that print hundreds of thousands of records (every line would be
+    /// kept here otherwise): the test reads what ARGS write to files. Not
+    /// judged by the kernel (no records to judge).
+    pub fn start_discarding(args: &[&str]) -> Tracer {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        Self::start_with(Some(turn), Stdout::Discard, args)
     }
 
     fn start_with(
         turn: Option<std::sync::MutexGuard<'static, ()>>,
-        json: bool,
+        stdout: Stdout,
         args: &[&str],
     ) -> Tracer {
         let bin = nstrace_bin();
         let bin = bin.to_str().expect("a UTF-8 path");
-        Self::start_program(turn, &[bin], json, args)
+        Self::start_program(turn, &[bin], stdout, args)
     }
 
     fn start_program(
         turn: Option<std::sync::MutexGuard<'static, ()>>,
         program: &[&str],
-        json: bool,
+        stdout: Stdout,
         args: &[&str],
     ) -> Tracer {
+        let json = !matches!(stdout, Stdout::Text);
         let mut cmd = Command::new(program[0]);
         cmd.args(&program[1..]);
         if json {
@@ -236,17 +256,21 @@ impl Tracer {
         if !args.iter().any(|a| a.starts_with("--probe-mode")) {
             cmd.arg(format!("--probe-mode={}", probe_mode()));
         }
+        let discard = matches!(stdout, Stdout::Discard);
         let mut child = cmd
             .args(args)
-            .stdout(Stdio::piped())
+            .stdout(if discard {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning nstrace");
         let records = Arc::new(Mutex::new(Vec::new()));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
-        let out = child.stdout.take().unwrap();
-        {
+        if let Some(out) = child.stdout.take() {
             let (records, lines) = (records.clone(), lines.clone());
             thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -282,7 +306,8 @@ impl Tracer {
         }
         let mut tracer = Tracer {
             _turn: turn,
-            judged: json && args.iter().all(|a| a.starts_with("--probe-mode")),
+            judged: matches!(stdout, Stdout::Json)
+                && args.iter().all(|a| a.starts_with("--probe-mode")),
             child: Some(child),
             records,
             lines,

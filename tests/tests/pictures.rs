@@ -552,55 +552,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in {status}"))
 }
 
-/// nstrace started directly, its stdout thrown away (the harness's Tracer
-/// keeps every line in memory, and this run prints hundreds of thousands);
-/// interrupted and reaped when dropped, so a failing assertion leaves
-/// nothing attached.
-struct Quiet {
-    child: std::process::Child,
-    stderr: PathBuf,
-}
-
-impl Quiet {
-    fn start(args: &[&str], stderr: PathBuf) -> Quiet {
-        let child = Command::new(nstrace_bin())
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let q = Quiet { child, stderr };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !q.err().contains("tracing namespaces") {
-            assert!(std::time::Instant::now() < deadline, "{}", q.err());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        q
-    }
-
-    fn err(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
-        (status, self.err())
-    }
-}
-
-impl Drop for Quiet {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[test]
 fn live_pictures_of_a_long_churn_keep_bounded_detail() {
     if !privileged() {
@@ -613,18 +564,16 @@ fn live_pictures_of_a_long_churn_keep_bounded_detail() {
         dir.join("live.html"),
         dir.join("live.pftrace"),
     );
-    let tracer = Quiet::start(
-        &[
-            "--json",
-            "--output",
-            saved.to_str().unwrap(),
-            "--html",
-            page.to_str().unwrap(),
-            "--perfetto",
-            pf.to_str().unwrap(),
-        ],
-        dir.join("stderr"),
-    );
+    // Hundreds of thousands of records: stdout is thrown away, the saved
+    // trace has them.
+    let tracer = Tracer::start_discarding(&[
+        "--output",
+        saved.to_str().unwrap(),
+        "--html",
+        page.to_str().unwrap(),
+        "--perfetto",
+        pf.to_str().unwrap(),
+    ]);
     let churn = |n: &str| {
         let mut g = Group::spawn(&[load_bin().to_str().unwrap(), "churn", n]);
         assert!(g.wait().success());
@@ -632,10 +581,10 @@ fn live_pictures_of_a_long_churn_keep_bounded_detail() {
     };
     // 20,000 namespaces: past the window of detail (10,000) already.
     churn("5000");
-    let before = rss_kib(tracer.child.id());
+    let before = rss_kib(tracer.pid());
     // 100,000 more: kept one by one, they would be tens of MiB.
     churn("25000");
-    let after = rss_kib(tracer.child.id());
+    let after = rss_kib(tracer.pid());
     let (status, stderr) = tracer.stop();
     assert!(status.success(), "{stderr}");
     eprintln!("live pictures: RSS {before} KiB after 20,000 namespaces, {after} KiB after 120,000");
